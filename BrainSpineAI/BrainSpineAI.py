@@ -1,0 +1,488 @@
+"""BrainSpineAI Classify: brain tumour classification of MRI slices and volumes in 3D Slicer.
+
+The computation lives in the Slicer-free package ``brainspineai`` and in
+``BrainSpineAILib.classification_logic``; this file is the Slicer shell (module, parameter
+node, widget, logic, test). Heavy packages (torch, monai, SimpleITK) are never imported here.
+"""
+
+import html
+import logging
+import os
+from typing import Annotated, Optional
+
+import qt
+import vtk
+
+import slicer
+
+try:
+    from slicer.i18n import tr as _
+except ImportError:  # Slicer < 5.4: no translation support
+
+    def _(text):
+        return text
+
+from slicer.ScriptedLoadableModule import (
+    ScriptedLoadableModule,
+    ScriptedLoadableModuleLogic,
+    ScriptedLoadableModuleTest,
+    ScriptedLoadableModuleWidget,
+)
+from slicer.util import VTKObservationMixin
+from slicer.parameterNodeWrapper import Choice, WithinRange, parameterNodeWrapper
+
+from slicer import vtkMRMLScalarVolumeNode
+
+from BrainSpineAILib.classification_logic import ClassificationLogic
+
+
+#
+# BrainSpineAI
+#
+
+
+class BrainSpineAI(ScriptedLoadableModule):
+    """Uses ScriptedLoadableModule base class, available at:
+    https://github.com/Slicer/Slicer/blob/main/Base/Python/slicer/ScriptedLoadableModule.py
+    """
+
+    def __init__(self, parent):
+        ScriptedLoadableModule.__init__(self, parent)
+        self.parent.title = _("BrainSpineAI Classify")
+        self.parent.categories = ["BrainSpineAI"]
+        self.parent.dependencies = []
+        self.parent.contributors = ["BrainSpineAI team"]
+        self.parent.helpText = _("""
+Classifies brain MRI into tumour classes (for the default model: glioma, meningioma,
+pituitary tumour, no tumour) and shows a Grad-CAM heatmap of the image regions that drove
+the prediction.<br>
+Load a 2D MRI slice (JPEG, PNG, DICOM, ...) or a 3D MRI volume, select it as input, pick a
+model and click <b>Classify</b>. A single slice is classified at once; a volume is classified
+slice by slice in a separate process (it can be cancelled) and a per-slice probability plot
+is shown. The heatmap has exactly the geometry of the input and is shown as foreground in
+the slice views; its opacity can be changed in <i>Results</i>.<br>
+<b>Research software: not for clinical use.</b> Predictions must not be used for diagnosis
+or treatment decisions.<br>
+See the <a href="https://github.com/brainspineai/SlicerBrainSpineAI">project page</a>.
+""")
+        self.parent.acknowledgementText = _("""
+Developed by the BrainSpineAI team. Built on 3D Slicer, PyTorch, MONAI and SimpleITK.
+The module structure follows the 3D Slicer scripted module template by Jean-Christophe
+Fillion-Robin (Kitware), Andras Lasso (PerkLab) and Steve Pieper (Isomics).
+""")
+
+
+#
+# BrainSpineAIParameterNode
+#
+
+
+@parameterNodeWrapper
+class BrainSpineAIParameterNode:
+    """
+    The parameters needed by the module.
+
+    inputVolume - MRI slice or volume to classify (vector volumes, e.g. RGB JPEG, are
+                  vtkMRMLScalarVolumeNode subclasses).
+    modelId - id of the selected model (empty: the default model).
+    device - "auto", "cpu" or "cuda".
+    computeHeatmap - compute a Grad-CAM heatmap.
+    heatmapOpacity - opacity of the heatmap in the slice views.
+    heatmapVolume - the last heatmap computed.
+    """
+
+    inputVolume: vtkMRMLScalarVolumeNode
+    modelId: str = ""
+    device: Annotated[str, Choice(["auto", "cpu", "cuda"])] = "auto"
+    computeHeatmap: bool = True
+    heatmapOpacity: Annotated[float, WithinRange(0, 1)] = 0.5
+    heatmapVolume: vtkMRMLScalarVolumeNode
+
+
+#
+# BrainSpineAIWidget
+#
+
+
+class BrainSpineAIWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
+    """Uses ScriptedLoadableModuleWidget base class, available at:
+    https://github.com/Slicer/Slicer/blob/main/Base/Python/slicer/ScriptedLoadableModule.py
+    """
+
+    def __init__(self, parent=None) -> None:
+        """Called when the user opens the module the first time and the widget is initialized."""
+        ScriptedLoadableModuleWidget.__init__(self, parent)
+        VTKObservationMixin.__init__(self)  # needed for parameter node observation
+        self.logic = None
+        self._parameterNode = None
+        self._parameterNodeGuiTag = None
+        self._cards = []  # model cards, in model selector order
+        self._job = None  # running background classification
+        self._jobInput = None  # its input volume node
+        self._timer = None
+
+    def setup(self) -> None:
+        """Called when the user opens the module the first time and the widget is initialized."""
+        ScriptedLoadableModuleWidget.setup(self)
+
+        # Load widget from .ui file (created by Qt Designer).
+        uiWidget = slicer.util.loadUI(self.resourcePath("UI/BrainSpineAI.ui"))
+        self.layout.addWidget(uiWidget)
+        self.ui = slicer.util.childWidgetVariables(uiWidget)
+
+        # Set scene in MRML widgets ("mrmlSceneChanged(vtkMRMLScene*)" is connected in the .ui).
+        uiWidget.setMRMLScene(slicer.mrmlScene)
+
+        self.logic = BrainSpineAILogic()
+
+        self._timer = qt.QTimer()
+        self._timer.setInterval(200)
+        self._timer.connect("timeout()", self._pollJob)
+
+        # These connections ensure that we update parameter node when scene is closed
+        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
+        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
+
+        self.ui.classifyButton.connect("clicked(bool)", self.onClassifyButton)
+        self.ui.cancelButton.connect("clicked(bool)", self.onCancelButton)
+        self.ui.refreshModelsButton.connect("clicked(bool)", self.refreshModels)
+        self.ui.modelSelector.connect("currentIndexChanged(int)", self.onModelSelected)
+        self.ui.opacitySlider.connect("valueChanged(double)", self.onOpacityChanged)
+
+        self.refreshModels()
+
+        # Make sure parameter node is initialized (needed for module reload)
+        self.initializeParameterNode()
+
+    def cleanup(self) -> None:
+        """Called when the application closes and the module widget is destroyed."""
+        if self._job is not None:
+            self.onCancelButton()
+        self.removeObservers()
+
+    def enter(self) -> None:
+        """Called each time the user opens this module."""
+        self.initializeParameterNode()
+
+    def exit(self) -> None:
+        """Called each time the user opens a different module."""
+        if self._parameterNode:
+            self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
+            self._parameterNodeGuiTag = None
+            self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._updateButtons)
+
+    def onSceneStartClose(self, caller, event) -> None:
+        """Called just before the scene is closed."""
+        if self._job is not None:
+            self.onCancelButton()
+        self.setParameterNode(None)
+
+    def onSceneEndClose(self, caller, event) -> None:
+        """Called just after the scene is closed."""
+        if self.parent.isEntered:
+            self.initializeParameterNode()
+
+    def initializeParameterNode(self) -> None:
+        """Ensure parameter node exists and observed."""
+        self.setParameterNode(self.logic.getParameterNode())
+
+        # Select default input nodes if nothing is selected yet to save a few clicks for the user
+        if not self._parameterNode.inputVolume:
+            firstVolumeNode = slicer.mrmlScene.GetFirstNodeByClass("vtkMRMLScalarVolumeNode")
+            if firstVolumeNode and not firstVolumeNode.IsA("vtkMRMLLabelMapVolumeNode"):
+                self._parameterNode.inputVolume = firstVolumeNode
+
+    def setParameterNode(self, inputParameterNode: Optional[BrainSpineAIParameterNode]) -> None:
+        """Set and observe parameter node, connect it to the GUI."""
+        if self._parameterNode:
+            self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
+            self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._updateButtons)
+        self._parameterNode = inputParameterNode
+        if self._parameterNode:
+            # ui element that needs connection to the parameter node must have the
+            # "SlicerParameterName" dynamic property set in the .ui file.
+            self._parameterNodeGuiTag = self._parameterNode.connectGui(self.ui)
+            self.addObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._updateButtons)
+            self._selectModel(self._parameterNode.modelId)
+        self._updateButtons()
+
+    # -- models ------------------------------------------------------------------
+
+    def refreshModels(self) -> None:
+        """Fill the model selector from the catalogue; the first entry is the default model."""
+        previousId = self._parameterNode.modelId if self._parameterNode else ""
+        ok, cards = self._tryRun(_("Could not list the models."), self.logic.availableModels)
+        self._cards = list(cards) if ok and cards else []
+        wasBlocked = self.ui.modelSelector.blockSignals(True)
+        self.ui.modelSelector.clear()
+        for card in self._cards:
+            self.ui.modelSelector.addItem(str(card.get("id", "?")), card.get("path", ""))
+        self.ui.modelSelector.blockSignals(wasBlocked)
+        if ok and not self._cards:
+            self.ui.statusLabel.text = _("No classification model found. Install a model in "
+                                         "~/.brainspineai/models or set BRAINSPINEAI_MODEL_PATH, then click Refresh.")
+        self._selectModel(previousId)
+
+    def _selectModel(self, modelId: str) -> None:
+        """Select the model with this id (the first model if not found) and show its card."""
+        ids = [str(card.get("id", "")) for card in self._cards]
+        index = ids.index(modelId) if modelId in ids else (0 if ids else -1)
+        wasBlocked = self.ui.modelSelector.blockSignals(True)
+        self.ui.modelSelector.setCurrentIndex(index)
+        self.ui.modelSelector.blockSignals(wasBlocked)
+        self.onModelSelected(index)
+
+    def onModelSelected(self, index: int) -> None:
+        card = self._cards[index] if 0 <= index < len(self._cards) else None
+        if self._parameterNode and card is not None and self._parameterNode.modelId != card.get("id"):
+            self._parameterNode.modelId = str(card.get("id", ""))
+        self.ui.modelCardLabel.text = self._cardHtml(card) if card else ""
+        self._updateButtons()
+
+    @staticmethod
+    def _cardHtml(card: dict) -> str:
+        lines = [f"<b>{html.escape(str(card.get('id', '')))}</b>"]
+        if card.get("description"):
+            lines.append(html.escape(str(card["description"])))
+        classNames = card.get("class_names") or []
+        lines.append(_("Classes: {names}").format(names=html.escape(", ".join(map(str, classNames)))))
+        accuracy = ((card.get("metrics") or {}).get("validation") or {}).get("accuracy")
+        if isinstance(accuracy, (int, float)):
+            lines.append(_("Validation accuracy: {accuracy:.1%}").format(accuracy=accuracy))
+        return "<br>".join(lines)
+
+    # -- classification ----------------------------------------------------------
+
+    def _updateButtons(self, caller=None, event=None) -> None:
+        running = self._job is not None
+        hasInput = bool(self._parameterNode and self._parameterNode.inputVolume)
+        self.ui.classifyButton.enabled = hasInput and bool(self._cards) and not running
+        self.ui.classifyButton.toolTip = (_("Classify the input image.") if hasInput
+                                          else _("Select an input image."))
+        self.ui.cancelButton.enabled = running
+
+    def _installTorch(self):
+        """Install PyTorch with the PyTorch extension's helper; None when that extension is absent
+        (the library then falls back to pip). Raises if the user declines the installation."""
+        try:
+            import PyTorchUtils
+        except ImportError:
+            return None
+        torch = PyTorchUtils.PyTorchUtilsLogic().installTorch(askConfirmation=True)
+        if torch is None:
+            raise RuntimeError(_("PyTorch is required; its installation was cancelled."))
+        return torch
+
+    def _tryRun(self, message: str, function, *args, waitCursor: bool = True, **kwargs):
+        """Call function; any error is shown in a dialog (tryWithErrorDisplay) and in the status
+        line. Returns (ok, result)."""
+        error = _("see the error message")
+        try:
+            with slicer.util.tryWithErrorDisplay(message, waitCursor=waitCursor):
+                return True, function(*args, **kwargs)
+        except Exception as exc:  # already displayed by tryWithErrorDisplay
+            error = exc
+        logging.error("%s %s", message, error)
+        self.ui.statusLabel.text = f"{message} {error}"
+        return False, None
+
+    def onClassifyButton(self) -> None:
+        """Run the classification when the user clicks "Classify"."""
+        inputVolume = self._parameterNode.inputVolume
+        if not inputVolume:
+            self.ui.statusLabel.text = _("Select an input image.")
+            return
+        ok, ready = self._tryRun(
+            _("Could not install the required Python packages."), self.logic.ensureDependencies,
+            confirm=lambda msg: slicer.util.confirmOkCancelDisplay(msg),
+            installTorch=self._installTorch, pipInstall=slicer.util.pip_install, waitCursor=False)
+        if not ok or not ready:
+            if ok:
+                self.ui.statusLabel.text = _("Required Python packages are missing: classification not started.")
+            return
+
+        index = self.ui.modelSelector.currentIndex
+        modelRef = self.ui.modelSelector.itemData(index) if index >= 0 else None
+        options = dict(modelRef=modelRef or None, device=self._parameterNode.device,
+                       computeHeatmap=self._parameterNode.computeHeatmap)
+        self._clearResults()
+
+        ok, singleSlice = self._tryRun(_("Classification failed."), self.logic.isSingleSlice, inputVolume)
+        if not ok:
+            return
+        if singleSlice:
+            self.ui.statusLabel.text = _("Classifying...")
+            slicer.app.processEvents()
+            ok, output = self._tryRun(_("Classification failed."), self.logic.classify, inputVolume, **options)
+            if ok:
+                self._showOutput(output, inputVolume)
+            return
+
+        ok, job = self._tryRun(_("Classification failed."), self.logic.startBackgroundClassification,
+                               inputVolume, **options)
+        if not ok:
+            return
+        self._job, self._jobInput = job, inputVolume
+        self.ui.statusLabel.text = _("Classification started...")
+        self._updateButtons()
+        self._timer.start()
+
+    def _pollJob(self) -> None:
+        job = self._job
+        if job is None:
+            self._timer.stop()
+            return
+        ok, finished = self._tryRun(_("Classification failed."), job.poll, waitCursor=False)
+        if not ok:
+            self._endJob()
+            return
+        if not finished:
+            self.ui.statusLabel.text = job.progressText or ""
+            return
+        inputVolume = self._jobInput
+        self._endJob()
+        ok, output = self._tryRun(_("Classification failed."), self.logic.finishBackgroundClassification, job)
+        if ok:
+            self._showOutput(output, inputVolume)
+
+    def onCancelButton(self) -> None:
+        job = self._job
+        self._endJob()
+        if job is not None:
+            self._tryRun(_("Could not cancel the classification."), job.cancel)
+            self.ui.statusLabel.text = _("Classification cancelled.")
+
+    def _endJob(self) -> None:
+        self._timer.stop()
+        self._job, self._jobInput = None, None
+        self._updateButtons()
+
+    def onOpacityChanged(self, value: float) -> None:
+        self.logic.setHeatmapOpacity(value)
+
+    def _clearResults(self) -> None:
+        self.ui.predictionLabel.text = ""
+        self.ui.probabilityTable.setRowCount(0)
+
+    def _showOutput(self, output, inputVolume) -> None:
+        """Show a ClassificationOutput: prediction, probability table, heatmap and plot."""
+        result = output.result
+        classes, probabilities = list(result["classes"]), list(result["probabilities"])
+        predicted = result["predicted"]
+        p = probabilities[classes.index(predicted)] if predicted in classes else max(probabilities)
+        self.ui.predictionLabel.text = _("Predicted: {name} ({p:.1%})").format(name=predicted, p=p)
+
+        table = self.ui.probabilityTable
+        table.setRowCount(len(classes))
+        for row, (name, prob) in enumerate(zip(classes, probabilities)):
+            table.setItem(row, 0, qt.QTableWidgetItem(str(name)))
+            item = qt.QTableWidgetItem(f"{prob:.1%}")
+            item.setTextAlignment(qt.Qt.AlignRight | qt.Qt.AlignVCenter)
+            table.setItem(row, 1, item)
+        table.resizeColumnToContents(0)
+
+        status = _("Model: {model}.").format(model=result.get("model", ""))
+        if result.get("slices"):
+            status += " " + _("{n} slices classified.").format(n=len(result["slices"]))
+        self.ui.statusLabel.text = status
+
+        if output.heatmapNode is not None:
+            if self._parameterNode:
+                self._parameterNode.heatmapVolume = output.heatmapNode
+            if inputVolume is not None and slicer.mrmlScene.IsNodePresent(inputVolume):
+                self._tryRun(_("Could not show the heatmap."), self.logic.showHeatmap,
+                             output.heatmapNode, inputVolume, self.ui.opacitySlider.value)
+        if output.plotChartNode is not None:
+            slicer.modules.plots.logic().ShowChartInLayout(output.plotChartNode)
+
+
+#
+# BrainSpineAILogic
+#
+
+
+class BrainSpineAILogic(ScriptedLoadableModuleLogic, ClassificationLogic):
+    """Classification logic usable without the GUI (see BrainSpineAILib.classification_logic).
+
+    Uses ScriptedLoadableModuleLogic base class, available at:
+    https://github.com/Slicer/Slicer/blob/main/Base/Python/slicer/ScriptedLoadableModule.py
+    """
+
+    def __init__(self) -> None:
+        ScriptedLoadableModuleLogic.__init__(self)
+        ClassificationLogic.__init__(self, slicer.mrmlScene)
+
+    def getParameterNode(self):
+        return BrainSpineAIParameterNode(super().getParameterNode())
+
+
+#
+# BrainSpineAITest
+#
+
+
+class BrainSpineAITest(ScriptedLoadableModuleTest):
+    """
+    This is the test case for your scripted module.
+    Uses ScriptedLoadableModuleTest base class, available at:
+    https://github.com/Slicer/Slicer/blob/main/Base/Python/slicer/ScriptedLoadableModule.py
+    """
+
+    def setUp(self):
+        """Reset the state: clear the scene."""
+        slicer.mrmlScene.Clear()
+
+    def runTest(self):
+        """Run as few or as many tests as needed here."""
+        self.setUp()
+        self.test_ClassifySlice()
+
+    @staticmethod
+    def _findTestData():
+        """The shared data folder: $BRAINSPINEAI_TEST_DATA, else ../../shared/data or
+        ../../../shared/data relative to this file; None when not found."""
+        env = os.environ.get("BRAINSPINEAI_TEST_DATA")
+        if env:
+            if not os.path.isdir(env):
+                raise FileNotFoundError(f"BRAINSPINEAI_TEST_DATA={env} is not a folder")
+            return env
+        here = os.path.dirname(os.path.abspath(__file__))
+        for relative in (("..", "..", "shared", "data"), ("..", "..", "..", "shared", "data")):
+            candidate = os.path.normpath(os.path.join(here, *relative))
+            if os.path.isdir(candidate):
+                return candidate
+        return None
+
+    def test_ClassifySlice(self):
+        """Classify a real pituitary tumour slice with the default model."""
+        dataDir = self._findTestData()
+        if dataDir is None:
+            self.delayDisplay("shared data not found, skipping")
+            return
+        folder = os.path.join(dataDir, "brain-mri-2d", "kaggle4-train", "pituitary")
+        jpgs = sorted(f for f in os.listdir(folder) if f.lower().endswith((".jpg", ".jpeg")))
+        self.assertTrue(jpgs, f"no JPEG in {folder}")
+
+        self.delayDisplay(f"Loading {jpgs[0]}")
+        # singleFile: do not let the reader assemble the numbered JPEGs of the folder into a volume
+        inputVolume = slicer.util.loadVolume(os.path.join(folder, jpgs[0]), properties={"singleFile": True})
+        self.assertIsNotNone(inputVolume)
+
+        logic = BrainSpineAILogic()
+        self.assertTrue(logic.isSingleSlice(inputVolume))
+        output = logic.classify(inputVolume)
+
+        probabilities = output.result["probabilities"]
+        self.assertEqual(len(probabilities), len(output.result["classes"]))
+        self.assertAlmostEqual(sum(probabilities), 1.0, delta=1e-4)
+        self.assertEqual(output.result["predicted"], "pituitary")
+
+        self.assertIsNotNone(output.heatmapNode)
+        inputMatrix, heatmapMatrix = vtk.vtkMatrix4x4(), vtk.vtkMatrix4x4()
+        inputVolume.GetIJKToRASMatrix(inputMatrix)
+        output.heatmapNode.GetIJKToRASMatrix(heatmapMatrix)
+        for i in range(4):
+            for j in range(4):
+                self.assertAlmostEqual(heatmapMatrix.GetElement(i, j), inputMatrix.GetElement(i, j), places=6,
+                                       msg=f"IJKToRAS element ({i}, {j}) differs")
+        self.delayDisplay("Test passed")

@@ -1,0 +1,380 @@
+"""Logic of the BrainSpineAI (classification) module, independent of Qt.
+
+:class:`ClassificationLogic` turns a volume node into a SimpleITK image, runs
+:func:`brainspineai.inference.classify_image` (in this process for a single slice, or in
+a background ``brainspineai classify`` process for a volume, so the GUI never waits), and
+puts the answer back in the scene: a table of class probabilities, a per-slice
+probability plot for volumes, and the Grad-CAM heatmap as a volume node with the input's
+exact IJK-to-RAS geometry, shown as the foreground layer with a heat colour map.
+"""
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import queue
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+
+from . import mrml_utils
+
+# import name -> pip requirement
+REQUIRED_PACKAGES = {
+    "torch": "torch", "torchvision": "torchvision", "monai": "monai>=1.3", "SimpleITK": "SimpleITK",
+    "skimage": "scikit-image", "cv2": "opencv-contrib-python-headless", "sklearn": "scikit-learn",
+    "open_clip": "open_clip_torch", "safetensors": "safetensors", "tqdm": "tqdm", "matplotlib": "matplotlib",
+}
+LIBRARY_PARENT = Path(__file__).resolve().parent.parent  # folder that holds the brainspineai package
+
+
+@dataclass
+class ClassificationOutput:
+    """What a classification put in the scene. ``result`` is the CLI's JSON document."""
+
+    result: dict
+    heatmapNode: object = None
+    tableNode: object = None
+    plotChartNode: object = None
+
+
+class BackgroundClassification:
+    """A ``brainspineai classify`` run in a separate process (its own process group).
+
+    ``poll()`` returns True once the process ended; ``progressText`` is the latest progress
+    message; ``cancel()`` kills the whole process tree and removes its temporary files.
+    """
+
+    def __init__(self, command, workdir: Path, inputNodeID: str, env=None):
+        self.workdir = workdir
+        self.inputNodeID = inputNodeID
+        self.progressText = "starting"
+        self.fraction = 0.0
+        self.result = None
+        self.errorText = ""
+        self.cancelled = False
+        self._lines = queue.Queue()
+        kwargs = {}
+        if os.name == "posix":
+            kwargs["start_new_session"] = True
+        else:
+            kwargs["creationflags"] = subprocess.CREATE_NEW_PROCESS_GROUP
+        self.process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                        env=env, **kwargs)
+        self._readers = [threading.Thread(target=self._pump, args=(s, tag), daemon=True)
+                         for s, tag in ((self.process.stdout, "out"), (self.process.stderr, "err"))]
+        for t in self._readers:
+            t.start()
+
+    def _pump(self, stream, tag):
+        for line in stream:
+            self._lines.put((tag, line.rstrip("\n")))
+
+    def _drain(self):
+        while True:
+            try:
+                tag, line = self._lines.get_nowait()
+            except queue.Empty:
+                return
+            if tag == "err":
+                if line.strip():
+                    self.errorText = line.strip()
+                continue
+            try:
+                event = json.loads(line)
+            except ValueError:
+                continue
+            if event.get("event") == "progress":
+                self.fraction = float(event.get("fraction", 0.0))
+                self.progressText = event.get("message", "")
+            elif event.get("event") == "done":
+                self.result = event["result"]
+                self.fraction, self.progressText = 1.0, "done"
+
+    def poll(self) -> bool:
+        """Collect progress; True when the process has ended."""
+        self._drain()
+        if self.process.poll() is None:
+            return False
+        for t in self._readers:
+            t.join(timeout=5)
+        self._drain()
+        return True
+
+    def wait(self, timeout=None) -> bool:
+        """Block until the process ends (for scripts and tests; the GUI polls instead)."""
+        self.process.wait(timeout=timeout)
+        return self.poll()
+
+    def cancel(self) -> None:
+        """Kill the process and everything it started; remove the temporary files."""
+        self.cancelled = True
+        if self.process.poll() is None:
+            try:
+                if os.name == "posix":
+                    os.killpg(self.process.pid, signal.SIGKILL)
+                else:
+                    subprocess.run(["taskkill", "/F", "/T", "/PID", str(self.process.pid)], capture_output=True)
+            except (ProcessLookupError, PermissionError):
+                pass
+            self.process.wait(timeout=30)
+        self.poll()
+        self.cleanup()
+
+    def cleanup(self) -> None:
+        shutil.rmtree(self.workdir, ignore_errors=True)
+
+
+class ClassificationLogic:
+    """Classification of volume nodes of a MRML scene.
+
+    :param scene: ``vtkMRMLScene`` (``slicer.mrmlScene`` inside Slicer).
+    """
+
+    def __init__(self, scene):
+        self.scene = scene
+        self._modelCache = {}
+
+    # ---------------------------------------------------------------- dependencies
+    @staticmethod
+    def missingPackages() -> list[str]:
+        """pip requirements of the library that cannot be imported in this Python."""
+        return [req for mod, req in REQUIRED_PACKAGES.items() if importlib.util.find_spec(mod) is None]
+
+    def ensureDependencies(self, confirm, installTorch=None, pipInstall=None) -> bool:
+        """Install missing packages after the user agreed.
+
+        :param confirm: callable(message) -> bool asking the user.
+        :param installTorch: callable installing PyTorch (the PyTorch extension's helper);
+            returns None when that helper is unavailable, then pip is used.
+        :param pipInstall: callable(requirements: str) running pip (``slicer.util.pip_install``).
+        :returns: True when every package is importable afterwards.
+        """
+        missing = self.missingPackages()
+        if not missing:
+            return True
+        if not confirm("BrainSpineAI needs these Python packages, which are not installed yet:\n"
+                       + "\n".join(missing) + "\n\nInstall them now? This can take several minutes."):
+            return False
+        if "torch" in missing and installTorch is not None:
+            if installTorch() is not None:
+                missing = [m for m in missing if m not in ("torch", "torchvision")]
+        if missing and pipInstall is not None:
+            pipInstall(" ".join(f'"{m}"' if ">" in m else m for m in missing))
+        importlib.invalidate_caches()
+        return not self.missingPackages()
+
+    # ---------------------------------------------------------------- models
+    @staticmethod
+    def availableModels() -> list[dict]:
+        """Model cards of the catalogue (2D classifiers first; each has a ``path`` key)."""
+        from brainspineai.catalogue import DEFAULT_MODEL_ID, list_models
+
+        cards = [c for c in list_models() if c.get("task") == "classification-2d"]
+        cards.sort(key=lambda c: (c["id"] != DEFAULT_MODEL_ID, c["id"]))
+        return cards
+
+    def loadModel(self, modelRef=None, device="auto"):
+        """Load (and cache) a model; see :func:`brainspineai.catalogue.load_model`."""
+        from brainspineai.catalogue import load_model
+
+        key = (str(modelRef or ""), device)
+        if key not in self._modelCache:
+            self._modelCache[key] = load_model(modelRef or None, device)
+        return self._modelCache[key]
+
+    # ---------------------------------------------------------------- classification
+    @staticmethod
+    def isSingleSlice(volumeNode) -> bool:
+        """True when the volume is one voxel thick along some axis (a 2D image)."""
+        image = volumeNode.GetImageData() if volumeNode is not None else None
+        return image is not None and 1 in image.GetDimensions()
+
+    @staticmethod
+    def _checkInput(volumeNode):
+        if volumeNode is None:
+            raise ValueError("Select an input volume.")
+        if not volumeNode.IsA("vtkMRMLScalarVolumeNode") or volumeNode.IsA("vtkMRMLLabelMapVolumeNode"):
+            raise ValueError(f"'{volumeNode.GetName()}' is not a scalar or RGB image volume.")
+        if volumeNode.GetImageData() is None:
+            raise ValueError(f"'{volumeNode.GetName()}' has no image data.")
+
+    def classify(self, volumeNode, modelRef=None, device="auto", computeHeatmap=True, heatmapClass=None) -> ClassificationOutput:
+        """Classify a volume node in this process (best for single slices; a volume blocks
+        the caller while it runs).
+
+        :raises ValueError: no or unsuitable input node.
+        :raises brainspineai.errors.BrainSpineAIError: unusable image or model.
+        """
+        from brainspineai.inference import classify_image
+
+        self._checkInput(volumeNode)
+        image = mrml_utils.sitk_image_from_volume_node(volumeNode)
+        model = self.loadModel(modelRef, device)
+        res = classify_image(image, model, heatmap=computeHeatmap, heatmap_class=heatmapClass)
+        return self._toScene(volumeNode, res.to_json(), res.heatmap)
+
+    def startBackgroundClassification(self, volumeNode, modelRef=None, device="auto", computeHeatmap=True) -> BackgroundClassification:
+        """Write the volume to a temporary file and start ``brainspineai classify`` on it in a
+        separate process; poll the returned job, then call :meth:`finishBackgroundClassification`."""
+        import SimpleITK as sitk
+
+        self._checkInput(volumeNode)
+        workdir = Path(tempfile.mkdtemp(prefix="BrainSpineAI-classify-"))
+        try:
+            image = mrml_utils.sitk_image_from_volume_node(volumeNode)
+            sitk.WriteImage(image, str(workdir / "input.nrrd"), True)
+        except Exception:
+            shutil.rmtree(workdir, ignore_errors=True)
+            raise
+        cmd = [pythonExecutable(), "-m", "brainspineai", "classify", str(workdir / "input.nrrd"),
+               "--device", device or "auto", "--json", str(workdir / "result.json"), "--progress", "jsonl"]
+        if modelRef:
+            cmd += ["--model", str(modelRef)]
+        if computeHeatmap:
+            cmd += ["--heatmap", str(workdir / "heatmap.nrrd")]
+        env = dict(os.environ)
+        env["PYTHONPATH"] = os.pathsep.join([str(LIBRARY_PARENT)] + ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else []))
+        return BackgroundClassification(cmd, workdir, volumeNode.GetID(), env=env)
+
+    def finishBackgroundClassification(self, job: BackgroundClassification) -> ClassificationOutput:
+        """Read a finished job's result into the scene and remove its temporary files.
+
+        :raises RuntimeError: the job failed or was cancelled (message from the process).
+        """
+        import SimpleITK as sitk
+
+        try:
+            if not job.poll():
+                raise RuntimeError("classification is still running")
+            if job.cancelled:
+                raise RuntimeError("classification was cancelled")
+            if job.process.returncode != 0 or job.result is None:
+                raise RuntimeError(job.errorText or f"classification process failed (exit code {job.process.returncode})")
+            volumeNode = self.scene.GetNodeByID(job.inputNodeID)
+            if volumeNode is None:
+                raise RuntimeError("the input volume was removed from the scene while it was being classified")
+            heat = job.workdir / "heatmap.nrrd"
+            heatImage = sitk.ReadImage(str(heat)) if heat.is_file() else None
+            return self._toScene(volumeNode, job.result, heatImage)
+        finally:
+            job.cleanup()
+
+    # ---------------------------------------------------------------- scene output
+    def _toScene(self, volumeNode, result: dict, heatImage) -> ClassificationOutput:
+        import SimpleITK as sitk
+
+        out = ClassificationOutput(result=result)
+        out.tableNode = self._probabilityTable(volumeNode, result)
+        if result.get("slices"):
+            out.plotChartNode = self._slicePlot(volumeNode, result)
+        if heatImage is not None:
+            arr = sitk.GetArrayFromImage(heatImage).astype("float32")
+            expected = tuple(reversed(volumeNode.GetImageData().GetDimensions()))
+            if arr.shape != expected:
+                raise RuntimeError(f"heatmap has shape {arr.shape}, input has {expected}")
+            out.heatmapNode = self._heatmapNode(volumeNode, arr, result.get("heatmap_class", result["predicted"]))
+        return out
+
+    def _named(self, className: str, name: str):
+        node = self.scene.GetFirstNodeByName(name)
+        if node is None or not node.IsA(className):
+            node = self.scene.AddNewNodeByClass(className, name)
+        return node
+
+    def _probabilityTable(self, volumeNode, result):
+        import vtk
+
+        table = self._named("vtkMRMLTableNode", f"{volumeNode.GetName()} class probabilities")
+        classes = vtk.vtkStringArray()
+        classes.SetName("Class")
+        probs = vtk.vtkDoubleArray()
+        probs.SetName("Probability")
+        for c, p in zip(result["classes"], result["probabilities"]):
+            classes.InsertNextValue(c)
+            probs.InsertNextValue(float(p))
+        t = vtk.vtkTable()
+        t.AddColumn(classes)
+        t.AddColumn(probs)
+        table.SetAndObserveTable(t)
+        table.SetAttribute("BrainSpineAI.model", result["model"])
+        table.SetAttribute("BrainSpineAI.predicted", result["predicted"])
+        return table
+
+    def _slicePlot(self, volumeNode, result):
+        import vtk
+
+        base = volumeNode.GetName()
+        table = self._named("vtkMRMLTableNode", f"{base} per-slice probabilities")
+        t = vtk.vtkTable()
+        idx = vtk.vtkDoubleArray()
+        idx.SetName("Slice")
+        for s in result["slices"]:
+            idx.InsertNextValue(s["index"])
+        t.AddColumn(idx)
+        for ci, c in enumerate(result["classes"]):
+            col = vtk.vtkDoubleArray()
+            col.SetName(c)
+            for s in result["slices"]:
+                col.InsertNextValue(float(s["probabilities"][ci]))
+            t.AddColumn(col)
+        table.SetAndObserveTable(t)
+        chart = self._named("vtkMRMLPlotChartNode", f"{base} per-slice probabilities")
+        chart.SetTitle(f"Per-slice class probabilities ({result['model']})")
+        chart.SetXAxisTitle("axial slice (inferior to superior)")
+        chart.SetYAxisTitle("probability")
+        chart.RemoveAllPlotSeriesNodeIDs()
+        colours = [(0.85, 0.2, 0.2), (0.2, 0.5, 0.85), (0.3, 0.7, 0.3), (0.8, 0.5, 0.1), (0.5, 0.3, 0.7)]
+        for ci, c in enumerate(result["classes"]):
+            series = self._named("vtkMRMLPlotSeriesNode", f"{base} {c}")
+            series.SetAndObserveTableNodeID(table.GetID())
+            series.SetXColumnName("Slice")
+            series.SetYColumnName(c)
+            series.SetPlotType(series.PlotTypeScatter)
+            series.SetMarkerStyle(series.MarkerStyleNone)
+            series.SetColor(*colours[ci % len(colours)])
+            chart.AddAndObservePlotSeriesNodeID(series.GetID())
+        return chart
+
+    def _heatmapNode(self, volumeNode, arr, className):
+        node = self._named("vtkMRMLScalarVolumeNode", f"{volumeNode.GetName()} Grad-CAM")
+        mrml_utils.update_volume_node_from_array(node, arr, reference=volumeNode)
+        node.SetAttribute("BrainSpineAI.heatmapClass", className)
+        if node.GetDisplayNode() is None:
+            node.CreateDefaultDisplayNodes()
+        display = node.GetDisplayNode()
+        if display is not None:
+            display.SetAndObserveColorNodeID(mrml_utils.heat_color_node(self.scene).GetID())
+            display.AutoWindowLevelOff()
+            display.SetWindowLevelMinMax(0.0, 1.0)
+            display.SetApplyThreshold(False)
+        return node
+
+    def showHeatmap(self, heatmapNode, inputVolumeNode, opacity: float = 0.5) -> None:
+        """Show the input as background and the heatmap as foreground in every slice view."""
+        for comp in self._compositeNodes():
+            comp.SetBackgroundVolumeID(inputVolumeNode.GetID() if inputVolumeNode else None)
+            comp.SetForegroundVolumeID(heatmapNode.GetID() if heatmapNode else None)
+            comp.SetForegroundOpacity(float(opacity))
+
+    def setHeatmapOpacity(self, opacity: float) -> None:
+        for comp in self._compositeNodes():
+            comp.SetForegroundOpacity(float(opacity))
+
+    def _compositeNodes(self):
+        nodes = self.scene.GetNodesByClass("vtkMRMLSliceCompositeNode")
+        return [nodes.GetItemAsObject(i) for i in range(nodes.GetNumberOfItems())]
+
+
+def pythonExecutable() -> str:
+    """The Python that runs background jobs: Slicer's ``PythonSlicer`` inside Slicer,
+    otherwise this interpreter."""
+    exe = shutil.which("PythonSlicer")
+    if exe:
+        return exe
+    return sys.executable

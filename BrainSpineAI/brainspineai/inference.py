@@ -1,0 +1,159 @@
+"""Classification of one 2D slice or of a 3D volume slice by slice, with Grad-CAM.
+
+Volume-level rule (used by :func:`classify_image` for 3D input):
+  1. The volume is reoriented to LPS and cut into axial slices (inferior to superior).
+  2. Slices whose foreground covers less than 5% of the slice are not classified.
+  3. Every other slice gets class probabilities from the 2D model.
+  4. If the model has a ``notumor`` class, a slice is a *tumour slice* when its most likely
+     class is a tumour class. With at least 3 tumour slices, the volume's probabilities are
+     the mean over the tumour slices (the tumour is judged where it is seen); otherwise the
+     mean over all classified slices (so a scan without tumour evidence reads ``notumor``).
+     Models without ``notumor`` average over all classified slices.
+  5. The predicted class is the argmax of the volume's probabilities, which sum to 1.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .errors import InputError
+
+NO_TUMOUR_CLASS = "notumor"
+MIN_TUMOUR_SLICES = 3
+
+
+@dataclass
+class ClassificationResult:
+    """Outcome of :func:`classify_image`.
+
+    ``probabilities``: float64 array (C,), sums to 1, in ``classes`` order.
+    ``slices``: for volumes, one dict per classified axial slice (LPS index ``index``,
+    inferior to superior, and its ``probabilities``); ``None`` for 2D input.
+    ``heatmap``: ``SimpleITK.Image`` (float32, [0, 1]) with exactly the input's size,
+    spacing, origin and direction, or ``None``.
+    ``heatmap_class``: the class the heatmap explains.
+    """
+
+    model: str
+    classes: list
+    probabilities: np.ndarray
+    predicted: str
+    slices: list | None = None
+    heatmap: object = None
+    heatmap_class: str | None = None
+    rule: str = "single slice"
+    extra: dict = field(default_factory=dict)
+
+    def to_json(self) -> dict:
+        """The CLI's JSON: ``{"model", "classes", "probabilities", "predicted"}`` plus
+        ``"slices"`` for volumes."""
+        out = {"model": self.model, "classes": list(self.classes),
+               "probabilities": [float(p) for p in self.probabilities], "predicted": self.predicted}
+        if self.slices is not None:
+            out["slices"] = self.slices
+            out["volume_rule"] = self.rule
+        if self.heatmap_class is not None:
+            out["heatmap_class"] = self.heatmap_class
+        return out
+
+
+def _probabilities(model, batch, batch_size: int = 64) -> np.ndarray:
+    from .training import predict_batches
+
+    return predict_batches(model.network, batch, model.device, batch_size).astype(np.float64)
+
+
+def _class_index(model, heatmap_class) -> int | None:
+    if heatmap_class is None:
+        return None
+    if isinstance(heatmap_class, int) or (isinstance(heatmap_class, str) and heatmap_class.isdigit()):
+        idx = int(heatmap_class)
+        if not 0 <= idx < len(model.class_names):
+            raise InputError(f"class index {idx} out of range for classes {model.class_names}")
+        return idx
+    if heatmap_class not in model.class_names:
+        raise InputError(f"unknown class '{heatmap_class}'; the model's classes are {', '.join(model.class_names)}")
+    return model.class_names.index(heatmap_class)
+
+
+def volume_rule(probs: np.ndarray, class_names: list) -> tuple[np.ndarray, str]:
+    """Apply the volume-level rule to per-slice probabilities (K, C); see the module doc."""
+    if NO_TUMOUR_CLASS in class_names:
+        nt = class_names.index(NO_TUMOUR_CLASS)
+        tumour = probs.argmax(1) != nt
+        if int(tumour.sum()) >= MIN_TUMOUR_SLICES:
+            p = probs[tumour].mean(0)
+            return p / p.sum(), f"mean over {int(tumour.sum())} tumour slices"
+    p = probs.mean(0)
+    return p / p.sum(), f"mean over all {len(probs)} classified slices"
+
+
+def classify_image(image, model, heatmap: bool = False, heatmap_class=None, progress=None) -> ClassificationResult:
+    """Classify a 2D slice or a 3D volume.
+
+    :param image: scalar ``SimpleITK.Image`` (see :func:`io.read_image`); 2D, or 3D (one voxel
+        thick along an axis = a slice).
+    :param model: :class:`catalogue.LoadedModel`.
+    :param heatmap: also compute the Grad-CAM heatmap.
+    :param heatmap_class: class name or index to explain; default: the predicted class.
+    :param progress: optional callable ``(fraction_done: float, message: str)``.
+    :raises InputError: unusable image (see :func:`io.validate_image`), or a volume with no
+        slice holding enough foreground.
+    """
+    import SimpleITK as sitk
+
+    from .explain import gradcam_batch
+    from .io import is_slice, to_grayscale, validate_image
+    from .preprocess import MIN_FOREGROUND_FRACTION, prepare_slices, restore_map, slice_array, to_lps_axial
+
+    report = progress or (lambda f, m: None)
+    image = validate_image(to_grayscale(image))
+    size = model.input_size
+    wanted = _class_index(model, heatmap_class)
+
+    if is_slice(image):
+        arr = slice_array(image)
+        batch, geoms, _ = prepare_slices([arr], size)
+        probs = _probabilities(model, batch)[0]
+        pred = int(probs.argmax())
+        res = ClassificationResult(model.id, list(model.class_names), probs, model.class_names[pred])
+        if heatmap:
+            cls = pred if wanted is None else wanted
+            raw = gradcam_batch(model, batch, cls)[0]
+            heat = restore_map(raw / raw.max() if raw.max() > 0 else raw, geoms[0])
+            heat_arr = heat.reshape(sitk.GetArrayViewFromImage(image).shape).astype(np.float32)
+            himg = sitk.GetImageFromArray(heat_arr)
+            himg.CopyInformation(image)
+            res.heatmap, res.heatmap_class = himg, model.class_names[cls]
+        report(1.0, "done")
+        return res
+
+    oriented = to_lps_axial(image)
+    vol = sitk.GetArrayFromImage(oriented)  # (K, J, I): axial slices, inferior to superior
+    report(0.05, f"preparing {vol.shape[0]} axial slices")
+    batch, geoms, fractions = prepare_slices(list(vol), size)
+    keep = np.flatnonzero(fractions >= MIN_FOREGROUND_FRACTION)
+    if keep.size == 0:
+        raise InputError("no axial slice has enough foreground to classify (is the volume empty?)")
+    report(0.2, f"classifying {keep.size} slices")
+    probs = _probabilities(model, batch[keep])
+    vp, rule = volume_rule(probs, model.class_names)
+    pred = int(vp.argmax())
+    slices = [{"index": int(k), "probabilities": [float(p) for p in probs[i]]} for i, k in enumerate(keep)]
+    res = ClassificationResult(model.id, list(model.class_names), vp, model.class_names[pred], slices=slices, rule=rule)
+    if heatmap:
+        cls = pred if wanted is None else wanted
+        report(0.5, "computing Grad-CAM")
+        raw = gradcam_batch(model, batch[keep], cls)
+        scale = float(raw.max()) if raw.size and raw.max() > 0 else 1.0
+        heat = np.zeros(vol.shape, dtype=np.float32)
+        for i, k in enumerate(keep):
+            heat[k] = restore_map(raw[i] / scale, geoms[k])
+        himg = sitk.GetImageFromArray(heat)
+        himg.CopyInformation(oriented)
+        # back onto the input's own grid: a permutation / flip, so nearest neighbour is exact
+        res.heatmap = sitk.Resample(himg, image, sitk.Transform(), sitk.sitkNearestNeighbor, 0.0, sitk.sitkFloat32)
+        res.heatmap_class = model.class_names[cls]
+    report(1.0, "done")
+    return res

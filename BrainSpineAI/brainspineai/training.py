@@ -1,0 +1,249 @@
+"""Supervised training of the 2D tumour classifier (cross-entropy).
+
+The data are held in memory as prepared slices (see :mod:`brainspineai.preprocess`), so an
+epoch costs only the network. Augmentation runs on whole batches: random horizontal flip,
+rotation within +/-15 degrees, isotropic scaling 0.85-1.15, translation up to 8% of the
+side, and gamma 0.7-1.4. Optimiser: AdamW with a one-cycle learning-rate schedule.
+
+A stratified validation split (``val_fraction``, ``seed``) is held apart from the start and
+never trained on; the weights of the epoch with the best validation accuracy are kept.
+Checkpoints go to ``<out>.work/last.pt`` after every epoch; ``resume=True`` continues from
+there. The final model folder is written atomically (see :func:`catalogue.save_model`),
+with ``split.json`` listing the validation images.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from .errors import InputError
+
+
+@dataclass
+class TrainConfig:
+    """Hyper-parameters of :func:`train_classifier` (sizes in pixels)."""
+
+    architecture: str = "resnet18-w32"
+    image_size: int = 128
+    epochs: int = 30
+    batch_size: int = 32
+    lr: float = 2e-3
+    weight_decay: float = 5e-4
+    label_smoothing: float = 0.05
+    val_fraction: float = 0.15
+    seed: int = 0
+    device: str = "auto"
+    limit_per_class: int = 0  # 0 = all images; >0 = at most this many per class (quick runs)
+    model_id: str = ""
+    extra_card: dict = field(default_factory=dict)
+
+
+def _seed_everything(seed: int) -> None:
+    import torch
+
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def augment(x, generator):
+    """Random flips, rotation, scaling, translation and gamma on a batch (N, 1, H, W) in [0, 1]."""
+    import torch
+    import torch.nn.functional as F
+
+    n = x.shape[0]
+    dev = x.device
+    g = generator
+    flip = torch.rand(n, generator=g) < 0.5
+    x = torch.where(flip.to(dev)[:, None, None, None], x.flip(-1), x)
+    angle = (torch.rand(n, generator=g) * 30.0 - 15.0) * math.pi / 180.0
+    scale = 0.85 + torch.rand(n, generator=g) * 0.30
+    tx = (torch.rand(n, generator=g) * 0.16 - 0.08) * 2
+    ty = (torch.rand(n, generator=g) * 0.16 - 0.08) * 2
+    cos, sin = torch.cos(angle) / scale, torch.sin(angle) / scale
+    theta = torch.stack([torch.stack([cos, -sin, tx], 1), torch.stack([sin, cos, ty], 1)], 1).to(dev)
+    grid = F.affine_grid(theta, list(x.shape), align_corners=False)
+    x = F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+    gamma = torch.exp(torch.rand(n, generator=g) * (math.log(1.4) - math.log(0.7)) + math.log(0.7)).to(dev)
+    return x.clamp(0, 1).pow(gamma[:, None, None, None])
+
+
+@dataclass
+class Events:
+    """Progress reporting: a callable receiving one JSON-ready dict per event
+    (``{"event": "epoch", "epoch", "epochs", "step", "loss", "metrics", "eta_s"}``)."""
+
+    sink: object = None
+
+    def emit(self, **event) -> None:
+        if self.sink is not None:
+            self.sink(event)
+
+
+def predict_batches(network, x, device, batch_size: int = 128):
+    """Softmax probabilities (N, C) float32 numpy for a prepared batch tensor (N, 1, H, W)."""
+    import torch
+
+    from .device import autocast
+
+    network.eval()
+    outs = []
+    with torch.no_grad():
+        for i in range(0, x.shape[0], batch_size):
+            with autocast(device):
+                logits = network(x[i:i + batch_size].to(device))
+            outs.append(torch.softmax(logits.float(), dim=1).cpu())
+    return torch.cat(outs).numpy() if outs else np.zeros((0, 0), dtype=np.float32)
+
+
+def train_classifier(data_dir, out_dir, config: TrainConfig, resume: bool = False, progress=None) -> Path:
+    """Train a classifier on an ImageFolder dataset and save it as a catalogue model.
+
+    :param data_dir: ImageFolder root (one folder per class of 2D slices).
+    :param out_dir: model folder to create (replaced atomically when training succeeds).
+    :param config: :class:`TrainConfig`.
+    :param resume: continue from ``<out_dir>.work/last.pt`` if it exists.
+    :param progress: optional callable receiving event dicts (see :class:`Events`).
+    :returns: the model folder.
+    :raises InputError: bad dataset (see :func:`data.scan_image_folder`) or a config that
+        leaves a class without training or validation images.
+    """
+    import torch
+    import torch.nn.functional as F
+    from tqdm.auto import tqdm
+
+    from .catalogue import save_model
+    from .data import load_slice_batch, scan_image_folder, stratified_split
+    from .device import autocast, resolve_device
+    from .metrics import classification_metrics
+    from .networks import GRADCAM_LAYER, build_classifier
+
+    cfg = config
+    events = Events(progress)
+    out_dir = Path(out_dir)
+    work = out_dir.with_name(out_dir.name + ".work")
+    work.mkdir(parents=True, exist_ok=True)
+    data_dir = Path(data_dir)
+    _seed_everything(cfg.seed)
+    device = resolve_device(cfg.device)
+
+    paths, labels, class_names = scan_image_folder(data_dir)
+    if cfg.limit_per_class > 0:
+        rng = np.random.default_rng(cfg.seed)
+        keep = np.concatenate([rng.permutation(np.flatnonzero(labels == c))[: cfg.limit_per_class]
+                               for c in range(len(class_names))])
+        keep.sort()
+        paths, labels = [paths[i] for i in keep], labels[keep]
+    if len(class_names) < 2:
+        raise InputError(f"{data_dir}: need at least two class folders, found {len(class_names)}")
+    train_idx, val_idx = stratified_split(labels, cfg.val_fraction, cfg.seed)
+    for c, name in enumerate(class_names):
+        if not np.any(labels[train_idx] == c) or not np.any(labels[val_idx] == c):
+            raise InputError(f"{data_dir}: class '{name}' has too few images for a training and a validation split")
+
+    t0 = time.time()
+    x_all = load_slice_batch(paths, cfg.image_size)
+    y_all = torch.as_tensor(labels)
+    x_tr, y_tr = x_all[train_idx], y_all[train_idx]
+    x_va, y_va = x_all[val_idx], y_all[val_idx]
+    events.emit(event="data", n_train=len(train_idx), n_val=len(val_idx), classes=class_names,
+                seconds=round(time.time() - t0, 1))
+
+    net = build_classifier(cfg.architecture, len(class_names)).to(device)
+    opt = torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    steps_per_epoch = math.ceil(len(train_idx) / cfg.batch_size)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, epochs=cfg.epochs,
+                                                steps_per_epoch=steps_per_epoch, pct_start=0.2)
+    use_scaler = device.type == "cuda" and not torch.cuda.is_bf16_supported()
+    scaler = torch.amp.GradScaler("cuda", enabled=use_scaler)
+    gen = torch.Generator().manual_seed(cfg.seed)
+    start_epoch, best_acc, best_state, history = 0, -1.0, None, []
+    ckpt_path = work / "last.pt"
+    if resume and ckpt_path.is_file():
+        ck = torch.load(ckpt_path, map_location="cpu", weights_only=False)
+        if ck["config"]["architecture"] != cfg.architecture or ck["class_names"] != class_names:
+            raise InputError(f"{ckpt_path}: checkpoint was made with another architecture or class list")
+        net.load_state_dict(ck["model"])
+        opt.load_state_dict(ck["optimizer"])
+        sched.load_state_dict(ck["scheduler"])
+        gen.set_state(ck["generator"])
+        torch.set_rng_state(ck["torch_rng"])
+        start_epoch, best_acc, best_state, history = ck["epoch"], ck["best_acc"], ck["best_state"], ck["history"]
+        events.emit(event="resume", epoch=start_epoch)
+
+    step = start_epoch * steps_per_epoch
+    t_start = time.time()
+    for epoch in range(start_epoch, cfg.epochs):
+        net.train()
+        perm = torch.randperm(len(y_tr), generator=gen)
+        losses = []
+        bar = tqdm(range(steps_per_epoch), desc=f"epoch {epoch + 1}/{cfg.epochs}", leave=False, disable=None)
+        for b in bar:
+            idx = perm[b * cfg.batch_size:(b + 1) * cfg.batch_size]
+            xb = augment(x_tr[idx], gen).to(device, non_blocking=True)
+            yb = y_tr[idx].to(device)
+            with autocast(device):
+                loss = F.cross_entropy(net(xb), yb, label_smoothing=cfg.label_smoothing)
+            opt.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+            scaler.step(opt)
+            scaler.update()
+            sched.step()
+            step += 1
+            losses.append(loss.item())
+            bar.set_postfix(loss=f"{np.mean(losses[-20:]):.3f}")
+        probs = predict_batches(net, x_va, device)
+        val_acc = float(np.mean(probs.argmax(1) == y_va.numpy()))
+        if val_acc > best_acc:
+            best_acc = val_acc
+            best_state = {k: v.detach().cpu().clone() for k, v in net.state_dict().items()}
+        done = epoch + 1 - start_epoch
+        eta = (time.time() - t_start) / done * (cfg.epochs - epoch - 1)
+        rec = {"epoch": epoch + 1, "loss": float(np.mean(losses)), "val_accuracy": val_acc,
+               "lr": float(sched.get_last_lr()[0])}
+        history.append(rec)
+        events.emit(event="epoch", epoch=epoch + 1, epochs=cfg.epochs, step=step, loss=rec["loss"],
+                    metrics={"val_accuracy": val_acc, "best_val_accuracy": best_acc}, eta_s=round(eta, 1))
+        tmp = ckpt_path.with_suffix(".tmp")
+        torch.save({"model": net.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
+                    "generator": gen.get_state(), "torch_rng": torch.get_rng_state(), "epoch": epoch + 1,
+                    "best_acc": best_acc, "best_state": best_state, "history": history,
+                    "config": asdict(cfg), "class_names": class_names}, tmp)
+        os.replace(tmp, ckpt_path)
+
+    net.load_state_dict(best_state)
+    probs = predict_batches(net, x_va, device)
+    metrics = classification_metrics(y_va.numpy(), probs.argmax(1), class_names)
+    counts = {n: int(np.sum(labels == i)) for i, n in enumerate(class_names)}
+    card = {
+        "id": cfg.model_id or out_dir.name,
+        "version": 1,
+        "task": "classification-2d",
+        "architecture": cfg.architecture,
+        "class_names": class_names,
+        "input_size": [cfg.image_size, cfg.image_size],
+        "in_channels": 1,
+        "intensity_normalisation": {"method": "foreground-percentile", "percentiles": [0.5, 99.5],
+                                    "range": [0.0, 1.0], "pad_to_square": True},
+        "gradcam_layer": GRADCAM_LAYER,
+        "training_data": {"folder": data_dir.name, "images_per_class": counts, "n_train": int(len(train_idx)),
+                          "n_validation": int(len(val_idx)), "validation_fraction": cfg.val_fraction,
+                          "split_seed": cfg.seed, "split_file": "split.json"},
+        "training": {k: v for k, v in asdict(cfg).items() if k not in ("extra_card", "model_id", "device")}
+        | {"device": str(device), "history": history, "seconds": round(time.time() - t0, 1)},
+        "metrics": {"validation": metrics},
+        **cfg.extra_card,
+    }
+    split = {"data_folder": data_dir.name, "class_names": class_names,
+             "validation": [str(paths[i].relative_to(data_dir)) for i in val_idx],
+             "train": [str(paths[i].relative_to(data_dir)) for i in train_idx]}
+    folder = save_model(net, card, out_dir, extra_files={"split.json": json.dumps(split, indent=1)})
+    events.emit(event="done", model=str(folder), metrics={"val_accuracy": metrics["accuracy"]})
+    return folder
