@@ -237,6 +237,10 @@ class BrainSpineAIWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         if self._parameterNode and card is not None and self._parameterNode.modelId != card.get("id"):
             self._parameterNode.modelId = str(card.get("id", ""))
         self.ui.modelCardLabel.text = self._cardHtml(card) if card else ""
+        self.ui.heatmapClassSelector.clear()
+        self.ui.heatmapClassSelector.addItem(_("predicted class"), "")
+        for name in (card or {}).get("class_names") or []:
+            self.ui.heatmapClassSelector.addItem(str(name), str(name))
         self._updateButtons()
 
     @staticmethod
@@ -304,7 +308,8 @@ class BrainSpineAIWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         index = self.ui.modelSelector.currentIndex
         modelRef = self.ui.modelSelector.itemData(index) if index >= 0 else None
         options = dict(modelRef=modelRef or None, device=self._parameterNode.device,
-                       computeHeatmap=self._parameterNode.computeHeatmap)
+                       computeHeatmap=self._parameterNode.computeHeatmap,
+                       heatmapClass=self.ui.heatmapClassSelector.currentData or None)
         self._clearResults()
 
         ok, singleSlice = self._tryRun(_("Classification failed."), self.logic.isSingleSlice, inputVolume)

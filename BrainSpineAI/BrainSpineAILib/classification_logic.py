@@ -219,7 +219,8 @@ class ClassificationLogic:
         res = classify_image(image, model, heatmap=computeHeatmap, heatmap_class=heatmapClass)
         return self._toScene(volumeNode, res.to_json(), res.heatmap)
 
-    def startBackgroundClassification(self, volumeNode, modelRef=None, device="auto", computeHeatmap=True) -> BackgroundClassification:
+    def startBackgroundClassification(self, volumeNode, modelRef=None, device="auto", computeHeatmap=True,
+                                      heatmapClass=None) -> BackgroundClassification:
         """Write the volume to a temporary file and start ``brainspineai classify`` on it in a
         separate process; poll the returned job, then call :meth:`finishBackgroundClassification`."""
         import SimpleITK as sitk
@@ -238,6 +239,8 @@ class ClassificationLogic:
             cmd += ["--model", str(modelRef)]
         if computeHeatmap:
             cmd += ["--heatmap", str(workdir / "heatmap.nrrd")]
+            if heatmapClass:
+                cmd += ["--heatmap-class", str(heatmapClass)]
         env = dict(os.environ)
         env["PYTHONPATH"] = os.pathsep.join([str(LIBRARY_PARENT)] + ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else []))
         return BackgroundClassification(cmd, workdir, volumeNode.GetID(), env=env)

@@ -1,0 +1,71 @@
+"""Shared fixtures. Real data come from ``../shared/data`` beside the project root (or
+``$BRAINSPINEAI_TEST_DATA``); tests that need it are skipped with a reason when it is absent.
+Nothing here downloads: models come from the package's own zoo or from temporary folders."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+LIB_PARENT = ROOT / "BrainSpineAI"
+if str(LIB_PARENT) not in sys.path:
+    sys.path.insert(0, str(LIB_PARENT))  # brainspineai and BrainSpineAILib without installing
+
+DATA = Path(os.environ.get("BRAINSPINEAI_TEST_DATA", ROOT.parent / "shared" / "data"))
+KAGGLE = DATA / "brain-mri-2d" / "kaggle4-train"
+FIGSHARE = DATA / "brain-mri-2d" / "figshare3"
+BRATS15 = DATA / "volumes" / "brats2015-flair-t1c"
+BRATS23 = DATA / "volumes" / "brats2023-4seq-noseg" / "BraTS-GLI-00001-000"
+SPINE = DATA / "volumes" / "spine-cervical-t1-t2"
+
+
+def need(path: Path) -> Path:
+    if not path.exists():
+        pytest.skip(f"real data not found at {path} (set BRAINSPINEAI_TEST_DATA to the shared data folder)")
+    return path
+
+
+@pytest.fixture(scope="session")
+def data_dir() -> Path:
+    return need(DATA)
+
+
+@pytest.fixture(autouse=True)
+def isolated_catalogue(tmp_path_factory, monkeypatch):
+    """Every test sees only the shipped models and an empty per-user folder."""
+    home = tmp_path_factory.mktemp("home")
+    monkeypatch.setenv("BRAINSPINEAI_HOME", str(home))
+    monkeypatch.delenv("BRAINSPINEAI_MODEL_PATH", raising=False)
+    return home
+
+
+@pytest.fixture(scope="session")
+def default_model():
+    from brainspineai.catalogue import load_model
+
+    return load_model(None, "cpu")
+
+
+@pytest.fixture(scope="session")
+def validation_images(default_model):
+    """(path, class name) of the default model's held-out validation images, per class."""
+    split = json.loads((default_model.folder / "split.json").read_text())
+    root = need(KAGGLE)
+    out = {}
+    for rel in split["validation"]:
+        out.setdefault(rel.split("/")[0], []).append(root / rel)
+    return out
+
+
+def run_cli(*args, env=None, timeout=900) -> subprocess.CompletedProcess:
+    """Run ``python -m brainspineai ARGS`` and return the completed process (text mode)."""
+    full_env = dict(os.environ)
+    full_env["PYTHONPATH"] = os.pathsep.join([str(LIB_PARENT)] + ([full_env["PYTHONPATH"]] if full_env.get("PYTHONPATH") else []))
+    full_env.update(env or {})
+    return subprocess.run([sys.executable, "-m", "brainspineai", *map(str, args)], capture_output=True, text=True,
+                          env=full_env, timeout=timeout)

@@ -1,0 +1,93 @@
+"""The shipped model on real images of known class; volumes; Grad-CAM."""
+from __future__ import annotations
+
+import csv
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+
+from brainspineai.errors import InputError
+from brainspineai.inference import classify_image, volume_rule
+from brainspineai.io import read_image
+from conftest import BRATS23, FIGSHARE, need
+
+T1C = BRATS23 / "BraTS-GLI-00001-000-t1c.nii.gz"
+
+
+def test_known_class_slices_are_classified_correctly(default_model, validation_images):
+    """Ten held-out images per class (never trained on): at least 9 of 10 right per class."""
+    for name, paths in sorted(validation_images.items()):
+        preds = [classify_image(read_image(p), default_model).predicted for p in sorted(paths)[:10]]
+        assert sum(p == name for p in preds) >= 9, (name, preds)
+
+
+def test_slice_probabilities_and_heatmap(default_model, validation_images):
+    path = sorted(validation_images["glioma"])[0]
+    img = read_image(path)
+    res = classify_image(img, default_model, heatmap=True)
+    assert res.probabilities.shape == (4,) and res.probabilities.sum() == pytest.approx(1.0, abs=1e-6)
+    assert res.heatmap.GetSize() == img.GetSize() and res.heatmap_class == res.predicted
+    h = sitk.GetArrayFromImage(res.heatmap)
+    assert h.min() >= 0 and h.max() == pytest.approx(1.0, abs=1e-5)
+    other = classify_image(img, default_model, heatmap=True, heatmap_class="notumor")
+    assert other.heatmap_class == "notumor"
+    assert not np.allclose(sitk.GetArrayFromImage(other.heatmap), h)
+    with pytest.raises(InputError, match="unknown class"):
+        classify_image(img, default_model, heatmap=True, heatmap_class="astrocytoma")
+
+
+def test_gradcam_points_at_the_tumour(default_model):
+    """On figshare slices with expert tumour boxes, the heatmap is denser inside the box."""
+    rows = list(csv.DictReader(open(need(FIGSHARE / "tumor_boxes.csv"))))
+    rows = [r for r in rows if r["label"] in ("glioma", "meningioma")][::60][:20]
+    ratios = []
+    for r in rows:
+        img = read_image(FIGSHARE / r["image"])
+        res = classify_image(img, default_model, heatmap=True, heatmap_class=r["label"])
+        h = sitk.GetArrayFromImage(res.heatmap)
+        H, W = h.shape
+        x0, x1 = (float(r["x_center"]) - float(r["width"]) / 2) * W, (float(r["x_center"]) + float(r["width"]) / 2) * W
+        y0, y1 = (float(r["y_center"]) - float(r["height"]) / 2) * H, (float(r["y_center"]) + float(r["height"]) / 2) * H
+        box = np.zeros_like(h, dtype=bool)
+        box[max(0, int(y0)):int(np.ceil(y1)), max(0, int(x0)):int(np.ceil(x1))] = True
+        ratios.append(h[box].mean() / max(h[~box].mean(), 1e-6))
+    assert np.median(ratios) > 1.5, ratios
+
+
+def test_volume_is_classified_whatever_its_storage_orientation(default_model):
+    """The same physical volume stored with permuted and flipped axes gives the same answer,
+    and each heatmap has exactly its own input's geometry."""
+    img = read_image(need(T1C))
+    other = sitk.Flip(sitk.PermuteAxes(img, [1, 0, 2]), [True, False, True])
+    assert other.GetDirection() != img.GetDirection()
+    a = classify_image(img, default_model, heatmap=True)
+    b = classify_image(other, default_model, heatmap=True)
+    np.testing.assert_allclose(a.probabilities, b.probabilities, atol=1e-5)
+    assert [s["index"] for s in a.slices] == [s["index"] for s in b.slices]
+    for res, src in ((a, img), (b, other)):
+        assert res.heatmap.GetSize() == src.GetSize() and res.heatmap.GetDirection() == src.GetDirection()
+        assert res.heatmap.GetOrigin() == pytest.approx(src.GetOrigin())
+    p = img.TransformIndexToPhysicalPoint((120, 100, 80))
+    assert a.heatmap[a.heatmap.TransformPhysicalPointToIndex(p)] == pytest.approx(
+        b.heatmap[b.heatmap.TransformPhysicalPointToIndex(p)], abs=1e-5)
+    assert abs(a.probabilities.sum() - 1) < 1e-6 and len(a.slices) > 50
+
+
+def test_volume_rule():
+    classes = ["glioma", "meningioma", "notumor", "pituitary"]
+    probs = np.array([[0.1, 0.1, 0.8, 0.0]] * 10 + [[0.7, 0.1, 0.2, 0.0]] * 3)
+    p, rule = volume_rule(probs, classes)
+    np.testing.assert_allclose(p, [0.7, 0.1, 0.2, 0.0])
+    assert "3 tumour slices" in rule
+    p, rule = volume_rule(probs[:12], classes)  # only 2 tumour slices: mean over all
+    np.testing.assert_allclose(p, probs[:12].mean(0))
+    p, _ = volume_rule(np.array([[0.2, 0.5, 0.3]]), ["a", "b", "c"])  # no notumor class
+    np.testing.assert_allclose(p, [0.2, 0.5, 0.3])
+
+
+def test_empty_volume_is_refused(default_model):
+    arr = np.zeros((10, 64, 64), np.float32)
+    arr[5, 30, 30] = 1.0  # one bright voxel: nothing a model could classify
+    with pytest.raises(InputError, match="no axial slice"):
+        classify_image(sitk.GetImageFromArray(arr), default_model)

@@ -1,0 +1,133 @@
+"""The BrainSpineAI module's logic against a real MRML scene (the ``slicer-core`` wheel):
+real slices and a real BraTS volume loaded by Slicer's own volumes logic."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+
+slicer = pytest.importorskip("slicer", reason="slicer-core is not installed")
+
+from BrainSpineAILib import mrml_utils  # noqa: E402
+from BrainSpineAILib.classification_logic import ClassificationLogic  # noqa: E402
+from conftest import BRATS15, need  # noqa: E402
+
+CASE = BRATS15 / "brats_2013_pat0003_1"
+
+
+@pytest.fixture
+def scene():
+    s = slicer.vtkMRMLScene()
+    s.AddNewNodeByClass("vtkMRMLSliceCompositeNode")
+    s.AddNewNodeByClass("vtkMRMLSliceCompositeNode")
+    return s
+
+
+def load(scene, path, name):
+    logic = slicer.vtkSlicerVolumesLogic()
+    logic.SetMRMLScene(scene)
+    node = logic.AddArchetypeVolume(str(path), name)
+    assert node is not None, f"Slicer could not load {path}"
+    return node
+
+
+def slice_as_nrrd(jpg, tmp_path, rgb=False):
+    """slicer-core's ITK has no JPEG reader: hand Slicer the same pixels as NRRD."""
+    img = sitk.ReadImage(str(jpg))
+    if rgb:
+        img = sitk.Compose(img, img, img)
+    out = tmp_path / (jpg.stem + ("_rgb" if rgb else "") + ".nrrd")
+    sitk.WriteImage(img, str(out))
+    return out
+
+
+def same_geometry(a, b):
+    return np.allclose(mrml_utils.ijk_to_ras_array(a), mrml_utils.ijk_to_ras_array(b), atol=1e-9)
+
+
+def test_known_slices_scalar_and_rgb(scene, tmp_path, validation_images):
+    logic = ClassificationLogic(scene)
+    for name in ("glioma", "pituitary", "notumor"):
+        jpg = sorted(validation_images[name])[1]
+        node = load(scene, slice_as_nrrd(jpg, tmp_path), name)
+        assert logic.isSingleSlice(node)
+        out = logic.classify(node, device="cpu")
+        assert out.result["predicted"] == name
+        assert sum(out.result["probabilities"]) == pytest.approx(1.0, abs=1e-5)
+        assert same_geometry(out.heatmapNode, node)
+        assert out.tableNode.GetNumberOfRows() == 4
+        assert out.tableNode.GetAttribute("BrainSpineAI.predicted") == name
+        rgb = load(scene, slice_as_nrrd(jpg, tmp_path, rgb=True), name + "_rgb")
+        assert rgb.IsA("vtkMRMLVectorVolumeNode")
+        out_rgb = logic.classify(rgb, device="cpu")
+        np.testing.assert_allclose(out_rgb.result["probabilities"], out.result["probabilities"], atol=1e-4)
+
+
+def test_heatmap_is_shown_over_the_input(scene, tmp_path, validation_images):
+    logic = ClassificationLogic(scene)
+    node = load(scene, slice_as_nrrd(sorted(validation_images["meningioma"])[0], tmp_path), "m")
+    out = logic.classify(node, device="cpu")
+    logic.showHeatmap(out.heatmapNode, node, 0.4)
+    comps = logic._compositeNodes()
+    assert len(comps) == 2
+    for c in comps:
+        assert c.GetBackgroundVolumeID() == node.GetID() and c.GetForegroundVolumeID() == out.heatmapNode.GetID()
+        assert c.GetForegroundOpacity() == pytest.approx(0.4)
+    logic.setHeatmapOpacity(0.8)
+    assert comps[0].GetForegroundOpacity() == pytest.approx(0.8)
+    display = out.heatmapNode.GetDisplayNode()
+    assert display.GetColorNode().GetName() == "BrainSpineAI Heat"
+    heat = mrml_utils.array_from_volume_node(out.heatmapNode)
+    assert heat.shape == mrml_utils.array_from_volume_node(node).shape and heat.max() == pytest.approx(1.0, abs=1e-5)
+
+
+def test_brats_volume_in_a_background_process(scene):
+    node = load(scene, need(CASE / "T1c_subtrMeanDivStd.nii.gz"), "t1c")
+    logic = ClassificationLogic(scene)
+    assert not logic.isSingleSlice(node)
+    job = logic.startBackgroundClassification(node, device="cpu")
+    assert job.wait(600)
+    out = logic.finishBackgroundClassification(job)
+    assert not job.workdir.exists()
+    r = out.result
+    assert sum(r["probabilities"]) == pytest.approx(1.0, abs=1e-5) and len(r["slices"]) > 50
+    assert same_geometry(out.heatmapNode, node)
+    assert mrml_utils.array_from_volume_node(out.heatmapNode).shape == (155, 240, 240)
+    assert out.plotChartNode.GetNumberOfPlotSeriesNodes() == 4
+    table = scene.GetFirstNodeByName("t1c per-slice probabilities")
+    assert table.GetNumberOfRows() == len(r["slices"])
+
+
+def test_cancel_leaves_the_scene_as_it_was(scene):
+    node = load(scene, need(CASE / "Flair_subtrMeanDivStd.nii.gz"), "flair")
+    before = scene.GetNumberOfNodes()
+    logic = ClassificationLogic(scene)
+    job = logic.startBackgroundClassification(node, device="cpu")
+    job.cancel()
+    assert job.poll() and job.process.returncode != 0
+    assert not job.workdir.exists()
+    with pytest.raises(RuntimeError, match="cancelled"):
+        logic.finishBackgroundClassification(job)
+    assert scene.GetNumberOfNodes() == before
+
+
+def test_errors_name_the_problem(scene):
+    logic = ClassificationLogic(scene)
+    with pytest.raises(ValueError, match="Select an input volume"):
+        logic.classify(None)
+    empty = scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", "empty")
+    with pytest.raises(ValueError, match="no image data"):
+        logic.classify(empty)
+    blank = scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", "blank")
+    mrml_utils.update_volume_node_from_array(blank, np.zeros((4, 32, 32), np.float32))
+    job = logic.startBackgroundClassification(blank, device="cpu")
+    job.wait(300)
+    with pytest.raises(RuntimeError, match="empty"):
+        logic.finishBackgroundClassification(job)
+    assert scene.GetFirstNodeByName("blank Grad-CAM") is None
+
+
+def test_model_list_puts_the_default_first(scene):
+    cards = ClassificationLogic(scene).availableModels()
+    assert cards[0]["id"] == "brain-tumor-4class-resnet18w32" and "path" in cards[0]
+    assert ClassificationLogic.missingPackages() == []
