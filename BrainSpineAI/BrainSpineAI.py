@@ -464,9 +464,16 @@ class BrainSpineAITest(ScriptedLoadableModuleTest):
         if dataDir is None:
             self.delayDisplay("shared data not found, skipping")
             return
-        folder = os.path.join(dataDir, "brain-mri-2d", "kaggle4-train", "pituitary")
-        jpgs = sorted(f for f in os.listdir(folder) if f.lower().endswith((".jpg", ".jpeg")))
-        self.assertTrue(jpgs, f"no JPEG in {folder}")
+        # a held-out validation image of the default model (never trained on)
+        import json
+
+        from brainspineai.catalogue import resolve_model
+
+        split = json.loads((resolve_model(None) / "split.json").read_text())
+        relative = sorted(p for p in split["validation"] if p.startswith("pituitary/"))
+        self.assertTrue(relative, "no pituitary image in the default model's validation split")
+        folder = os.path.join(dataDir, "brain-mri-2d", "kaggle4-train")
+        jpgs = [relative[0]]
 
         self.delayDisplay(f"Loading {jpgs[0]}")
         # singleFile: do not let the reader assemble the numbered JPEGs of the folder into a volume

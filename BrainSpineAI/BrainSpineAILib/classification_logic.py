@@ -165,7 +165,7 @@ class ClassificationLogic:
             if installTorch() is not None:
                 missing = [m for m in missing if m not in ("torch", "torchvision")]
         if missing and pipInstall is not None:
-            pipInstall(" ".join(f'"{m}"' if ">" in m else m for m in missing))
+            pipInstall(" ".join(missing))  # requirements hold no spaces; no shell is involved
         importlib.invalidate_caches()
         return not self.missingPackages()
 

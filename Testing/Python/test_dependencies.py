@@ -1,0 +1,40 @@
+"""First-use installation of missing packages inside Slicer (with fake installers)."""
+from BrainSpineAILib import classification_logic as cl
+
+
+def test_nothing_is_installed_without_consent(monkeypatch):
+    monkeypatch.setitem(cl.REQUIRED_PACKAGES, "no_such_module_xyz", "no-such-package-xyz>=1")
+    calls = []
+    logic = cl.ClassificationLogic(scene=None)
+    ok = logic.ensureDependencies(confirm=lambda msg: calls.append(("ask", msg)) or False,
+                                  pipInstall=lambda req: calls.append(("pip", req)))
+    assert ok is False
+    assert calls[0][0] == "ask" and "no-such-package-xyz>=1" in calls[0][1]
+    assert [c for c in calls if c[0] == "pip"] == []
+
+
+def test_torch_goes_through_the_pytorch_helper_and_the_rest_through_pip(monkeypatch):
+    missing = ["torch", "torchvision", "monai>=1.3"]
+    monkeypatch.setattr(cl.ClassificationLogic, "missingPackages", staticmethod(lambda: list(missing)))
+    calls = []
+
+    def install_torch():
+        calls.append("torch-helper")
+        missing.remove("torch")
+        missing.remove("torchvision")
+        return object()
+
+    def pip(req):
+        calls.append(f"pip {req}")
+        missing.clear()
+
+    assert cl.ClassificationLogic(scene=None).ensureDependencies(lambda m: True, install_torch, pip)
+    assert calls == ["torch-helper", "pip monai>=1.3"]
+
+
+def test_without_the_helper_pip_installs_torch_too(monkeypatch):
+    missing = ["torch", "torchvision"]
+    monkeypatch.setattr(cl.ClassificationLogic, "missingPackages", staticmethod(lambda: list(missing)))
+    got = []
+    cl.ClassificationLogic(scene=None).ensureDependencies(lambda m: True, lambda: None, got.append)
+    assert got == ["torch torchvision"]
