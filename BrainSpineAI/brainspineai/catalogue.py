@@ -48,6 +48,20 @@ def search_roots() -> list[Path]:
     return roots
 
 
+def _make_temp_dir(prefix: str, parent: Path) -> Path:
+    """A temporary folder beside its final place, with the permissions a plain mkdir gives
+    (``tempfile.mkdtemp`` makes it private, which the renamed model folder must not stay)."""
+    tmp = Path(tempfile.mkdtemp(prefix=prefix, dir=parent))
+    os.chmod(tmp, 0o777 & ~_umask())
+    return tmp
+
+
+def _umask() -> int:
+    umask = os.umask(0)
+    os.umask(umask)
+    return umask
+
+
 def sha256_file(path) -> str:
     """Hex sha256 digest of a file, read in 1 MiB blocks."""
     h = hashlib.sha256()
@@ -157,7 +171,7 @@ def fetch_remote(url: str) -> Path:
         base = base[: -len(CARD_NAME) - 1]
     cache_root = user_home() / "cache"
     cache_root.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".download-", dir=cache_root))
+    tmp = _make_temp_dir(".download-", cache_root)
     try:
         try:
             with urllib.request.urlopen(f"{base}/{CARD_NAME}", timeout=60) as r:
@@ -248,7 +262,7 @@ def save_model(network, card: dict, out_dir, extra_files: dict | None = None) ->
 
     out_dir = Path(out_dir)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
+    tmp = _make_temp_dir(f".{out_dir.name}.", out_dir.parent)
     try:
         state = {k: v.detach().cpu().contiguous() for k, v in network.state_dict().items()}
         save_file(state, str(tmp / WEIGHTS_NAME))
@@ -259,6 +273,9 @@ def save_model(network, card: dict, out_dir, extra_files: dict | None = None) ->
         (tmp / CARD_NAME).write_text(json.dumps(card, indent=2) + "\n", encoding="utf-8")
         for name, text in (extra_files or {}).items():
             (tmp / name).write_text(text, encoding="utf-8")
+        mode = 0o666 & ~_umask()
+        for f in tmp.iterdir():
+            os.chmod(f, mode)  # safetensors writes its file private
         if out_dir.exists():
             old = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.old.", dir=out_dir.parent))
             os.rmdir(old)

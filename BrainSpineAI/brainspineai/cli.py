@@ -76,7 +76,8 @@ def cmd_train_classifier(args) -> int:
 
     cfg = TrainConfig(architecture=args.architecture, image_size=args.image_size, epochs=args.epochs,
                       batch_size=args.batch_size, lr=args.lr, val_fraction=args.val_fraction, seed=args.seed,
-                      device=args.device, limit_per_class=args.limit_per_class, model_id=args.model_id or "")
+                      device=args.device, limit_per_class=args.limit_per_class, model_id=args.model_id or "",
+                      keep=args.keep, extra_card={"description": args.description} if args.description else {})
     sink = None
     if args.events:
         if args.events == "-":
@@ -116,7 +117,9 @@ def cmd_evaluate(args) -> int:
         if not keep:
             raise InputError(f"--split {args.split}: none of its validation images is in {root}")
         paths, labels = [paths[i] for i in keep], labels[keep]
-    batch = load_slice_batch(paths, model.input_size)
+    from .preprocess import crop_mode
+
+    batch = load_slice_batch(paths, model.input_size, crop=crop_mode(model.card, volume=False))
     probs = predict_batches(model.network, batch, model.device)
     metrics = classification_metrics(labels, probs.argmax(1), classes)
     doc = {"model": model.id, "data": str(root), "split": args.split, **metrics}
@@ -176,6 +179,9 @@ def build_parser() -> argparse.ArgumentParser:
     tc.add_argument("--device", default="auto", choices=DEVICE_CHOICES)
     tc.add_argument("--limit-per-class", type=int, default=0, help="use at most N images per class (quick runs)")
     tc.add_argument("--model-id", help="id in the model card (default: the --out folder name)")
+    tc.add_argument("--description", help="one-line description for the model card")
+    tc.add_argument("--keep", choices=["last", "best"], default="last",
+                    help="weights to keep: the last epoch (default; unbiased validation figure) or the best validation epoch")
     tc.add_argument("--resume", action="store_true", help="continue from <out>.work/last.pt")
     tc.add_argument("--events", metavar="FILE", help="append progress events as JSON lines to FILE ('-' = stdout)")
     tc.set_defaults(func=cmd_train_classifier)

@@ -62,8 +62,9 @@ def stratified_split(labels, val_fraction: float, seed: int):
     return np.sort(np.asarray(train, dtype=np.int64)), np.sort(np.asarray(val, dtype=np.int64))
 
 
-def load_slice_batch(paths, size: int):
-    """Read 2D slice files and prepare them as one batch (see :func:`preprocess.prepare_slices`).
+def load_slice_batch(paths, size: int, crop: str = "slice"):
+    """Read 2D slice files and prepare them as one batch (see :func:`preprocess.prepare_slices`,
+    whose ``crop`` argument this passes on).
 
     A 3D file contributes its middle axial slice.
 
@@ -83,5 +84,5 @@ def load_slice_batch(paths, size: int):
         else:
             vol = sitk.GetArrayFromImage(to_lps_axial(img))
             arrays.append(vol[vol.shape[0] // 2])
-    batch, _, _ = prepare_slices(arrays, size)
+    batch, _, _ = prepare_slices(arrays, size, crop=crop)
     return batch

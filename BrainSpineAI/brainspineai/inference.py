@@ -105,7 +105,8 @@ def classify_image(image, model, heatmap: bool = False, heatmap_class=None, prog
 
     from .explain import gradcam_batch
     from .io import is_slice, to_grayscale, validate_image
-    from .preprocess import MIN_FOREGROUND_FRACTION, prepare_slices, restore_map, slice_array, to_lps_axial
+    from .preprocess import (MIN_FOREGROUND_FRACTION, crop_mode, prepare_slices, restore_map, slice_array,
+                             to_lps_axial)
 
     report = progress or (lambda f, m: None)
     image = validate_image(to_grayscale(image))
@@ -114,14 +115,15 @@ def classify_image(image, model, heatmap: bool = False, heatmap_class=None, prog
 
     if is_slice(image):
         arr = slice_array(image)
-        batch, geoms, _ = prepare_slices([arr], size)
+        batch, geoms, _ = prepare_slices([arr], size, crop=crop_mode(model.card, volume=False))
         probs = _probabilities(model, batch)[0]
         pred = int(probs.argmax())
         res = ClassificationResult(model.id, list(model.class_names), probs, model.class_names[pred])
         if heatmap:
             cls = pred if wanted is None else wanted
-            raw = gradcam_batch(model, batch, cls)[0]
-            heat = restore_map(raw / raw.max() if raw.max() > 0 else raw, geoms[0])
+            heat = restore_map(gradcam_batch(model, batch, cls)[0], geoms[0])
+            if heat.max() > 0:
+                heat /= heat.max()
             heat_arr = heat.reshape(sitk.GetArrayViewFromImage(image).shape).astype(np.float32)
             himg = sitk.GetImageFromArray(heat_arr)
             himg.CopyInformation(image)
@@ -132,7 +134,7 @@ def classify_image(image, model, heatmap: bool = False, heatmap_class=None, prog
     oriented = to_lps_axial(image)
     vol = sitk.GetArrayFromImage(oriented)  # (K, J, I): axial slices, inferior to superior
     report(0.05, f"preparing {vol.shape[0]} axial slices")
-    batch, geoms, fractions = prepare_slices(list(vol), size)
+    batch, geoms, fractions = prepare_slices(list(vol), size, crop=crop_mode(model.card, volume=True))
     keep = np.flatnonzero(fractions >= MIN_FOREGROUND_FRACTION)
     if keep.size == 0:
         raise InputError("no axial slice has enough foreground to classify (is the volume empty?)")
@@ -146,10 +148,11 @@ def classify_image(image, model, heatmap: bool = False, heatmap_class=None, prog
         cls = pred if wanted is None else wanted
         report(0.5, "computing Grad-CAM")
         raw = gradcam_batch(model, batch[keep], cls)
-        scale = float(raw.max()) if raw.size and raw.max() > 0 else 1.0
         heat = np.zeros(vol.shape, dtype=np.float32)
         for i, k in enumerate(keep):
-            heat[k] = restore_map(raw[i] / scale, geoms[k])
+            heat[k] = restore_map(raw[i], geoms[k])
+        if heat.max() > 0:
+            heat /= heat.max()  # one scale for the whole volume
         himg = sitk.GetImageFromArray(heat)
         himg.CopyInformation(oriented)
         # back onto the input's own grid: a permutation / flip, so nearest neighbour is exact

@@ -6,7 +6,10 @@ rotation within +/-15 degrees, isotropic scaling 0.85-1.15, translation up to 8%
 side, and gamma 0.7-1.4. Optimiser: AdamW with a one-cycle learning-rate schedule.
 
 A stratified validation split (``val_fraction``, ``seed``) is held apart from the start and
-never trained on; the weights of the epoch with the best validation accuracy are kept.
+never trained on. By default (``keep="last"``) the weights of the last epoch are kept, so the
+validation accuracy in the model card is an unbiased estimate: the validation images choose
+nothing. ``keep="best"`` keeps the epoch with the best validation accuracy instead (the card
+then says so, and its validation figure is optimistic).
 Checkpoints go to ``<out>.work/last.pt`` after every epoch; ``resume=True`` continues from
 there. The final model folder is written atomically (see :func:`catalogue.save_model`),
 with ``split.json`` listing the validation images.
@@ -41,6 +44,7 @@ class TrainConfig:
     seed: int = 0
     device: str = "auto"
     limit_per_class: int = 0  # 0 = all images; >0 = at most this many per class (quick runs)
+    keep: str = "last"  # "last" epoch (unbiased validation figure) or "best" validation epoch
     model_id: str = ""
     extra_card: dict = field(default_factory=dict)
 
@@ -164,7 +168,9 @@ def train_classifier(data_dir, out_dir, config: TrainConfig, resume: bool = Fals
     use_scaler = device.type == "cuda" and not torch.cuda.is_bf16_supported()
     scaler = torch.amp.GradScaler("cuda", enabled=use_scaler)
     gen = torch.Generator().manual_seed(cfg.seed)
-    start_epoch, best_acc, best_state, history = 0, -1.0, None, []
+    if cfg.keep not in ("last", "best"):
+        raise InputError(f"keep must be 'last' or 'best', got '{cfg.keep}'")
+    start_epoch, best_acc, best_state, history, seconds_before = 0, -1.0, None, [], 0.0
     ckpt_path = work / "last.pt"
     if resume and ckpt_path.is_file():
         ck = torch.load(ckpt_path, map_location="cpu", weights_only=False)
@@ -176,6 +182,7 @@ def train_classifier(data_dir, out_dir, config: TrainConfig, resume: bool = Fals
         gen.set_state(ck["generator"])
         torch.set_rng_state(ck["torch_rng"])
         start_epoch, best_acc, best_state, history = ck["epoch"], ck["best_acc"], ck["best_state"], ck["history"]
+        seconds_before = ck.get("train_seconds", 0.0)
         events.emit(event="resume", epoch=start_epoch)
 
     step = start_epoch * steps_per_epoch
@@ -215,10 +222,15 @@ def train_classifier(data_dir, out_dir, config: TrainConfig, resume: bool = Fals
         torch.save({"model": net.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
                     "generator": gen.get_state(), "torch_rng": torch.get_rng_state(), "epoch": epoch + 1,
                     "best_acc": best_acc, "best_state": best_state, "history": history,
-                    "config": asdict(cfg), "class_names": class_names}, tmp)
+                    "config": asdict(cfg), "class_names": class_names,
+                    "train_seconds": seconds_before + time.time() - t_start}, tmp)
         os.replace(tmp, ckpt_path)
 
-    net.load_state_dict(best_state)
+    if cfg.keep == "best":
+        net.load_state_dict(best_state)
+        selected = max(history, key=lambda h: h["val_accuracy"])["epoch"]
+    else:
+        selected = len(history)
     probs = predict_batches(net, x_va, device)
     metrics = classification_metrics(y_va.numpy(), probs.argmax(1), class_names)
     counts = {n: int(np.sum(labels == i)) for i, n in enumerate(class_names)}
@@ -231,13 +243,16 @@ def train_classifier(data_dir, out_dir, config: TrainConfig, resume: bool = Fals
         "input_size": [cfg.image_size, cfg.image_size],
         "in_channels": 1,
         "intensity_normalisation": {"method": "foreground-percentile", "percentiles": [0.5, 99.5],
-                                    "range": [0.0, 1.0], "pad_to_square": True},
+                                    "range": [0.0, 1.0], "crop_to_foreground": True, "pad_to_square": True},
         "gradcam_layer": GRADCAM_LAYER,
         "training_data": {"folder": data_dir.name, "images_per_class": counts, "n_train": int(len(train_idx)),
                           "n_validation": int(len(val_idx)), "validation_fraction": cfg.val_fraction,
                           "split_seed": cfg.seed, "split_file": "split.json"},
         "training": {k: v for k, v in asdict(cfg).items() if k not in ("extra_card", "model_id", "device")}
-        | {"device": str(device), "history": history, "seconds": round(time.time() - t0, 1)},
+        | {"device": str(device), "history": history, "selected_epoch": selected,
+           "selection": "last epoch (validation images choose nothing)" if cfg.keep == "last"
+           else "epoch with the best validation accuracy (validation figure is optimistic)",
+           "train_seconds": round(seconds_before + time.time() - t_start, 1)},
         "metrics": {"validation": metrics},
         **cfg.extra_card,
     }

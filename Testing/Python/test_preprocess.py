@@ -55,3 +55,20 @@ def test_prepare_then_restore_keeps_geometry_for_non_square_slices():
 def test_not_a_slice_raises():
     with pytest.raises(ValueError):
         normalize_slice(np.zeros((2, 3, 4)))
+
+
+def test_volume_crop_box_holds_the_whole_brain_and_fills_the_frame():
+    """A volume's slices share one crop box: it must contain every voxel of the expert brain
+    mask, and the brain must fill most of the frame (as the head does in 2D training slices)."""
+    t1c = sitk.GetArrayFromImage(sitk.ReadImage(str(need(CASE / "T1c_subtrMeanDivStd.nii.gz"))))
+    mask = sitk.GetArrayFromImage(sitk.ReadImage(str(CASE / "brainmask.nii.gz"))) > 0
+    batch, geoms, frac = prepare_slices(list(t1c), 128, crop="union")
+    boxes = {g.box for g in geoms}
+    assert len(boxes) == 1
+    r0, r1, c0, c1 = boxes.pop()
+    rows, cols = np.flatnonzero(mask.any((0, 2))), np.flatnonzero(mask.any((0, 1)))
+    assert r0 <= rows[0] and rows[-1] < r1 and c0 <= cols[0] and cols[-1] < c1
+    k = int(np.argmax(mask.sum((1, 2))))
+    assert np.mean(batch[k, 0].numpy() > 0.05) > 0.45  # brain covers about half the frame or more
+    back = restore_map(batch[k, 0].numpy(), geoms[k])
+    assert back.shape == t1c[k].shape and np.all(back[~mask[k]] < 0.2)
