@@ -1,0 +1,95 @@
+"""What the shipped classifier can and cannot do, measured on real data; prints a report.
+
+1. Held-out accuracy: the model card's validation metrics (666 kaggle4-train slices held apart).
+2. External volumes: every BraTS volume in ../shared/data (all gliomas: 6 BraTS 2015 cases x
+   FLAIR, T1c; 1 BraTS 2023 case x T1, T1c, T2, FLAIR), classified with the volume rule.
+3. Grad-CAM localisation on figshare3 slices with expert tumour boxes: median ratio of mean
+   heat inside / outside the box, and how often the heat peak falls within the box grown by
+   50%. (figshare images are part of the Kaggle merge, so this measures explanation, not
+   generalisation.)
+4. Grad-CAM faithfulness (deletion, Samek et al. 2017) on held-out tumour slices: probability
+   lost when the 15% hottest vs the 15% coldest head pixels are set to 0.
+
+Usage: python Testing/Benchmarks/model_report.py [--model ID|DIR] [--device cpu]
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT / "BrainSpineAI"))
+DATA = ROOT.parent / "shared" / "data"
+
+
+def main() -> None:
+    import SimpleITK as sitk
+
+    from brainspineai.catalogue import load_model
+    from brainspineai.explain import gradcam_batch
+    from brainspineai.inference import classify_image
+    from brainspineai.io import read_image
+    from brainspineai.preprocess import crop_mode, prepare_slices, slice_array
+    from brainspineai.training import predict_batches
+
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--model")
+    ap.add_argument("--device", default="cpu")
+    args = ap.parse_args()
+    m = load_model(args.model, args.device)
+    val = m.card["metrics"]["validation"]
+    print(f"model {m.id}: held-out accuracy {val['accuracy']:.2%} on {val['n']} slices, macro F1 {val['macro_f1']:.3f}")
+
+    print("\nExternal BraTS volumes (all glioma):")
+    vols = sorted((DATA / "volumes" / "brats2015-flair-t1c").glob("*/*_subtrMeanDivStd.nii.gz"))
+    vols += sorted((DATA / "volumes" / "brats2023-4seq-noseg").glob("*/*.nii.gz"))
+    right = 0
+    for v in vols:
+        r = classify_image(read_image(v), m)
+        right += r.predicted == "glioma"
+        probs = " ".join(f"{c}={p:.2f}" for c, p in zip(r.classes, r.probabilities))
+        print(f"  {v.parent.name[-12:]:>12} {v.name.split('_')[0].split('-')[-1][:12]:<12} -> {r.predicted:<11} ({probs}; {r.rule})")
+    print(f"  glioma predicted for {right} of {len(vols)} volumes")
+
+    rows = list(csv.DictReader(open(DATA / "brain-mri-2d" / "figshare3" / "tumor_boxes.csv")))[::40][:60]
+    ratios, hits = [], []
+    for r in rows:
+        img = read_image(DATA / "brain-mri-2d" / "figshare3" / r["image"])
+        h = sitk.GetArrayFromImage(classify_image(img, m, heatmap=True, heatmap_class=r["label"]).heatmap)
+        H, W = h.shape
+        cx, cy, w, hh = (float(r[k]) for k in ("x_center", "y_center", "width", "height"))
+        box = np.zeros_like(h, dtype=bool)
+        box[max(0, int((cy - hh / 2) * H)):int(np.ceil((cy + hh / 2) * H)), max(0, int((cx - w / 2) * W)):int(np.ceil((cx + w / 2) * W))] = True
+        ratios.append(h[box].mean() / max(h[~box].mean(), 1e-6))
+        iy, ix = np.unravel_index(h.argmax(), h.shape)
+        hits.append(abs(ix / W - cx) <= 0.75 * w and abs(iy / H - cy) <= 0.75 * hh)
+    print(f"\nGrad-CAM localisation on {len(rows)} figshare3 slices: median heat ratio inside/outside the tumour box "
+          f"{np.median(ratios):.2f}, peak within the box (grown 50%) {np.mean(hits):.0%}")
+
+    split = json.loads((m.folder / "split.json").read_text())
+    sel = [p for p in sorted(split["validation"]) if not p.startswith("notumor")][::4]
+    imgs = [slice_array(read_image(DATA / "brain-mri-2d" / "kaggle4-train" / p)) for p in sel]
+    x, _, _ = prepare_slices(imgs, m.input_size, crop=crop_mode(m.card, volume=False))
+    y = [m.class_names.index(p.split("/")[0]) for p in sel]
+    p0 = predict_batches(m.network, x, m.device)
+    hot, cold = [], []
+    for i in range(len(sel)):
+        h = gradcam_batch(m, x[i:i + 1], y[i])[0].ravel()
+        head = np.flatnonzero(x[i, 0].numpy().ravel() > 0.05)
+        order = head[np.argsort(h[head])]
+        k = int(0.15 * len(head))
+        for chosen, out in ((order[-k:], hot), (order[:k], cold)):
+            xc = x[i:i + 1].clone().view(-1)
+            xc[chosen] = 0
+            out.append(p0[i, y[i]] - predict_batches(m.network, xc.view(x[i:i + 1].shape), m.device)[0, y[i]])
+    print(f"Grad-CAM deletion on {len(sel)} held-out tumour slices: probability lost hiding the 15% hottest head pixels "
+          f"{np.mean(hot):.3f}, the 15% coldest {np.mean(cold):.3f}")
+
+
+if __name__ == "__main__":
+    main()
