@@ -77,7 +77,7 @@ def cmd_train_classifier(args) -> int:
     cfg = TrainConfig(architecture=args.architecture, image_size=args.image_size, epochs=args.epochs,
                       batch_size=args.batch_size, lr=args.lr, val_fraction=args.val_fraction, seed=args.seed,
                       device=args.device, limit_per_class=args.limit_per_class, model_id=args.model_id or "",
-                      keep=args.keep, extra_card={"description": args.description} if args.description else {})
+                      keep=args.keep, skull_strip_p=args.skull_strip_p, extra_card={"description": args.description} if args.description else {})
     sink = None
     if args.events:
         if args.events == "-":
@@ -182,6 +182,8 @@ def build_parser() -> argparse.ArgumentParser:
     tc.add_argument("--description", help="one-line description for the model card")
     tc.add_argument("--keep", choices=["last", "best"], default="last",
                     help="weights to keep: the last epoch (default; unbiased validation figure) or the best validation epoch")
+    tc.add_argument("--skull-strip-p", type=float, default=0.5,
+                    help="probability of showing a training slice with a simulated skull stripping (0 = never)")
     tc.add_argument("--resume", action="store_true", help="continue from <out>.work/last.pt")
     tc.add_argument("--events", metavar="FILE", help="append progress events as JSON lines to FILE ('-' = stdout)")
     tc.set_defaults(func=cmd_train_classifier)

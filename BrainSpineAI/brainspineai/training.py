@@ -3,7 +3,10 @@
 The data are held in memory as prepared slices (see :mod:`brainspineai.preprocess`), so an
 epoch costs only the network. Augmentation runs on whole batches: random horizontal flip,
 rotation within +/-15 degrees, isotropic scaling 0.85-1.15, translation up to 8% of the
-side, and gamma 0.7-1.4. Optimiser: AdamW with a one-cycle learning-rate schedule.
+side, and gamma 0.7-1.4; with probability ``skull_strip_p`` a training slice is replaced by a
+simulated skull-stripped version (see :func:`skull_strip_like`), so that skull-stripped
+volumes (BraTS-style preprocessing) are less foreign to a model trained on whole-head
+slices. Optimiser: AdamW with a one-cycle learning-rate schedule.
 
 A stratified validation split (``val_fraction``, ``seed``) is held apart from the start and
 never trained on. By default (``keep="last"``) the weights of the last epoch are kept, so the
@@ -45,6 +48,7 @@ class TrainConfig:
     device: str = "auto"
     limit_per_class: int = 0  # 0 = all images; >0 = at most this many per class (quick runs)
     keep: str = "last"  # "last" epoch (unbiased validation figure) or "best" validation epoch
+    skull_strip_p: float = 0.5  # probability of showing a training slice skull-stripped
     model_id: str = ""
     extra_card: dict = field(default_factory=dict)
 
@@ -77,6 +81,47 @@ def augment(x, generator):
     x = F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
     gamma = torch.exp(torch.rand(n, generator=g) * (math.log(1.4) - math.log(0.7)) + math.log(0.7)).to(dev)
     return x.clamp(0, 1).pow(gamma[:, None, None, None])
+
+
+def skull_strip_like(x, seed: int = 0):
+    """Simulated skull-stripped versions of prepared slices (N, 1, S, S) in [0, 1].
+
+    The head mask (value > 0.1, holes filled) is eroded by a disk of 5-10% of the side (scalp
+    and skull of a whole-head slice), the rest is set to 0, intensities are re-stretched to
+    the 99.5th percentile inside the mask, and the result is re-cropped to the mask's
+    bounding box (4% margin) and resized back, as :func:`preprocess.prepare_slices` does
+    for a skull-stripped volume. Slices whose mask would vanish are returned unchanged.
+    """
+    import cv2
+    import torch
+    import torch.nn.functional as F
+    from scipy.ndimage import binary_fill_holes
+
+    from .preprocess import CROP_MARGIN, _grow
+
+    rng = np.random.default_rng(seed)
+    out = x.clone()
+    side = x.shape[-1]
+    for i in range(x.shape[0]):
+        img = x[i, 0].numpy()
+        mask = binary_fill_holes(img > 0.1)
+        r = int(round(side * rng.uniform(0.05, 0.10)))
+        kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * r + 1, 2 * r + 1))
+        brain = cv2.erode(mask.astype(np.uint8), kernel).astype(bool)
+        if brain.sum() < 0.05 * side * side:
+            continue
+        stripped = np.where(brain, img, 0.0)
+        hi = np.percentile(stripped[brain], 99.5)
+        stripped = np.clip(stripped / max(hi, 1e-6), 0, 1).astype(np.float32)
+        rows, cols = np.flatnonzero(brain.any(1)), np.flatnonzero(brain.any(0))
+        r0, r1, c0, c1 = _grow((rows[0], rows[-1] + 1, cols[0], cols[-1] + 1), brain.shape, CROP_MARGIN)
+        crop = stripped[r0:r1, c0:c1]
+        h, w = crop.shape
+        sq = np.zeros((max(h, w),) * 2, np.float32)
+        sq[(max(h, w) - h) // 2:(max(h, w) - h) // 2 + h, (max(h, w) - w) // 2:(max(h, w) - w) // 2 + w] = crop
+        out[i, 0] = F.interpolate(torch.from_numpy(sq)[None, None], size=(side, side), mode="bilinear",
+                                  align_corners=False)[0, 0]
+    return out
 
 
 @dataclass
@@ -157,6 +202,7 @@ def train_classifier(data_dir, out_dir, config: TrainConfig, resume: bool = Fals
     y_all = torch.as_tensor(labels)
     x_tr, y_tr = x_all[train_idx], y_all[train_idx]
     x_va, y_va = x_all[val_idx], y_all[val_idx]
+    x_tr_stripped = skull_strip_like(x_tr, cfg.seed) if cfg.skull_strip_p > 0 else None
     events.emit(event="data", n_train=len(train_idx), n_val=len(val_idx), classes=class_names,
                 seconds=round(time.time() - t0, 1))
 
@@ -194,7 +240,11 @@ def train_classifier(data_dir, out_dir, config: TrainConfig, resume: bool = Fals
         bar = tqdm(range(steps_per_epoch), desc=f"epoch {epoch + 1}/{cfg.epochs}", leave=False, disable=None)
         for b in bar:
             idx = perm[b * cfg.batch_size:(b + 1) * cfg.batch_size]
-            xb = augment(x_tr[idx], gen).to(device, non_blocking=True)
+            xb = x_tr[idx]
+            if x_tr_stripped is not None:
+                use = (torch.rand(len(idx), generator=gen) < cfg.skull_strip_p)[:, None, None, None]
+                xb = torch.where(use, x_tr_stripped[idx], xb)
+            xb = augment(xb, gen).to(device, non_blocking=True)
             yb = y_tr[idx].to(device)
             with autocast(device):
                 loss = F.cross_entropy(net(xb), yb, label_smoothing=cfg.label_smoothing)
