@@ -34,6 +34,7 @@ def test_classify_volume_writes_slices_and_heatmap_with_input_geometry(tmp_path)
     doc = json.loads((tmp_path / "r.json").read_text())
     assert len(doc["slices"]) > 50 and all(abs(sum(s["probabilities"]) - 1) < 1e-5 for s in doc["slices"])
     assert abs(sum(doc["probabilities"]) - 1) < 1e-5
+    assert doc["predicted"] == "glioma"  # BraTS 2023 adult glioma, T1c
     heat, src = sitk.ReadImage(str(tmp_path / "h.nii.gz")), sitk.ReadImage(str(T1C))
     assert heat.GetSize() == src.GetSize()
     assert heat.GetSpacing() == pytest.approx(src.GetSpacing())

@@ -13,6 +13,7 @@ from BrainSpineAILib.classification_logic import ClassificationLogic  # noqa: E4
 from conftest import BRATS15, need  # noqa: E402
 
 CASE = BRATS15 / "brats_2013_pat0003_1"
+GLIOMA_T1C = BRATS15 / "brats_2013_pat0004_1" / "T1c_subtrMeanDivStd.nii.gz"
 
 
 @pytest.fixture
@@ -82,7 +83,8 @@ def test_heatmap_is_shown_over_the_input(scene, tmp_path, validation_images):
 
 
 def test_brats_volume_in_a_background_process(scene):
-    node = load(scene, need(CASE / "T1c_subtrMeanDivStd.nii.gz"), "t1c")
+    """A real glioma (BraTS 2015, T1c): classified in a separate process, as glioma."""
+    node = load(scene, need(GLIOMA_T1C), "t1c")
     logic = ClassificationLogic(scene)
     assert not logic.isSingleSlice(node)
     job = logic.startBackgroundClassification(node, device="cpu")
@@ -91,6 +93,7 @@ def test_brats_volume_in_a_background_process(scene):
     assert not job.workdir.exists()
     r = out.result
     assert sum(r["probabilities"]) == pytest.approx(1.0, abs=1e-5) and len(r["slices"]) > 50
+    assert r["predicted"] == "glioma"
     assert same_geometry(out.heatmapNode, node)
     assert mrml_utils.array_from_volume_node(out.heatmapNode).shape == (155, 240, 240)
     assert out.plotChartNode.GetNumberOfPlotSeriesNodes() == 4
