@@ -80,10 +80,10 @@ def main() -> None:
 
     print()
     print(f"{'':44}{'BrainSpineAI':>14}{'bare ResNet-18':>16}{'ours/bare':>11}")
-    print(f"{'ms per slice, classification':44}{t_cls * 1e3:14.1f}{t_bare * 1e3:16.1f}{t_cls / t_bare:8.2f}")
-    print(f"{'ms per slice, classification + Grad-CAM':44}{t_cam * 1e3:14.1f}{t_bare * 1e3:16.1f}{t_cam / t_bare:8.2f}")
-    print(f"{'slices/s, 240x240x155 volume':44}{155 / t_vol:14.1f}{155 / t_bare_vol:16.1f}{(155 / t_vol) / (155 / t_bare_vol):8.2f}")
-    print(f"{'slices/s, volume + Grad-CAM volume':44}{155 / t_vol_cam:14.1f}{155 / t_bare_vol:16.1f}{(155 / t_vol_cam) / (155 / t_bare_vol):8.2f}")
+    print(f"{'ms per slice, classification':44}{t_cls * 1e3:14.1f}{t_bare * 1e3:16.1f}{t_cls / t_bare:11.2f}")
+    print(f"{'ms per slice, classification + Grad-CAM':44}{t_cam * 1e3:14.1f}{t_bare * 1e3:16.1f}{t_cam / t_bare:11.2f}")
+    print(f"{'slices/s, 240x240x155 volume':44}{155 / t_vol:14.1f}{155 / t_bare_vol:16.1f}{(155 / t_vol) / (155 / t_bare_vol):11.2f}")
+    print(f"{'slices/s, volume + Grad-CAM volume':44}{155 / t_vol_cam:14.1f}{155 / t_bare_vol:16.1f}{(155 / t_vol_cam) / (155 / t_bare_vol):11.2f}")
     print(f"{'peak process RSS (MiB)':44}{ours_rss:14.0f}{'(same process)':>16}")
     if dev.type == "cuda":
         print(f"{'peak GPU memory allocated (MiB)':44}{ours_gpu:14.0f}{bare_gpu:16.0f}")
