@@ -97,7 +97,7 @@ def skull_strip_like(x, seed: int = 0):
     import torch.nn.functional as F
     from scipy.ndimage import binary_fill_holes
 
-    from .preprocess import CROP_MARGIN, _grow
+    from .preprocess import CROP_MARGIN, _grow, pad_to_square
 
     rng = np.random.default_rng(seed)
     out = x.clone()
@@ -114,11 +114,8 @@ def skull_strip_like(x, seed: int = 0):
         hi = np.percentile(stripped[brain], 99.5)
         stripped = np.clip(stripped / max(hi, 1e-6), 0, 1).astype(np.float32)
         rows, cols = np.flatnonzero(brain.any(1)), np.flatnonzero(brain.any(0))
-        r0, r1, c0, c1 = _grow((rows[0], rows[-1] + 1, cols[0], cols[-1] + 1), brain.shape, CROP_MARGIN)
-        crop = stripped[r0:r1, c0:c1]
-        h, w = crop.shape
-        sq = np.zeros((max(h, w),) * 2, np.float32)
-        sq[(max(h, w) - h) // 2:(max(h, w) - h) // 2 + h, (max(h, w) - w) // 2:(max(h, w) - w) // 2 + w] = crop
+        box = _grow((rows[0], rows[-1] + 1, cols[0], cols[-1] + 1), brain.shape, CROP_MARGIN)
+        sq, _ = pad_to_square(stripped, box)
         out[i, 0] = F.interpolate(torch.from_numpy(sq)[None, None], size=(side, side), mode="bilinear",
                                   align_corners=False)[0, 0]
     return out
