@@ -29,6 +29,7 @@ REQUIRED_PACKAGES = {
     "torch": "torch", "torchvision": "torchvision", "monai": "monai>=1.3", "SimpleITK": "SimpleITK",
     "skimage": "scikit-image", "cv2": "opencv-contrib-python-headless", "sklearn": "scikit-learn",
     "open_clip": "open_clip_torch", "safetensors": "safetensors", "tqdm": "tqdm", "matplotlib": "matplotlib",
+    "pytorch_metric_learning": "pytorch-metric-learning", "lightning_fabric": "lightning-fabric",
 }
 LIBRARY_PARENT = Path(__file__).resolve().parent.parent  # folder that holds the brainspineai package
 

@@ -222,25 +222,32 @@ class LoadedModel:
         return int(self.card["input_size"][0])
 
 
-def load_model(ref=None, device="auto") -> LoadedModel:
-    """Resolve, verify (sha256) and load a classifier.
+def load_model(ref=None, device="auto", task: str = "classification-2d") -> LoadedModel:
+    """Resolve, verify (sha256) and load a model.
 
     :param ref: model id, model folder, URL, or ``None`` for :data:`DEFAULT_MODEL_ID`.
     :param device: ``auto``, ``cpu``, ``cuda`` or ``mps`` (see :func:`brainspineai.device.resolve_device`).
-    :raises ModelError, ChecksumError: unknown, incomplete, corrupted or incompatible model.
+    :param task: the card's task that the caller needs: ``classification-2d`` (a classifier)
+        or ``encoder-2d`` (a self-supervised encoder, see :mod:`brainspineai.simclr`).
+    :raises ModelError, ChecksumError: unknown, incomplete, corrupted or incompatible model,
+        or a model of another task.
     """
     from safetensors.torch import load_file
 
     from .device import resolve_device
-    from .networks import build_classifier
+    from .networks import build_network
 
     folder = resolve_model(ref)
     card = read_card(folder)
-    if card["task"] != "classification-2d":
-        raise ModelError(f"model '{card['id']}' is a {card['task']} model, not a 2D classifier")
+    if card["task"] != task:
+        kinds = {"classification-2d": "a 2D classifier", "encoder-2d": "a self-supervised 2D encoder"}
+        raise ModelError(f"model '{card['id']}' is a {card['task']} model, not {kinds.get(task, task)}")
     weights = verify_weights(folder, card)
     dev = resolve_device(device)
-    net = build_classifier(card["architecture"], len(card["class_names"]), int(card.get("in_channels", 1)))
+    try:
+        net = build_network(card)
+    except (KeyError, ValueError, TypeError) as exc:
+        raise ModelError(f"model '{card['id']}': its card does not describe a network this version builds ({exc})") from None
     try:
         state = load_file(str(weights))
         net.load_state_dict(state)

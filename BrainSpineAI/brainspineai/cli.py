@@ -71,6 +71,33 @@ def cmd_classify(args) -> int:
     return 0
 
 
+def _event_sink(path):
+    """Progress events as JSON lines: to stdout for '-', appended to a file otherwise."""
+    if not path:
+        return None
+    if path == "-":
+        return _json_line
+    fh = open(path, "a", encoding="utf-8")
+
+    def sink(event, fh=fh):
+        fh.write(json.dumps(event) + "\n")
+        fh.flush()
+    return sink
+
+
+def _report_model(folder) -> None:
+    card = json.loads((Path(folder) / "model.json").read_text())
+    val = card.get("metrics", {}).get("validation")
+    if val:
+        print(f"model written to {folder}; validation accuracy {val['accuracy']:.2%} on "
+              f"{card['training_data']['n_validation']} held-out images")
+    else:
+        mon = card.get("metrics", {}).get("monitor", {})
+        extra = f"; k-NN accuracy of the representation on held-out images {mon['knn_val_accuracy']:.2%}" \
+            if "knn_val_accuracy" in mon else ""
+        print(f"encoder written to {folder}{extra}")
+
+
 def cmd_train_classifier(args) -> int:
     from .training import TrainConfig, train_classifier
 
@@ -78,20 +105,83 @@ def cmd_train_classifier(args) -> int:
                       batch_size=args.batch_size, lr=args.lr, val_fraction=args.val_fraction, seed=args.seed,
                       device=args.device, limit_per_class=args.limit_per_class, model_id=args.model_id or "",
                       keep=args.keep, skull_strip_p=args.skull_strip_p, extra_card={"description": args.description} if args.description else {})
-    sink = None
-    if args.events:
-        if args.events == "-":
-            sink = _json_line
-        else:
-            fh = open(args.events, "a", encoding="utf-8")
+    folder = train_classifier(args.data, args.out, cfg, resume=args.resume, progress=_event_sink(args.events))
+    _report_model(folder)
+    return 0
 
-            def sink(event, fh=fh):
-                fh.write(json.dumps(event) + "\n")
-                fh.flush()
-    folder = train_classifier(args.data, args.out, cfg, resume=args.resume, progress=sink)
-    card = json.loads((Path(folder) / "model.json").read_text())
-    acc = card["metrics"]["validation"]["accuracy"]
-    print(f"model written to {folder}; validation accuracy {acc:.2%} on {card['training_data']['n_validation']} held-out images")
+
+def _affcl_config(args):
+    from .affcl import AFFCLConfig
+
+    return AFFCLConfig(backbone=args.backbone, two_branch=not getattr(args, "single_branch", False),
+                       fusion=args.fusion, crop_fraction=args.crop_fraction,
+                       supcon_weight=args.supcon_weight, temperature=args.temperature, queue_size=args.queue_size,
+                       aux_weight=args.aux_weight, image_size=args.image_size, epochs=args.epochs,
+                       batch_size=args.batch_size, lr=args.lr, val_fraction=args.val_fraction, seed=args.seed,
+                       device=args.device, limit_per_class=args.limit_per_class, skull_strip_p=args.skull_strip_p,
+                       boxes=args.boxes or "", model_id=args.model_id or "",
+                       extra_card={"description": args.description} if args.description else {})
+
+
+def cmd_train_affcl(args) -> int:
+    from .affcl import train_affcl
+
+    folder = train_affcl(args.data, args.out, _affcl_config(args), resume=args.resume, progress=_event_sink(args.events))
+    _report_model(folder)
+    return 0
+
+
+def cmd_ablation_affcl(args) -> int:
+    from .affcl import run_ablation
+
+    doc = run_ablation(args.data, args.out, _affcl_config(args), progress=_event_sink(args.events))
+    from .affcl import ablation_markdown
+
+    print(ablation_markdown(doc), end="")
+    print(f"table written to {Path(args.out) / 'ablation.md'} and ablation.json")
+    return 0
+
+
+def cmd_train_simclr(args) -> int:
+    from .simclr import SimCLRConfig, train_simclr
+
+    cfg = SimCLRConfig(backbone=args.backbone, image_size=args.image_size, proj_dim=args.proj_dim,
+                       temperature=args.temperature, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
+                       val_fraction=args.val_fraction, seed=args.seed, device=args.device,
+                       limit_per_class=args.limit_per_class, model_id=args.model_id or "",
+                       extra_card={"description": args.description} if args.description else {})
+    folder = train_simclr(args.data, args.out, cfg, resume=args.resume, progress=_event_sink(args.events))
+    _report_model(folder)
+    return 0
+
+
+def _finetune_config(args):
+    from .simclr import FinetuneConfig
+
+    return FinetuneConfig(encoder=getattr(args, "encoder", None) or "", backbone=args.backbone,
+                          image_size=args.image_size, head=args.head, freeze_encoder=args.freeze_encoder,
+                          label_fraction=getattr(args, "label_fraction", 1.0), epochs=args.epochs,
+                          batch_size=args.batch_size, lr=args.lr, val_fraction=args.val_fraction, seed=args.seed,
+                          device=args.device, limit_per_class=args.limit_per_class, skull_strip_p=args.skull_strip_p,
+                          model_id=args.model_id or "",
+                          extra_card={"description": args.description} if args.description else {})
+
+
+def cmd_train_finetune(args) -> int:
+    from .simclr import train_finetune
+
+    folder = train_finetune(args.data, args.out, _finetune_config(args), resume=args.resume,
+                            progress=_event_sink(args.events))
+    _report_model(folder)
+    return 0
+
+
+def cmd_ablation_label_efficiency(args) -> int:
+    from .simclr import run_label_efficiency
+
+    run_label_efficiency(args.data, args.out, args.encoder, _finetune_config(args), fractions=args.fractions,
+                         progress=_event_sink(args.events))
+    print((Path(args.out) / "label_efficiency.md").read_text(), end="")
     return 0
 
 
@@ -100,10 +190,14 @@ def cmd_evaluate(args) -> int:
 
     from .catalogue import load_model
     from .data import load_slice_batch, scan_image_folder
-    from .io import atomic_write_text
-    from .metrics import classification_metrics, save_confusion_png
+    from .io import atomic_write_bytes, atomic_write_text
+    from .metrics import classification_metrics, embedding_png_bytes, probability_metrics, save_confusion_png
     from .training import predict_batches
 
+    if args.bootstrap < 0:
+        raise InputError(f"--bootstrap {args.bootstrap}: give 0 (no confidence intervals) or a positive number of resamples")
+    if args.embedding_png and not args.embedding_png.lower().endswith(".png"):
+        raise InputError(f"--embedding-png {args.embedding_png}: use a .png file")
     model = load_model(args.model, args.device)
     paths, labels, classes = scan_image_folder(args.data_dir, model.class_names)
     root = Path(args.data_dir)
@@ -122,9 +216,25 @@ def cmd_evaluate(args) -> int:
     batch = load_slice_batch(paths, model.input_size, crop=crop_mode(model.card, volume=False))
     probs = predict_batches(model.network, batch, model.device)
     metrics = classification_metrics(labels, probs.argmax(1), classes)
-    doc = {"model": model.id, "data": str(root), "split": args.split, **metrics}
+    try:
+        prob_metrics = probability_metrics(labels, probs, classes, n_bootstrap=args.bootstrap)
+    except ValueError as exc:
+        raise BrainSpineAIError(f"model '{model.id}' on {root}: {exc}") from None
+    doc = {"model": model.id, "data": str(root), "split": args.split, **metrics, "probability_metrics": prob_metrics}
+    embedding_png = None
+    if args.embedding_png:
+        from .embeddings import penultimate_features
+
+        if len(labels) < 5:
+            raise InputError(f"--embedding-png: an embedding needs at least 5 images; {root} gives {len(labels)}")
+        features = penultimate_features(model.network, batch, model.device)
+        embedding_png, _ = embedding_png_bytes(features, labels, classes, seed=0,
+                                               title=f"t-SNE of {model.id} features, {root.name} ({len(labels)} images)")
+    # all computed: now write
     if args.confusion_png:
         save_confusion_png(metrics["confusion_matrix"], classes, args.confusion_png, title=f"{model.id} on {root.name}")
+    if embedding_png is not None:
+        atomic_write_bytes(args.embedding_png, embedding_png)
     if args.json:
         atomic_write_text(args.json, json.dumps(doc, indent=2) + "\n")
     print(f"model: {model.id}   data: {root} ({metrics['n']} images)")
@@ -133,6 +243,20 @@ def cmd_evaluate(args) -> int:
     for name, m in metrics["per_class"].items():
         print(f"  {name:<12} {m['precision']:9.3f} {m['recall']:7.3f} {m['f1']:6.3f} {m['support']:5d}")
     print("confusion matrix (rows true, columns predicted): " + json.dumps(np.asarray(metrics["confusion_matrix"]).tolist()))
+    def ci_text(stat) -> str:  # "0.987 [0.970, 0.996]"
+        if stat["value"] is None:
+            return "n/a"
+        ci = stat["ci95"]
+        return f"{stat['value']:.3f}" + (f" [{ci[0]:.3f}, {ci[1]:.3f}]" if ci else "")
+
+    pm = prob_metrics
+    ci_note = (f"95% percentile bootstrap CI, {pm['n_bootstrap']} resamples" if pm["n_bootstrap"] else "no confidence intervals")
+    print(f"macro AUC (one-vs-rest): {ci_text(pm['macro_auc'])}   accuracy: {ci_text(pm['accuracy'])}   ({ci_note})")
+    print(f"  {'class':<12} {'AUC':<22} {'sensitivity':<22} {'specificity':<22}")
+    for name, m in pm["per_class"].items():
+        print(f"  {name:<12} {ci_text(m['auc']):<22} {ci_text(m['sensitivity']):<22} {ci_text(m['specificity']):<22}")
+    if embedding_png is not None:
+        print(f"embedding (t-SNE of penultimate features): {args.embedding_png}")
     return 0
 
 
@@ -144,6 +268,57 @@ def cmd_models(args) -> int:
         print(f"{card['id']:<40} {card['task']:<18} {', '.join(card['class_names'])}"
               + (f"  (validation accuracy {acc:.1%})" if acc is not None else "") + f"  {card['path']}")
     return 0
+
+
+def _backbones():
+    from .backbones import BACKBONES
+
+    return list(BACKBONES)
+
+
+def _common_train_args(p, image_size: int, epochs: int, lr: float, batch_size: int = 32, resume: bool = True) -> None:
+    from .device import DEVICE_CHOICES
+
+    p.add_argument("--data", required=True, help="ImageFolder root: one folder of 2D slices per class")
+    p.add_argument("--out", required=True, help="model folder (or, for an ablation, results folder) to write")
+    p.add_argument("--image-size", type=int, default=image_size,
+                   help="input side in pixels" + (" (0: the encoder's)" if image_size == 0 else ""))
+    p.add_argument("--epochs", type=int, default=epochs)
+    p.add_argument("--batch-size", type=int, default=batch_size, help="per process")
+    p.add_argument("--lr", type=float, default=lr, help="peak learning rate (one-cycle)")
+    p.add_argument("--val-fraction", type=float, default=0.15, help="held-out validation fraction per class")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="auto", choices=DEVICE_CHOICES)
+    p.add_argument("--limit-per-class", type=int, default=0, help="use at most N images per class (quick runs)")
+    p.add_argument("--model-id", help="id in the model card (default: the --out folder name)")
+    p.add_argument("--description", help="one-line description for the model card")
+    p.add_argument("--events", metavar="FILE", help="append progress events as JSON lines to FILE ('-' = stdout)")
+    if resume:
+        p.add_argument("--resume", action="store_true", help="continue from <out>.work/last.pt")
+
+
+def _skull_strip_arg(p) -> None:
+    p.add_argument("--skull-strip-p", type=float, default=0.5,
+                   help="probability of showing a training slice with a simulated skull stripping (0 = never)")
+
+
+def _affcl_args(p) -> None:
+    p.add_argument("--backbone", default="resnet18-w32", choices=_backbones())
+    p.add_argument("--fusion", choices=["aff", "iaff"], default="aff", help="attentional feature fusion or iterative AFF")
+    p.add_argument("--crop-fraction", type=float, default=0.5, help="local crop side as a fraction of the slice")
+    p.add_argument("--boxes", metavar="CSV", help="tumour boxes (figshare3/tumor_boxes.csv layout) for the local crop")
+    p.add_argument("--supcon-weight", type=float, default=0.5, help="weight of the SupCon queue loss (0 = off)")
+    p.add_argument("--temperature", type=float, default=0.1, help="SupCon temperature")
+    p.add_argument("--queue-size", type=int, default=1024, help="labelled memory queue length (embeddings)")
+    p.add_argument("--aux-weight", type=float, default=0.3, help="weight of the global branch's auxiliary cross-entropy")
+    _skull_strip_arg(p)
+
+
+def _finetune_args(p) -> None:
+    p.add_argument("--backbone", default="resnet18-w32", choices=_backbones(), help="only without --encoder")
+    p.add_argument("--head", choices=["linear", "mlp"], default="linear")
+    p.add_argument("--freeze-encoder", action="store_true", help="train the head only")
+    _skull_strip_arg(p)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -167,34 +342,59 @@ def build_parser() -> argparse.ArgumentParser:
     t = sub.add_parser("train", help="train a model")
     tsub = t.add_subparsers(dest="pipeline", required=True)
     tc = tsub.add_parser("classifier", help="supervised 2D classifier (cross-entropy) on an ImageFolder dataset")
-    tc.add_argument("--data", required=True, help="ImageFolder root: one folder of slices per class")
-    tc.add_argument("--out", required=True, help="model folder to write")
+    _common_train_args(tc, image_size=128, epochs=30, lr=2e-3)
     tc.add_argument("--architecture", default="resnet18-w32")
-    tc.add_argument("--image-size", type=int, default=128, help="input side in pixels")
-    tc.add_argument("--epochs", type=int, default=30)
-    tc.add_argument("--batch-size", type=int, default=32)
-    tc.add_argument("--lr", type=float, default=2e-3, help="peak learning rate (one-cycle)")
-    tc.add_argument("--val-fraction", type=float, default=0.15, help="held-out validation fraction per class")
-    tc.add_argument("--seed", type=int, default=0)
-    tc.add_argument("--device", default="auto", choices=DEVICE_CHOICES)
-    tc.add_argument("--limit-per-class", type=int, default=0, help="use at most N images per class (quick runs)")
-    tc.add_argument("--model-id", help="id in the model card (default: the --out folder name)")
-    tc.add_argument("--description", help="one-line description for the model card")
     tc.add_argument("--keep", choices=["last", "best"], default="last",
                     help="weights to keep: the last epoch (default; unbiased validation figure) or the best validation epoch")
-    tc.add_argument("--skull-strip-p", type=float, default=0.5,
-                    help="probability of showing a training slice with a simulated skull stripping (0 = never)")
-    tc.add_argument("--resume", action="store_true", help="continue from <out>.work/last.pt")
-    tc.add_argument("--events", metavar="FILE", help="append progress events as JSON lines to FILE ('-' = stdout)")
+    _skull_strip_arg(tc)
     tc.set_defaults(func=cmd_train_classifier)
 
-    e = sub.add_parser("evaluate", help="accuracy, per-class precision / recall / F1 and confusion matrix")
+    ta = tsub.add_parser("affcl", help="AFF-CL: global + local branches, attentional feature fusion, SupCon memory queue")
+    _common_train_args(ta, image_size=128, epochs=30, lr=2e-3)
+    _affcl_args(ta)
+    ta.add_argument("--single-branch", action="store_true", help="no local branch / fusion (ablation)")
+    ta.set_defaults(func=cmd_train_affcl)
+
+    ts = tsub.add_parser("simclr", help="SSCLNet pre-training: SimCLR / NT-Xent on unlabelled slices -> encoder model")
+    _common_train_args(ts, image_size=96, epochs=50, lr=2e-3, batch_size=64)
+    ts.add_argument("--backbone", default="resnet18-w32", choices=_backbones(), help="encoder (ResNet-18 layout by default)")
+    ts.add_argument("--proj-dim", type=int, default=128, help="projection head output size")
+    ts.add_argument("--temperature", type=float, default=0.5, help="NT-Xent temperature")
+    ts.set_defaults(func=cmd_train_simclr)
+
+    tf = tsub.add_parser("finetune", help="SSCLNet fine-tuning: classifier from a SimCLR encoder on a fraction of labels")
+    _common_train_args(tf, image_size=0, epochs=30, lr=2e-3)
+    _finetune_args(tf)
+    tf.add_argument("--encoder", help="SimCLR encoder model id / folder / URL (omit: random initialisation)")
+    tf.add_argument("--label-fraction", type=float, default=1.0, help="fraction of the training labels used, e.g. 0.1")
+    tf.set_defaults(func=cmd_train_finetune)
+
+    ab = sub.add_parser("ablation", help="train several variants on one split and seed and write one table")
+    absub = ab.add_subparsers(dest="study", required=True)
+    aa = absub.add_parser("affcl", help="cross-entropy vs +SupCon queue vs +AFF two-branch vs both")
+    _common_train_args(aa, image_size=128, epochs=30, lr=2e-3, resume=False)
+    _affcl_args(aa)
+    aa.set_defaults(func=cmd_ablation_affcl)
+    al = absub.add_parser("label-efficiency", help="fine-tuning with vs without SimCLR pre-training at several label fractions")
+    _common_train_args(al, image_size=0, epochs=30, lr=2e-3, resume=False)
+    _finetune_args(al)
+    al.add_argument("--encoder", required=True, help="SimCLR encoder model id / folder / URL")
+    al.add_argument("--fractions", type=float, nargs="+", default=[0.1, 0.25, 1.0], help="label fractions")
+    al.set_defaults(func=cmd_ablation_label_efficiency)
+
+    e = sub.add_parser("evaluate", help="accuracy, per-class precision / recall / F1, confusion matrix, "
+                                        "AUC, sensitivity and specificity with bootstrap CIs")
     e.add_argument("data_dir", help="ImageFolder root with class folders named as the model's classes")
     e.add_argument("--model", help="model id, folder or URL (default: the shipped model)")
     e.add_argument("--device", default="auto", choices=DEVICE_CHOICES)
     e.add_argument("--split", metavar="SPLIT_JSON", help="evaluate only the 'validation' images listed in a training split.json")
     e.add_argument("--json", metavar="OUT", help="write the metrics as JSON (top-level 'accuracy')")
     e.add_argument("--confusion-png", metavar="OUT", help="write the confusion matrix as a PNG")
+    e.add_argument("--bootstrap", type=int, default=1000, metavar="N",
+                   help="bootstrap resamples for the 95%% confidence intervals of AUC, sensitivity and specificity "
+                        "(0: point values only)")
+    e.add_argument("--embedding-png", metavar="OUT",
+                   help="write a t-SNE plot of the penultimate-layer features, coloured by class, as a PNG")
     e.set_defaults(func=cmd_evaluate)
 
     m = sub.add_parser("models", help="list the models in the catalogue")

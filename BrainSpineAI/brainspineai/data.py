@@ -1,6 +1,7 @@
 """Datasets of 2D slices in the ``ImageFolder`` layout (``ROOT/<class name>/<image>``)."""
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -62,13 +63,14 @@ def stratified_split(labels, val_fraction: float, seed: int):
     return np.sort(np.asarray(train, dtype=np.int64)), np.sort(np.asarray(val, dtype=np.int64))
 
 
-def load_slice_batch(paths, size: int, crop: str = "slice"):
+def load_slice_batch(paths, size: int, crop: str = "slice", return_geometry: bool = False):
     """Read 2D slice files and prepare them as one batch (see :func:`preprocess.prepare_slices`,
     whose ``crop`` argument this passes on).
 
     A 3D file contributes its middle axial slice.
 
-    :returns: float32 tensor (N, 1, size, size) in [0, 1].
+    :returns: float32 tensor (N, 1, size, size) in [0, 1]; with ``return_geometry`` also
+        the list of :class:`preprocess.SliceGeometry`.
     :raises InputError: naming the first file that cannot be read.
     """
     import SimpleITK as sitk
@@ -84,5 +86,95 @@ def load_slice_batch(paths, size: int, crop: str = "slice"):
         else:
             vol = sitk.GetArrayFromImage(to_lps_axial(img))
             arrays.append(vol[vol.shape[0] // 2])
-    batch, _, _ = prepare_slices(arrays, size, crop=crop)
-    return batch
+    batch, geoms, _ = prepare_slices(arrays, size, crop=crop)
+    return (batch, geoms) if return_geometry else batch
+
+
+@dataclass
+class LabelledSplit:
+    """A labelled slice dataset in memory, split like :func:`stratified_split`.
+
+    ``x``: float32 tensor (N, 1, S, S) in [0, 1]; ``y``: int64 tensor (N,);
+    ``paths``: list of Path; ``class_names``; ``train_idx`` / ``val_idx``: int64 arrays;
+    ``boxes``: float32 tensor (N, 4) of tumour boxes (x0, y0, x1, y1 as fractions of the
+    prepared slice; NaN rows where none is known) or None; ``root``: the dataset folder.
+    """
+
+    x: object
+    y: object
+    paths: list
+    class_names: list
+    train_idx: np.ndarray
+    val_idx: np.ndarray
+    root: Path
+    boxes: object = None
+
+    def split_json(self) -> dict:
+        """The ``split.json`` document of a model trained on this split."""
+        return {"data_folder": self.root.name, "class_names": self.class_names,
+                "validation": [str(self.paths[i].relative_to(self.root)) for i in self.val_idx],
+                "train": [str(self.paths[i].relative_to(self.root)) for i in self.train_idx]}
+
+
+def load_labelled_split(root, size: int, val_fraction: float, seed: int, limit_per_class: int = 0,
+                        boxes_csv=None) -> LabelledSplit:
+    """Load an ImageFolder dataset, prepared at ``size`` pixels, with its stratified split.
+
+    :param limit_per_class: >0: a seeded random subset of at most this many images per class.
+    :param boxes_csv: optional CSV with columns ``image`` (path relative to ``root``),
+        ``x_center``, ``y_center``, ``width``, ``height`` (fractions of the original image),
+        e.g. ``figshare3/tumor_boxes.csv``; boxes are mapped through the foreground crop and
+        padding into prepared-slice fractions. Images with several rows get their union box.
+    :raises InputError: bad dataset, a class without training or validation images, or an
+        unreadable boxes file.
+    """
+    import csv
+
+    import torch
+
+    root = Path(root)
+    paths, labels, class_names = scan_image_folder(root)
+    if len(class_names) < 2:
+        raise InputError(f"{root}: need at least two class folders, found {len(class_names)}")
+    if limit_per_class > 0:
+        rng = np.random.default_rng(seed)
+        keep = np.sort(np.concatenate([rng.permutation(np.flatnonzero(labels == c))[:limit_per_class]
+                                       for c in range(len(class_names))]))
+        paths, labels = [paths[i] for i in keep], labels[keep]
+    train_idx, val_idx = stratified_split(labels, val_fraction, seed)
+    for c, name in enumerate(class_names):
+        if not np.any(labels[train_idx] == c) or not np.any(labels[val_idx] == c):
+            raise InputError(f"{root}: class '{name}' has too few images for a training and a validation split")
+    x, geoms = load_slice_batch(paths, size, return_geometry=True)
+    boxes = None
+    if boxes_csv:
+        try:
+            with open(boxes_csv, newline="", encoding="utf-8") as fh:
+                rows = list(csv.DictReader(fh))
+            table = {}
+            for r in rows:
+                xc, yc, w, h = (float(r[k]) for k in ("x_center", "y_center", "width", "height"))
+                b = np.array([xc - w / 2, yc - h / 2, xc + w / 2, yc + h / 2])
+                old = table.get(r["image"])
+                table[r["image"]] = b if old is None else np.concatenate([np.minimum(old[:2], b[:2]),
+                                                                          np.maximum(old[2:], b[2:])])
+        except (OSError, KeyError, ValueError) as exc:
+            raise InputError(f"{boxes_csv}: not a tumour-box CSV with image, x_center, y_center, width, height ({exc})") from None
+        out = np.full((len(paths), 4), np.nan, dtype=np.float32)
+        for i, (p, g) in enumerate(zip(paths, geoms)):
+            b = table.get(str(p.relative_to(root)))
+            if b is not None:
+                out[i] = box_to_prepared(b, g)
+        boxes = torch.from_numpy(out)
+    return LabelledSplit(x=x, y=torch.as_tensor(labels), paths=paths, class_names=class_names,
+                         train_idx=train_idx, val_idx=val_idx, root=root, boxes=boxes)
+
+
+def box_to_prepared(box, geom) -> np.ndarray:
+    """Map a box (x0, y0, x1, y1 as fractions of the original slice) into fractions of the
+    prepared square (see :class:`preprocess.SliceGeometry`), clipped to [0, 1]."""
+    rows, cols = geom.shape
+    r0, c0 = (geom.box[0], geom.box[2]) if geom.box is not None else (0, 0)
+    xs = (np.array([box[0], box[2]]) * cols - c0 + geom.pad_left) / geom.side
+    ys = (np.array([box[1], box[3]]) * rows - r0 + geom.pad_top) / geom.side
+    return np.clip(np.array([xs[0], ys[0], xs[1], ys[1]], dtype=np.float32), 0, 1)

@@ -1,0 +1,199 @@
+"""The training loop shared by the contrastive pipelines (AFF-CL, SimCLR, fine-tuning).
+
+Built on Lightning Fabric (``lightning_fabric``): mixed precision on CUDA (bf16 where the
+GPU supports it, else fp16 with loss scaling), and several GPUs or processes through DDP
+when started by ``torchrun`` (``torchrun --nproc_per_node N -m brainspineai train ...``;
+every process trains on its own share of each epoch's permutation, ``batch_size`` is per
+process, and only process 0 writes checkpoints, events and the model).
+
+Per epoch it writes a checkpoint ``<out>.work/last.pt`` atomically (model, optimiser,
+scheduler, random states, history and every extra stateful object such as the SupCon
+memory queue); ``resume=True`` continues from it and refuses a checkpoint made with
+another configuration. Progress: a tqdm bar on stderr, and events (JSON-ready dicts) to a
+callable: ``{"event": "step", "pipeline", "epoch", "epochs", "step", "steps", "loss",
+"eta_s"}`` every ``log_every`` steps, ``{"event": "epoch", ..., "metrics": {...}}`` after
+each epoch.
+"""
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+
+from .errors import InputError
+
+
+def make_fabric(device: str = "auto"):
+    """A launched ``lightning_fabric.Fabric`` for ``device`` (``auto``, ``cpu``, ``cuda``,
+    ``mps``); under ``torchrun`` it joins the process group (gloo on CPU, NCCL on CUDA)."""
+    import torch
+    from lightning_fabric import Fabric
+    from lightning_fabric.strategies import DDPStrategy
+
+    from .device import resolve_device
+
+    dev = resolve_device(device)
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    local = int(os.environ.get("LOCAL_WORLD_SIZE", str(world)))
+    if dev.type == "cuda":
+        precision = "bf16-mixed" if torch.cuda.is_bf16_supported() else "16-mixed"
+    else:
+        precision = "32-true"
+    strategy = DDPStrategy(find_unused_parameters=True) if world > 1 else "auto"
+    fabric = Fabric(accelerator=dev.type, devices=local, num_nodes=max(1, world // local), strategy=strategy,
+                    precision=precision)
+    fabric.launch()
+    return fabric
+
+
+class QueueState:
+    """Checkpoint adapter for pytorch-metric-learning's ``CrossBatchMemory``: its buffers
+    plus the write position and the filled flag, which are plain attributes."""
+
+    def __init__(self, memory):
+        self.memory = memory
+
+    def state_dict(self):
+        m = self.memory
+        return {"embedding_memory": m.embedding_memory.detach().cpu().clone(),
+                "label_memory": m.label_memory.detach().cpu().clone(),
+                "queue_idx": int(m.queue_idx), "has_been_filled": bool(m.has_been_filled)}
+
+    def load_state_dict(self, state):
+        m = self.memory
+        m.embedding_memory = state["embedding_memory"].to(m.embedding_memory.device)
+        m.label_memory = state["label_memory"].to(m.label_memory.device)
+        m.queue_idx, m.has_been_filled = state["queue_idx"], state["has_been_filled"]
+
+
+def fit(*, pipeline: str, fabric, model, optimizer, scheduler, n_train: int, batch_size: int, epochs: int,
+        step_fn, eval_fn, out_dir, config: dict, seed: int, resume: bool = False, progress=None,
+        stateful: dict | None = None, log_every: int = 10) -> dict:
+    """Run the epochs.
+
+    :param model, optimizer: already passed through ``fabric.setup``.
+    :param scheduler: a per-step learning-rate scheduler (stepped after every optimiser step).
+    :param n_train: number of training items; each epoch permutes ``range(n_train)``.
+    :param step_fn: ``step_fn(indices: LongTensor, generator) -> (loss, logs)``, the forward
+        pass and loss of one batch (backward and the optimiser step are done here).
+    :param eval_fn: ``eval_fn() -> dict`` of float metrics after each epoch (may be empty).
+    :param config: JSON-ready configuration; a checkpoint is resumed only under the same one
+        (``device`` excepted).
+    :param stateful: extra objects with ``state_dict`` / ``load_state_dict`` to checkpoint.
+    :returns: ``{"history": [per-epoch dicts], "train_seconds", "images_per_second"}``.
+    :raises InputError: a checkpoint of another configuration.
+    """
+    import torch
+    from tqdm.auto import tqdm
+
+    stateful = stateful or {}
+    out_dir = Path(out_dir)
+    work = out_dir.with_name(out_dir.name + ".work")
+    ckpt_path = work / "last.pt"
+    rank, world = fabric.global_rank, fabric.world_size
+    per_step = batch_size * world
+    steps = steps_per_epoch(n_train, batch_size, world)
+    gen = torch.Generator().manual_seed(seed)
+    history, start_epoch, seconds_before, images_seen = [], 0, 0.0, 0
+    comparable = {k: v for k, v in config.items() if k != "device"}
+
+    if resume and ckpt_path.is_file():
+        ck = torch.load(ckpt_path, map_location="cpu", weights_only=False)
+        if ck.get("pipeline") != pipeline or ck.get("config") != comparable:
+            theirs = ck.get("config", {})
+            diff = sorted(k for k in set(theirs) | set(comparable) if theirs.get(k) != comparable.get(k))
+            raise InputError(f"{ckpt_path}: checkpoint was made by pipeline '{ck.get('pipeline')}' with other "
+                             f"settings ({', '.join(diff) or 'pipeline'}); use the same options or a new --out")
+        model.load_state_dict(ck["model"])
+        optimizer.load_state_dict(ck["optimizer"])
+        scheduler.load_state_dict(ck["scheduler"])
+        gen.set_state(ck["generator"])
+        torch.set_rng_state(ck["torch_rng"])
+        for name, obj in stateful.items():
+            obj.load_state_dict(ck["stateful"][name])
+        start_epoch, history, seconds_before = ck["epoch"], ck["history"], ck["train_seconds"]
+        images_seen = ck.get("images_seen", 0)
+        if progress and rank == 0:
+            progress({"event": "resume", "pipeline": pipeline, "epoch": start_epoch})
+    elif rank == 0:
+        work.mkdir(parents=True, exist_ok=True)
+
+    t_start = time.time()
+    steps_done_here, total_steps = 0, steps * epochs
+    step = start_epoch * steps
+    for epoch in range(start_epoch, epochs):
+        model.train()
+        perm = torch.randperm(n_train, generator=gen)
+        losses = []
+        bar = tqdm(range(steps), desc=f"{pipeline} epoch {epoch + 1}/{epochs}", leave=False,
+                   disable=None if rank == 0 else True)
+        for b in bar:
+            chunk = perm[b * per_step:(b + 1) * per_step]
+            idx = chunk[rank::world]
+            if len(idx) < 2:  # batch norm needs two samples
+                continue
+            loss, logs = step_fn(idx, gen)
+            optimizer.zero_grad(set_to_none=True)
+            fabric.backward(loss)
+            optimizer.step()
+            scheduler.step()
+            step += 1
+            steps_done_here += 1
+            images_seen += len(idx) * world
+            losses.append(float(loss.detach()))
+            bar.set_postfix(loss=f"{np.mean(losses[-20:]):.3f}")
+            if progress and rank == 0 and (step % log_every == 0):
+                eta = (time.time() - t_start) / steps_done_here * (total_steps - step)
+                progress({"event": "step", "pipeline": pipeline, "epoch": epoch + 1, "epochs": epochs, "step": step,
+                          "steps": total_steps, "loss": float(np.mean(losses[-log_every:])),
+                          **{k: float(v) for k, v in logs.items()}, "eta_s": round(eta, 1)})
+        model.eval()
+        metrics = eval_fn() if eval_fn else {}
+        elapsed = seconds_before + time.time() - t_start
+        rec = {"epoch": epoch + 1, "loss": float(np.mean(losses)) if losses else float("nan"),
+               "lr": float(scheduler.get_last_lr()[0]), **metrics}
+        history.append(rec)
+        if rank == 0:
+            state = {"pipeline": pipeline, "config": comparable, "model": model.state_dict(),
+                     "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                     "generator": gen.get_state(), "torch_rng": torch.get_rng_state(), "epoch": epoch + 1,
+                     "history": history, "train_seconds": elapsed, "images_seen": images_seen,
+                     "stateful": {name: obj.state_dict() for name, obj in stateful.items()}}
+            tmp = ckpt_path.with_suffix(".tmp")
+            torch.save(state, tmp)
+            os.replace(tmp, ckpt_path)
+            eta = (time.time() - t_start) / max(1, epoch + 1 - start_epoch) * (epochs - epoch - 1)
+            if progress:  # after the checkpoint: an epoch event means the epoch is saved
+                progress({"event": "epoch", "pipeline": pipeline, "epoch": epoch + 1, "epochs": epochs, "step": step,
+                          "steps": total_steps, "loss": rec["loss"], "metrics": metrics, "eta_s": round(eta, 1)})
+        fabric.barrier()
+    seconds = seconds_before + time.time() - t_start
+    return {"history": history, "train_seconds": round(seconds, 1),
+            "images_per_second": round(images_seen / seconds, 1) if seconds > 0 else None}
+
+
+def one_cycle(optimizer, lr: float, epochs: int, steps_per_epoch: int):
+    """AdamW-friendly one-cycle schedule (20% warm-up), stepped per optimiser step."""
+    import torch
+
+    return torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=lr, epochs=epochs,
+                                               steps_per_epoch=max(1, steps_per_epoch), pct_start=0.2)
+
+
+def steps_per_epoch(n_train: int, batch_size: int, world: int) -> int:
+    """Optimiser steps per epoch in :func:`fit` (same rule)."""
+    per_step = batch_size * world
+    return max(1, n_train // per_step) if n_train >= per_step else 1
+
+
+def seed_everything(seed: int) -> None:
+    import random
+
+    import torch
+
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
