@@ -73,11 +73,17 @@ def cmd_classify(args) -> int:
 
 def _event_sink(path):
     """Progress events as JSON lines: to stdout for '-', appended to a file otherwise."""
-    if not path:
+    import os
+
+    if not path or os.environ.get("RANK", "0") != "0":  # under torchrun only process 0 reports
         return None
     if path == "-":
         return _json_line
-    fh = open(path, "a", encoding="utf-8")
+    try:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        fh = open(path, "a", encoding="utf-8")
+    except OSError as exc:
+        raise InputError(f"--events {path}: cannot write there ({exc.strerror})") from None
 
     def sink(event, fh=fh):
         fh.write(json.dumps(event) + "\n")
@@ -86,6 +92,10 @@ def _event_sink(path):
 
 
 def _report_model(folder) -> None:
+    import os
+
+    if os.environ.get("RANK", "0") != "0":  # under torchrun process 0 writes and reports the model
+        return
     card = json.loads((Path(folder) / "model.json").read_text())
     val = card.get("metrics", {}).get("validation")
     if val:

@@ -69,3 +69,29 @@ def run_cli(*args, env=None, timeout=900) -> subprocess.CompletedProcess:
     full_env.update(env or {})
     return subprocess.run([sys.executable, "-m", "brainspineai", *map(str, args)], capture_output=True, text=True,
                           env=full_env, timeout=timeout)
+
+
+TINY = dict(image_size=64, batch_size=16, limit_per_class=16, device="cpu", backbone="resnet10-w32")
+
+
+@pytest.fixture(scope="session")
+def tiny_affcl(tmp_path_factory):
+    """A two-branch AFF-CL model trained for 6 short epochs on 64 real slices, with its events."""
+    from brainspineai.affcl import AFFCLConfig, train_affcl
+
+    out = tmp_path_factory.mktemp("affcl") / "tiny-affcl"
+    events = []
+    cfg = AFFCLConfig(epochs=6, queue_size=32, lr=3e-3, **TINY)
+    folder = train_affcl(need(KAGGLE), out, cfg, progress=events.append)
+    return folder, events
+
+
+@pytest.fixture(scope="session")
+def tiny_encoder(tmp_path_factory):
+    from brainspineai.simclr import SimCLRConfig, train_simclr
+
+    out = tmp_path_factory.mktemp("simclr") / "tiny-simclr"
+    events = []
+    cfg = SimCLRConfig(backbone="resnet10-w32", image_size=64, batch_size=16, limit_per_class=12, epochs=8, lr=3e-3,
+                       device="cpu")
+    return train_simclr(need(KAGGLE), out, cfg, progress=events.append), events

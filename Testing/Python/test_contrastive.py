@@ -9,7 +9,6 @@ import torch
 
 from conftest import FIGSHARE, KAGGLE, need, run_cli
 
-TINY = dict(image_size=64, batch_size=16, limit_per_class=16, device="cpu", backbone="resnet10-w32")
 
 
 def real_batch(n_per_class=4, size=64):
@@ -18,18 +17,6 @@ def real_batch(n_per_class=4, size=64):
     paths, labels, classes = scan_image_folder(need(KAGGLE))
     pick = np.concatenate([np.flatnonzero(labels == c)[:n_per_class] for c in range(len(classes))])
     return load_slice_batch([paths[i] for i in pick], size), torch.as_tensor(labels[pick])
-
-
-@pytest.fixture(scope="module")
-def tiny_affcl(tmp_path_factory):
-    """A two-branch AFF-CL model trained for 6 short epochs on 64 real slices, with its events."""
-    from brainspineai.affcl import AFFCLConfig, train_affcl
-
-    out = tmp_path_factory.mktemp("affcl") / "tiny-affcl"
-    events = []
-    cfg = AFFCLConfig(epochs=6, queue_size=32, lr=3e-3, **TINY)
-    folder = train_affcl(need(KAGGLE), out, cfg, progress=events.append)
-    return folder, events
 
 
 # --- the fusion module -------------------------------------------------------------------
@@ -265,17 +252,6 @@ def test_simclr_views_are_random_and_keep_shape():
     assert float(torch.pdist(v.flatten(1)).min()) > 0.5
 
 
-@pytest.fixture(scope="module")
-def tiny_encoder(tmp_path_factory):
-    from brainspineai.simclr import SimCLRConfig, train_simclr
-
-    out = tmp_path_factory.mktemp("simclr") / "tiny-simclr"
-    events = []
-    cfg = SimCLRConfig(backbone="resnet10-w32", image_size=64, batch_size=16, limit_per_class=12, epochs=8, lr=3e-3,
-                       device="cpu")
-    return train_simclr(need(KAGGLE), out, cfg, progress=events.append), events
-
-
 def test_simclr_loss_decreases_and_saves_an_encoder(tiny_encoder):
     folder, events = tiny_encoder
     card = json.loads((folder / "model.json").read_text())
@@ -337,3 +313,25 @@ def test_encoder_pretrained_on_validation_images_is_refused(tiny_encoder, tmp_pa
                          device="cpu")
     with pytest.raises(InputError, match="validation images"):
         train_finetune(need(KAGGLE), tmp_path / "ft", cfg)
+
+
+def test_affcl_trains_in_two_ddp_processes_under_torchrun(tmp_path):
+    """Several processes through torchrun / DDP (gloo on the CPU here, NCCL on GPUs)."""
+    import os
+    import subprocess
+    import sys
+
+    from conftest import LIB_PARENT
+
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(LIB_PARENT))
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29517",
+           "-m", "brainspineai", "train", "affcl", "--data", str(need(KAGGLE)), "--out", str(tmp_path / "m"),
+           "--limit-per-class", "8", "--image-size", "64", "--epochs", "2", "--batch-size", "4", "--device", "cpu",
+           "--backbone", "resnet10-w32", "--queue-size", "16", "--events", str(tmp_path / "ev.jsonl")]
+    r = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    card = json.loads((tmp_path / "m" / "model.json").read_text())
+    assert card["training"]["processes"] == 2 and len(card["training"]["history"]) == 2
+    events = [json.loads(line) for line in (tmp_path / "ev.jsonl").read_text().splitlines()]
+    assert [e["epoch"] for e in events if e["event"] == "epoch"] == [1, 2]  # one reporter, not two
+    assert r.stdout.count("model written to") == 1

@@ -134,3 +134,24 @@ def test_model_list_puts_the_default_first(scene):
     cards = ClassificationLogic(scene).availableModels()
     assert cards[0]["id"] == "brain-tumor-4class-resnet18w32" and "path" in cards[0]
     assert ClassificationLogic.missingPackages() == []
+
+
+def test_affcl_model_in_the_module_logic(scene, tmp_path, validation_images, tiny_affcl, tiny_encoder, monkeypatch):
+    """A contrastive (AFF-CL two-branch) model is offered, classifies and gives a Grad-CAM
+    heatmap on the input's grid; a SimCLR encoder is not offered as a classifier."""
+    import shutil
+
+    models = tmp_path / "models"
+    shutil.copytree(tiny_affcl[0], models / "tiny-affcl")
+    shutil.copytree(tiny_encoder[0], models / "tiny-simclr")
+    monkeypatch.setenv("BRAINSPINEAI_MODEL_PATH", str(models))
+    logic = ClassificationLogic(scene)
+    ids = [c["id"] for c in logic.availableModels()]
+    assert "tiny-affcl" in ids and "tiny-simclr" not in ids
+    node = load(scene, slice_as_nrrd(sorted(validation_images["glioma"])[0], tmp_path), "g")
+    out = logic.classify(node, modelRef="tiny-affcl", device="cpu")
+    assert out.result["model"] == "tiny-affcl"
+    assert sum(out.result["probabilities"]) == pytest.approx(1.0, abs=1e-5)
+    assert same_geometry(out.heatmapNode, node)
+    heat = mrml_utils.array_from_volume_node(out.heatmapNode)
+    assert heat.shape == mrml_utils.array_from_volume_node(node).shape and heat.max() == pytest.approx(1.0, abs=1e-5)
