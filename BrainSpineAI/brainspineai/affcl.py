@@ -27,11 +27,12 @@ augmentation as a mask channel.
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 
+from .engine import CommonConfig
 from .errors import InputError
 
 ABLATION_VARIANTS = {
@@ -43,8 +44,9 @@ ABLATION_VARIANTS = {
 
 
 @dataclass
-class AFFCLConfig:
-    """Hyper-parameters of :func:`train_affcl` (sizes in pixels, rates per optimiser step)."""
+class AFFCLConfig(CommonConfig):
+    """Hyper-parameters of :func:`train_affcl` (sizes in pixels); the shared ones are in
+    :class:`engine.CommonConfig`."""
 
     backbone: str = "resnet18-w32"
     two_branch: bool = True
@@ -56,19 +58,9 @@ class AFFCLConfig:
     proj_dim: int = 128
     aux_weight: float = 0.3
     image_size: int = 128
-    epochs: int = 30
-    batch_size: int = 32
-    lr: float = 2e-3
-    weight_decay: float = 5e-4
     label_smoothing: float = 0.05
-    val_fraction: float = 0.15
-    seed: int = 0
-    device: str = "auto"
-    limit_per_class: int = 0
     skull_strip_p: float = 0.5
     boxes: str = ""  # optional tumour-box CSV (figshare3/tumor_boxes.csv layout)
-    model_id: str = ""
-    extra_card: dict = field(default_factory=dict)
 
     def network_spec(self) -> dict:
         spec = {"kind": "two-branch" if self.two_branch else "single", "backbone": self.backbone,

@@ -18,11 +18,33 @@ from __future__ import annotations
 
 import os
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from .errors import InputError
+
+
+@dataclass
+class CommonConfig:
+    """Settings every training pipeline shares (rates per optimiser step, sizes in images).
+
+    ``limit_per_class`` > 0 keeps a seeded random subset of at most that many images per
+    class (quick runs); ``model_id`` defaults to the output folder's name; ``extra_card``
+    is merged into the model card (e.g. a description).
+    """
+
+    epochs: int = 30
+    batch_size: int = 32
+    lr: float = 2e-3
+    weight_decay: float = 5e-4
+    val_fraction: float = 0.15
+    seed: int = 0
+    device: str = "auto"
+    limit_per_class: int = 0
+    model_id: str = ""
+    extra_card: dict = field(default_factory=dict)
 
 
 def make_fabric(device: str = "auto"):

@@ -24,17 +24,19 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 
+from .engine import CommonConfig
 from .errors import InputError
 
 
 @dataclass
-class SimCLRConfig:
-    """Hyper-parameters of :func:`train_simclr` (sizes in pixels)."""
+class SimCLRConfig(CommonConfig):
+    """Hyper-parameters of :func:`train_simclr` (sizes in pixels); shared ones in
+    :class:`engine.CommonConfig`."""
 
     backbone: str = "resnet18-w32"
     image_size: int = 96
@@ -43,14 +45,7 @@ class SimCLRConfig:
     temperature: float = 0.5
     epochs: int = 50
     batch_size: int = 64
-    lr: float = 2e-3
     weight_decay: float = 1e-4
-    val_fraction: float = 0.15
-    seed: int = 0
-    device: str = "auto"
-    limit_per_class: int = 0
-    model_id: str = ""
-    extra_card: dict = field(default_factory=dict)
 
 
 def simclr_views(x, generator):
@@ -228,8 +223,8 @@ def knn_accuracy(train_feats, train_labels, test_feats, test_labels, k: int = 20
 
 
 @dataclass
-class FinetuneConfig:
-    """Hyper-parameters of :func:`train_finetune`."""
+class FinetuneConfig(CommonConfig):
+    """Hyper-parameters of :func:`train_finetune`; shared ones in :class:`engine.CommonConfig`."""
 
     encoder: str = ""  # encoder-2d model id / folder / URL; "" = random initialisation (baseline)
     backbone: str = "resnet18-w32"  # only without an encoder
@@ -237,18 +232,8 @@ class FinetuneConfig:
     head: str = "linear"  # "linear" or "mlp"
     freeze_encoder: bool = False
     label_fraction: float = 1.0
-    epochs: int = 30
-    batch_size: int = 32
-    lr: float = 2e-3
-    weight_decay: float = 5e-4
     label_smoothing: float = 0.05
-    val_fraction: float = 0.15
-    seed: int = 0
-    device: str = "auto"
-    limit_per_class: int = 0
     skull_strip_p: float = 0.5
-    model_id: str = ""
-    extra_card: dict = field(default_factory=dict)
 
 
 def labelled_subset(labels, train_idx, fraction: float, seed: int) -> np.ndarray:
