@@ -323,8 +323,13 @@ def test_affcl_trains_in_two_ddp_processes_under_torchrun(tmp_path):
 
     from conftest import LIB_PARENT
 
+    import socket
+
+    with socket.socket() as sock:  # a free port for the rendezvous
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(LIB_PARENT))
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29517",
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(port),
            "-m", "brainspineai", "train", "affcl", "--data", str(need(KAGGLE)), "--out", str(tmp_path / "m"),
            "--limit-per-class", "8", "--image-size", "64", "--epochs", "2", "--batch-size", "4", "--device", "cpu",
            "--backbone", "resnet10-w32", "--queue-size", "16", "--events", str(tmp_path / "ev.jsonl")]
