@@ -88,7 +88,7 @@ def boxes_from_masks(mask):
     import torch
 
     m = mask[:, 0] > 0.5
-    n, s = m.shape[0], m.shape[-1]
+    s = m.shape[-1]
     ar = torch.arange(s, dtype=torch.float32, device=mask.device)
     rows, cols = m.any(2), m.any(1)
     big = torch.tensor(float(s), device=mask.device)
@@ -195,9 +195,11 @@ def train_affcl(data_dir, out_dir, config: AFFCLConfig, resume: bool = False, pr
             logs["supcon"] = float(sc.detach())
         return loss, logs
 
+    last = {}
+
     def evaluate():
-        probs = predict_batches(net, x_va, fabric.device)
-        return {"val_accuracy": float(np.mean(probs.argmax(1) == y_va.numpy()))}
+        last["probs"] = predict_batches(net, x_va, fabric.device)
+        return {"val_accuracy": float(np.mean(last["probs"].argmax(1) == y_va.numpy()))}
 
     conf = {k2: v for k2, v in asdict(cfg).items() if k2 not in ("extra_card", "model_id")}
     result = engine.fit(pipeline="affcl", fabric=fabric, model=model, optimizer=opt, scheduler=sched,
@@ -207,7 +209,7 @@ def train_affcl(data_dir, out_dir, config: AFFCLConfig, resume: bool = False, pr
     out_dir = Path(out_dir)
     if not fabric.is_global_zero:
         return out_dir
-    probs = predict_batches(net, x_va, fabric.device)
+    probs = last["probs"] if "probs" in last else predict_batches(net, x_va, fabric.device)
     card = classifier_card(cfg.model_id or out_dir.name, "affcl" if cfg.two_branch or cfg.supcon_weight else
                            "cross-entropy", net, spec, data, cfg.image_size, probs, conf, result, fabric,
                            cfg.extra_card)

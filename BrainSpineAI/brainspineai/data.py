@@ -44,6 +44,16 @@ def scan_image_folder(root, class_names: list | None = None):
     return paths, np.asarray(labels, dtype=np.int64), list(class_names)
 
 
+def limit_per_class_subset(paths, labels, limit: int, seed: int):
+    """A seeded random subset of at most ``limit`` images per class, in the original order
+    (``limit`` <= 0: everything). :returns: ``(paths, labels)``."""
+    if limit <= 0:
+        return paths, labels
+    rng = np.random.default_rng(seed)
+    keep = np.sort(np.concatenate([rng.permutation(np.flatnonzero(labels == c))[:limit] for c in np.unique(labels)]))
+    return [paths[i] for i in keep], labels[keep]
+
+
 def stratified_split(labels, val_fraction: float, seed: int):
     """Split indices into train and validation, the same fraction from every class.
 
@@ -136,11 +146,7 @@ def load_labelled_split(root, size: int, val_fraction: float, seed: int, limit_p
     paths, labels, class_names = scan_image_folder(root)
     if len(class_names) < 2:
         raise InputError(f"{root}: need at least two class folders, found {len(class_names)}")
-    if limit_per_class > 0:
-        rng = np.random.default_rng(seed)
-        keep = np.sort(np.concatenate([rng.permutation(np.flatnonzero(labels == c))[:limit_per_class]
-                                       for c in range(len(class_names))]))
-        paths, labels = [paths[i] for i in keep], labels[keep]
+    paths, labels = limit_per_class_subset(paths, labels, limit_per_class, seed)
     train_idx, val_idx = stratified_split(labels, val_fraction, seed)
     for c, name in enumerate(class_names):
         if not np.any(labels[train_idx] == c) or not np.any(labels[val_idx] == c):

@@ -111,7 +111,7 @@ def train_simclr(data_dir, out_dir, config: SimCLRConfig, resume: bool = False, 
 
     from . import engine
     from .catalogue import save_model
-    from .data import load_slice_batch, stratified_split
+    from .data import limit_per_class_subset, load_slice_batch, stratified_split
     from .networks import SimCLRNet
 
     cfg = config
@@ -121,11 +121,8 @@ def train_simclr(data_dir, out_dir, config: SimCLRConfig, resume: bool = False, 
     fabric = engine.make_fabric(cfg.device)
     data_dir = Path(data_dir)
     paths, labels, class_names = scan_unlabelled(data_dir)
-    if labels is not None and cfg.limit_per_class > 0:
-        rng = np.random.default_rng(cfg.seed)
-        keep = np.sort(np.concatenate([rng.permutation(np.flatnonzero(labels == c))[:cfg.limit_per_class]
-                                       for c in range(len(class_names))]))
-        paths, labels = [paths[i] for i in keep], labels[keep]
+    if labels is not None:
+        paths, labels = limit_per_class_subset(paths, labels, cfg.limit_per_class, cfg.seed)
     if labels is not None:
         train_idx, val_idx = stratified_split(labels, cfg.val_fraction, cfg.seed)
     else:
@@ -310,9 +307,11 @@ def train_finetune(data_dir, out_dir, config: FinetuneConfig, resume: bool = Fal
             logits = model(xb)
         return F.cross_entropy(logits.float(), y_tr[idx].to(fabric.device), label_smoothing=cfg.label_smoothing), {}
 
+    last = {}
+
     def evaluate():
-        probs = predict_batches(net, x_va, fabric.device)
-        return {"val_accuracy": float(np.mean(probs.argmax(1) == y_va.numpy()))}
+        last["probs"] = predict_batches(net, x_va, fabric.device)
+        return {"val_accuracy": float(np.mean(last["probs"].argmax(1) == y_va.numpy()))}
 
     conf = {k: v for k, v in asdict(cfg).items() if k not in ("extra_card", "model_id")} | {"image_size": size}
     result = engine.fit(pipeline="finetune", fabric=fabric, model=model, optimizer=opt, scheduler=sched,
@@ -322,7 +321,7 @@ def train_finetune(data_dir, out_dir, config: FinetuneConfig, resume: bool = Fal
     out_dir = Path(out_dir)
     if not fabric.is_global_zero:
         return out_dir
-    probs = predict_batches(net, x_va, fabric.device)
+    probs = last["probs"] if "probs" in last else predict_batches(net, x_va, fabric.device)
     spec = {"kind": "single", "backbone": backbone, "head": cfg.head, "proj_dim": 0}
     extra = dict(cfg.extra_card)
     extra["pretraining"] = ({"encoder": encoder.id, "method": "SimCLR (NT-Xent)", "sha256": encoder.card["sha256"]}

@@ -166,7 +166,7 @@ def train_classifier(data_dir, out_dir, config: TrainConfig, resume: bool = Fals
     from tqdm.auto import tqdm
 
     from .catalogue import save_model
-    from .data import load_slice_batch, scan_image_folder, stratified_split
+    from .data import limit_per_class_subset, load_slice_batch, scan_image_folder, stratified_split
     from .device import autocast, resolve_device
     from .metrics import classification_metrics
     from .networks import GRADCAM_LAYER, build_classifier
@@ -181,12 +181,7 @@ def train_classifier(data_dir, out_dir, config: TrainConfig, resume: bool = Fals
     device = resolve_device(cfg.device)
 
     paths, labels, class_names = scan_image_folder(data_dir)
-    if cfg.limit_per_class > 0:
-        rng = np.random.default_rng(cfg.seed)
-        keep = np.concatenate([rng.permutation(np.flatnonzero(labels == c))[: cfg.limit_per_class]
-                               for c in range(len(class_names))])
-        keep.sort()
-        paths, labels = [paths[i] for i in keep], labels[keep]
+    paths, labels = limit_per_class_subset(paths, labels, cfg.limit_per_class, cfg.seed)
     if len(class_names) < 2:
         raise InputError(f"{data_dir}: need at least two class folders, found {len(class_names)}")
     train_idx, val_idx = stratified_split(labels, cfg.val_fraction, cfg.seed)
