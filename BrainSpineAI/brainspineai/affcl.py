@@ -62,6 +62,14 @@ class AFFCLConfig(CommonConfig):
     skull_strip_p: float = 0.5
     boxes: str = ""  # optional tumour-box CSV (figshare3/tumor_boxes.csv layout)
 
+    def extra_rules(self) -> list:
+        return [("fusion", self.fusion in ("aff", "iaff"), "'aff' or 'iaff'"),
+                ("crop_fraction", 0.1 <= self.crop_fraction <= 1.0, "between 0.1 and 1"),
+                ("supcon_weight", self.supcon_weight >= 0, ">= 0"), ("aux_weight", self.aux_weight >= 0, ">= 0"),
+                ("temperature", self.temperature > 0, "> 0"),
+                ("queue_size", self.queue_size >= self.batch_size, "at least one batch (--batch-size)"),
+                ("image_size", self.image_size >= 32, ">= 32")]
+
     def network_spec(self) -> dict:
         spec = {"kind": "two-branch" if self.two_branch else "single", "backbone": self.backbone,
                 "proj_dim": self.proj_dim if self.supcon_weight > 0 else 0}
@@ -132,10 +140,7 @@ def train_affcl(data_dir, out_dir, config: AFFCLConfig, resume: bool = False, pr
     from .training import augment, predict_batches, skull_strip_like
 
     cfg = config
-    if cfg.fusion not in ("aff", "iaff"):
-        raise InputError(f"--fusion must be 'aff' or 'iaff', got '{cfg.fusion}'")
-    if cfg.supcon_weight < 0 or cfg.aux_weight < 0 or cfg.temperature <= 0 or cfg.queue_size < cfg.batch_size:
-        raise InputError("weights must be >= 0, temperature > 0 and the queue at least one batch long")
+    cfg.check()
     engine.seed_everything(cfg.seed)
     fabric = engine.make_fabric(cfg.device)
     data = load_labelled_split(data_dir, cfg.image_size, cfg.val_fraction, cfg.seed, cfg.limit_per_class,

@@ -46,6 +46,19 @@ class CommonConfig:
     model_id: str = ""
     extra_card: dict = field(default_factory=dict)
 
+    def check(self) -> None:
+        """:raises InputError: naming the first setting out of range."""
+        rules = [("epochs", self.epochs >= 1, ">= 1"), ("batch_size", self.batch_size >= 2, ">= 2 (batch norm)"),
+                 ("lr", self.lr > 0, "> 0"), ("weight_decay", self.weight_decay >= 0, ">= 0"),
+                 ("limit_per_class", self.limit_per_class >= 0, ">= 0")]
+        rules += [(name, ok, want) for name, ok, want in self.extra_rules()]
+        for name, ok, want in rules:
+            if not ok:
+                raise InputError(f"--{name.replace('_', '-')} {getattr(self, name)}: must be {want}")
+
+    def extra_rules(self) -> list:
+        return []
+
 
 def make_fabric(device: str = "auto"):
     """A launched ``lightning_fabric.Fabric`` for ``device`` (``auto``, ``cpu``, ``cuda``,

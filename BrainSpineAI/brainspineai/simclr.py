@@ -47,6 +47,9 @@ class SimCLRConfig(CommonConfig):
     batch_size: int = 64
     weight_decay: float = 1e-4
 
+    def extra_rules(self) -> list:
+        return [("temperature", self.temperature > 0, "> 0"), ("image_size", self.image_size >= 32, ">= 32")]
+
 
 def simclr_views(x, generator):
     """One random view per slice of a batch (N, 1, S, S) in [0, 1], SSCLNet's augmentations:
@@ -115,8 +118,7 @@ def train_simclr(data_dir, out_dir, config: SimCLRConfig, resume: bool = False, 
     from .networks import SimCLRNet
 
     cfg = config
-    if cfg.temperature <= 0:
-        raise InputError(f"temperature must be > 0, got {cfg.temperature}")
+    cfg.check()
     engine.seed_everything(cfg.seed)
     fabric = engine.make_fabric(cfg.device)
     data_dir = Path(data_dir)
@@ -232,6 +234,11 @@ class FinetuneConfig(CommonConfig):
     label_smoothing: float = 0.05
     skull_strip_p: float = 0.5
 
+    def extra_rules(self) -> list:
+        return [("head", self.head in ("linear", "mlp"), "'linear' or 'mlp'"),
+                ("label_fraction", 0 < self.label_fraction <= 1, "in (0, 1]"),
+                ("image_size", self.image_size == 0 or self.image_size >= 32, "0 (the encoder's) or >= 32")]
+
 
 def labelled_subset(labels, train_idx, fraction: float, seed: int) -> np.ndarray:
     """A stratified, seeded ``fraction`` of ``train_idx`` (at least one image per class)."""
@@ -262,8 +269,7 @@ def train_finetune(data_dir, out_dir, config: FinetuneConfig, resume: bool = Fal
     from .training import augment, predict_batches, skull_strip_like
 
     cfg = config
-    if cfg.head not in ("linear", "mlp"):
-        raise InputError(f"--head must be 'linear' or 'mlp', got '{cfg.head}'")
+    cfg.check()
     engine.seed_everything(cfg.seed)
     fabric = engine.make_fabric(cfg.device)
     encoder = None

@@ -340,3 +340,18 @@ def test_affcl_trains_in_two_ddp_processes_under_torchrun(tmp_path):
     events = [json.loads(line) for line in (tmp_path / "ev.jsonl").read_text().splitlines()]
     assert [e["epoch"] for e in events if e["event"] == "epoch"] == [1, 2]  # one reporter, not two
     assert r.stdout.count("model written to") == 1
+
+
+@pytest.mark.parametrize("args, message", [
+    (["train", "affcl", "--crop-fraction", "2"], "--crop-fraction 2.0: must be between 0.1 and 1"),
+    (["train", "affcl", "--queue-size", "8"], "--queue-size 8: must be at least one batch"),
+    (["train", "affcl", "--batch-size", "1"], "--batch-size 1: must be >= 2"),
+    (["train", "affcl", "--backbone", "vit-tiny", "--image-size", "100"], "multiple of 16"),
+    (["train", "simclr", "--temperature", "0"], "--temperature 0.0: must be > 0"),
+    (["train", "finetune", "--label-fraction", "0"], "--label-fraction 0.0: must be in (0, 1]"),
+])
+def test_bad_training_options_exit_2_with_the_option_named(tmp_path, args, message):
+    r = run_cli(*args, "--data", need(KAGGLE), "--out", tmp_path / "m", "--epochs", "1", "--limit-per-class", "4")
+    assert r.returncode == 2, r.stderr[-2000:]
+    assert message in r.stderr and r.stderr.count("\n") == 1
+    assert not (tmp_path / "m").exists()
