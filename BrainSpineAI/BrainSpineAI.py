@@ -250,9 +250,22 @@ class BrainSpineAIWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             lines.append(html.escape(str(card["description"])))
         classNames = card.get("class_names") or []
         lines.append(_("Classes: {names}").format(names=html.escape(", ".join(map(str, classNames)))))
-        accuracy = ((card.get("metrics") or {}).get("validation") or {}).get("accuracy")
+        network = card.get("network") or {}
+        method = {"two-branch": "AFF-CL (global + local branch, attentional feature fusion)",
+                  "single": "one branch"}.get(network.get("kind"), "")
+        pretrained = (card.get("pretraining") or {}).get("encoder")
+        if method:
+            lines.append(_("Method: {method}, backbone {backbone}").format(
+                method=html.escape(method), backbone=html.escape(str(network.get("backbone", "")))))
+        if pretrained:
+            lines.append(_("SimCLR pre-trained encoder: {encoder}").format(encoder=html.escape(str(pretrained))))
+        validation = (card.get("metrics") or {}).get("validation") or {}
+        accuracy = validation.get("accuracy")
         if isinstance(accuracy, (int, float)):
             lines.append(_("Validation accuracy: {accuracy:.1%}").format(accuracy=accuracy))
+        auc = ((validation.get("probability_metrics") or {}).get("macro_auc") or {}).get("value")
+        if isinstance(auc, (int, float)):
+            lines.append(_("Validation macro AUC: {auc:.3f}").format(auc=auc))
         return "<br>".join(lines)
 
     # -- classification ----------------------------------------------------------
