@@ -22,43 +22,26 @@ from __future__ import annotations
 import json
 import math
 import os
-import random
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 
+from .engine import CommonConfig, seed_everything
 from .errors import InputError
 
 
 @dataclass
-class TrainConfig:
-    """Hyper-parameters of :func:`train_classifier` (sizes in pixels)."""
+class TrainConfig(CommonConfig):
+    """Hyper-parameters of :func:`train_classifier` (sizes in pixels); the shared ones
+    (epochs, batch size, learning rate, split, device, ...) are in :class:`engine.CommonConfig`."""
 
     architecture: str = "resnet18-w32"
     image_size: int = 128
-    epochs: int = 30
-    batch_size: int = 32
-    lr: float = 2e-3
-    weight_decay: float = 5e-4
     label_smoothing: float = 0.05
-    val_fraction: float = 0.15
-    seed: int = 0
-    device: str = "auto"
-    limit_per_class: int = 0  # 0 = all images; >0 = at most this many per class (quick runs)
     keep: str = "last"  # "last" epoch (unbiased validation figure) or "best" validation epoch
     skull_strip_p: float = 0.5  # probability of showing a training slice skull-stripped
-    model_id: str = ""
-    extra_card: dict = field(default_factory=dict)
-
-
-def _seed_everything(seed: int) -> None:
-    import torch
-
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
 
 
 def augment(x, generator):
@@ -177,7 +160,8 @@ def train_classifier(data_dir, out_dir, config: TrainConfig, resume: bool = Fals
     work = out_dir.with_name(out_dir.name + ".work")
     work.mkdir(parents=True, exist_ok=True)
     data_dir = Path(data_dir)
-    _seed_everything(cfg.seed)
+    cfg.check()
+    seed_everything(cfg.seed)
     device = resolve_device(cfg.device)
 
     paths, labels, class_names = scan_image_folder(data_dir)
