@@ -155,12 +155,12 @@ def train_classifier(data_dir, out_dir, config: TrainConfig, resume: bool = Fals
     from .networks import GRADCAM_LAYER, build_classifier
 
     cfg = config
+    cfg.check()
     events = Events(progress)
     out_dir = Path(out_dir)
     work = out_dir.with_name(out_dir.name + ".work")
     work.mkdir(parents=True, exist_ok=True)
     data_dir = Path(data_dir)
-    cfg.check()
     seed_everything(cfg.seed)
     device = resolve_device(cfg.device)
 
