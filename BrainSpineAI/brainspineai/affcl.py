@@ -189,15 +189,15 @@ def train_affcl(data_dir, out_dir, config: AFFCLConfig, resume: bool = False, pr
             out = model(xb, known_boxes=known, return_features=True) if cfg.two_branch else \
                 model(xb, return_features=True)
             ce = F.cross_entropy(out["logits"].float(), yb, label_smoothing=cfg.label_smoothing)
-            loss, logs = ce, {"ce": float(ce.detach())}
+            loss, logs = ce, {"ce": ce.detach()}
             if cfg.two_branch:
                 aux = F.cross_entropy(out["aux_logits"].float(), yb, label_smoothing=cfg.label_smoothing)
                 loss = loss + cfg.aux_weight * aux
-                logs["aux_ce"] = float(aux.detach())
+                logs["aux_ce"] = aux.detach()
         if queue is not None:
             sc = queue(out["projection"].float(), yb)
             loss = loss + cfg.supcon_weight * sc
-            logs["supcon"] = float(sc.detach())
+            logs["supcon"] = sc.detach()
         return loss, logs
 
     last = {}
@@ -227,16 +227,13 @@ def train_affcl(data_dir, out_dir, config: AFFCLConfig, resume: bool = False, pr
 
 def classifier_card(model_id, pipeline, net, spec, data, image_size, probs, conf, result, fabric, extra) -> dict:
     """The model card of a classifier trained by one of the contrastive pipelines."""
-    from .metrics import classification_metrics
+    from .engine import precision_for
+    from .metrics import classification_metrics, probability_metrics
+    from .preprocess import NORMALISATION_CARD
 
     y_va = data.y[data.val_idx].numpy()
     metrics = classification_metrics(y_va, probs.argmax(1), data.class_names)
-    try:
-        from .metrics import probability_metrics
-
-        metrics["probability_metrics"] = probability_metrics(y_va, probs, data.class_names, n_bootstrap=500)
-    except ImportError:
-        pass
+    metrics["probability_metrics"] = probability_metrics(y_va, probs, data.class_names, n_bootstrap=500)
     counts = {n: int((data.y == i).sum()) for i, n in enumerate(data.class_names)}
     return {
         "id": model_id,
@@ -247,13 +244,12 @@ def classifier_card(model_id, pipeline, net, spec, data, image_size, probs, conf
         "class_names": data.class_names,
         "input_size": [image_size, image_size],
         "in_channels": 1,
-        "intensity_normalisation": {"method": "foreground-percentile", "percentiles": [0.5, 99.5],
-                                    "range": [0.0, 1.0], "crop_to_foreground": True, "pad_to_square": True},
+        "intensity_normalisation": dict(NORMALISATION_CARD),
         "gradcam_layer": net.gradcam_layer,
         "training_data": {"folder": data.root.name, "images_per_class": counts, "n_train": int(len(data.train_idx)),
                           "n_validation": int(len(data.val_idx)), "split_file": "split.json"},
         "training": conf | {"pipeline": pipeline, "device": str(fabric.device), "processes": fabric.world_size,
-                            "precision": str(fabric._precision.__class__.__name__), "history": result["history"],
+                            "precision": precision_for(fabric.device.type), "history": result["history"],
                             "selection": "last epoch (validation images choose nothing)",
                             "train_seconds": result["train_seconds"],
                             "images_per_second": result["images_per_second"]},
@@ -281,18 +277,25 @@ def run_ablation(data_dir, out_dir, base: AFFCLConfig, progress=None, variants=N
             raise InputError(f"unknown ablation variant '{name}'; known: {', '.join(ABLATION_VARIANTS)}")
         cfg = replace(base, **ABLATION_VARIANTS[name], model_id=f"{base.model_id or 'ablation'}-{_slug(name)}")
         folder = train_affcl(data_dir, out_dir / _slug(name), cfg, resume=True, progress=progress)
-        card = json.loads((folder / "model.json").read_text())
-        m = card["metrics"]["validation"]
-        pm = m.get("probability_metrics", {})
-        rows.append({"variant": name, "model": str(folder), "accuracy": m["accuracy"], "macro_f1": m["macro_f1"],
-                     "accuracy_ci95": pm.get("accuracy", {}).get("ci95"),
-                     "macro_auc": (pm.get("macro_auc") or {}).get("value"),
-                     "n_validation": m["n"], "train_seconds": card["training"]["train_seconds"],
-                     "images_per_second": card["training"]["images_per_second"]})
+        row = summary_row(folder)
+        row.pop("card")
+        rows.append({"variant": name, **row})
     doc = {"rows": rows, "config": {k: v for k, v in asdict(base).items() if k not in ("extra_card",)}}
     atomic_write_text(out_dir / "ablation.json", json.dumps(doc, indent=2) + "\n")
     atomic_write_text(out_dir / "ablation.md", ablation_markdown(doc))
     return doc
+
+
+def summary_row(folder) -> dict:
+    """One report row from a trained classifier's model card: validation accuracy with its
+    95% bootstrap interval, macro F1 and AUC, training time and throughput (and the card)."""
+    card = json.loads((Path(folder) / "model.json").read_text())
+    m = card["metrics"]["validation"]
+    pm = m.get("probability_metrics", {})
+    return {"model": str(folder), "accuracy": m["accuracy"], "accuracy_ci95": pm.get("accuracy", {}).get("ci95"),
+            "macro_f1": m["macro_f1"], "macro_auc": (pm.get("macro_auc") or {}).get("value"), "n_validation": m["n"],
+            "train_seconds": card["training"]["train_seconds"],
+            "images_per_second": card["training"]["images_per_second"], "card": card}
 
 
 def ablation_markdown(doc: dict) -> str:

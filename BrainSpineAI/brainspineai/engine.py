@@ -63,7 +63,6 @@ class CommonConfig:
 def make_fabric(device: str = "auto"):
     """A launched ``lightning_fabric.Fabric`` for ``device`` (``auto``, ``cpu``, ``cuda``,
     ``mps``); under ``torchrun`` it joins the process group (gloo on CPU, NCCL on CUDA)."""
-    import torch
     from lightning_fabric import Fabric
     from lightning_fabric.strategies import DDPStrategy
 
@@ -72,15 +71,22 @@ def make_fabric(device: str = "auto"):
     dev = resolve_device(device)
     world = int(os.environ.get("WORLD_SIZE", "1"))
     local = int(os.environ.get("LOCAL_WORLD_SIZE", str(world)))
-    if dev.type == "cuda":
-        precision = "bf16-mixed" if torch.cuda.is_bf16_supported() else "16-mixed"
-    else:
-        precision = "32-true"
+    precision = precision_for(dev.type)
     strategy = DDPStrategy(find_unused_parameters=True) if world > 1 else "auto"
     fabric = Fabric(accelerator=dev.type, devices=local, num_nodes=max(1, world // local), strategy=strategy,
                     precision=precision)
     fabric.launch()
     return fabric
+
+
+def precision_for(device_type: str) -> str:
+    """Fabric precision used on a device type: bf16 (or fp16 with loss scaling) mixed
+    precision on CUDA, float32 elsewhere."""
+    import torch
+
+    if device_type == "cuda":
+        return "bf16-mixed" if torch.cuda.is_bf16_supported() else "16-mixed"
+    return "32-true"
 
 
 class QueueState:
@@ -112,7 +118,8 @@ def fit(*, pipeline: str, fabric, model, optimizer, scheduler, n_train: int, bat
     :param scheduler: a per-step learning-rate scheduler (stepped after every optimiser step).
     :param n_train: number of training items; each epoch permutes ``range(n_train)``.
     :param step_fn: ``step_fn(indices: LongTensor, generator) -> (loss, logs)``, the forward
-        pass and loss of one batch (backward and the optimiser step are done here).
+        pass and loss of one batch (backward and the optimiser step are done here); ``logs``
+        maps names to detached scalar tensors, read only when a step event is emitted.
     :param eval_fn: ``eval_fn() -> dict`` of float metrics after each epoch (may be empty).
     :param config: JSON-ready configuration; a checkpoint is resumed only under the same one
         (``device`` excepted).
@@ -177,17 +184,19 @@ def fit(*, pipeline: str, fabric, model, optimizer, scheduler, n_train: int, bat
             step += 1
             steps_done_here += 1
             images_seen += len(idx) * world
-            losses.append(float(loss.detach()))
-            bar.set_postfix(loss=f"{np.mean(losses[-20:]):.3f}")
-            if progress and rank == 0 and (step % log_every == 0):
-                eta = (time.time() - t_start) / steps_done_here * (total_steps - step)
-                progress({"event": "step", "pipeline": pipeline, "epoch": epoch + 1, "epochs": epochs, "step": step,
-                          "steps": total_steps, "loss": float(np.mean(losses[-log_every:])),
-                          **{k: float(v) for k, v in logs.items()}, "eta_s": round(eta, 1)})
+            losses.append(loss.detach())  # read back every log_every steps, not every step (GPU sync)
+            if step % log_every == 0:
+                recent = float(torch.stack(losses[-log_every:]).float().mean())
+                bar.set_postfix(loss=f"{recent:.3f}")
+                if progress and rank == 0:
+                    eta = (time.time() - t_start) / steps_done_here * (total_steps - step)
+                    progress({"event": "step", "pipeline": pipeline, "epoch": epoch + 1, "epochs": epochs,
+                              "step": step, "steps": total_steps, "loss": recent,
+                              **{k: float(v) for k, v in logs.items()}, "eta_s": round(eta, 1)})
         model.eval()
         metrics = eval_fn() if eval_fn else {}
         elapsed = seconds_before + time.time() - t_start
-        rec = {"epoch": epoch + 1, "loss": float(np.mean(losses)) if losses else float("nan"),
+        rec = {"epoch": epoch + 1, "loss": float(torch.stack(losses).float().mean()) if losses else float("nan"),
                "lr": float(scheduler.get_last_lr()[0]), **metrics}
         history.append(rec)
         if rank == 0:

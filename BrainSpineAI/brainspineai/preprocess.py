@@ -44,6 +44,11 @@ class SliceGeometry:
     box: tuple = None
 
 
+# What a model card records about the preparation above (``intensity_normalisation``).
+NORMALISATION_CARD = {"method": "foreground-percentile", "percentiles": [0.5, 99.5], "range": [0.0, 1.0],
+                      "crop_to_foreground": True, "pad_to_square": True}
+
+
 def normalize_slice(arr: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Normalise one 2D slice to [0, 1] and return ``(normalised, foreground_mask)``.
 

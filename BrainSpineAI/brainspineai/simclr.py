@@ -114,6 +114,7 @@ def train_simclr(data_dir, out_dir, config: SimCLRConfig, resume: bool = False, 
 
     from . import engine
     from .catalogue import save_model
+    from .preprocess import NORMALISATION_CARD
     from .data import limit_per_class_subset, load_slice_batch, stratified_split
     from .networks import SimCLRNet
 
@@ -173,8 +174,7 @@ def train_simclr(data_dir, out_dir, config: SimCLRConfig, resume: bool = False, 
         "class_names": [],
         "input_size": [cfg.image_size, cfg.image_size],
         "in_channels": 1,
-        "intensity_normalisation": {"method": "foreground-percentile", "percentiles": [0.5, 99.5],
-                                    "range": [0.0, 1.0], "crop_to_foreground": True, "pad_to_square": True},
+        "intensity_normalisation": dict(NORMALISATION_CARD),
         "training_data": {"folder": data_dir.name, "n_train": int(len(train_idx)),
                           "n_held_out": int(len(val_idx)), "labels_used": "never by the loss; held-out split "
                           "and the k-NN monitor only" if labels is not None else "none",
@@ -363,6 +363,7 @@ def run_label_efficiency(data_dir, out_dir, encoder: str, base: FinetuneConfig, 
     seed and recipe); write ``label_efficiency.json`` and ``.md`` in ``out_dir``."""
     from dataclasses import replace
 
+    from .affcl import summary_row
     from .catalogue import load_model
     from .io import atomic_write_text
 
@@ -380,13 +381,9 @@ def run_label_efficiency(data_dir, out_dir, encoder: str, base: FinetuneConfig, 
                           image_size=size, label_fraction=frac, model_id=f"{base.model_id or 'ssclnet'}-{name}",
                           freeze_encoder=base.freeze_encoder and pre)
             folder = train_finetune(data_dir, out_dir / name, cfg, resume=True, progress=progress)
-            card = json.loads((folder / "model.json").read_text())
-            m = card["metrics"]["validation"]
-            pm = m.get("probability_metrics", {})
-            rows.append({"label_fraction": frac, "pretrained": pre, "n_labelled": card["labels"]["n_labelled"],
-                         "accuracy": m["accuracy"], "accuracy_ci95": pm.get("accuracy", {}).get("ci95"),
-                         "macro_f1": m["macro_f1"], "macro_auc": (pm.get("macro_auc") or {}).get("value"),
-                         "n_validation": m["n"], "model": str(folder)})
+            row = summary_row(folder)
+            card = row.pop("card")
+            rows.append({"label_fraction": frac, "pretrained": pre, "n_labelled": card["labels"]["n_labelled"], **row})
     doc = {"encoder": enc.id, "rows": rows, "config": {k: v for k, v in asdict(base).items() if k != "extra_card"}}
     atomic_write_text(out_dir / "label_efficiency.json", json.dumps(doc, indent=2) + "\n")
     lines = [f"SSCLNet label efficiency: encoder {enc.id}, {size} px, {base.epochs} epochs, head {base.head}, "

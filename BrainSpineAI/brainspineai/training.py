@@ -149,6 +149,7 @@ def train_classifier(data_dir, out_dir, config: TrainConfig, resume: bool = Fals
     from tqdm.auto import tqdm
 
     from .catalogue import save_model
+    from .preprocess import NORMALISATION_CARD
     from .data import limit_per_class_subset, load_slice_batch, scan_image_folder, stratified_split
     from .device import autocast, resolve_device
     from .metrics import classification_metrics
@@ -268,8 +269,7 @@ def train_classifier(data_dir, out_dir, config: TrainConfig, resume: bool = Fals
         "class_names": class_names,
         "input_size": [cfg.image_size, cfg.image_size],
         "in_channels": 1,
-        "intensity_normalisation": {"method": "foreground-percentile", "percentiles": [0.5, 99.5],
-                                    "range": [0.0, 1.0], "crop_to_foreground": True, "pad_to_square": True},
+        "intensity_normalisation": dict(NORMALISATION_CARD),
         "gradcam_layer": GRADCAM_LAYER,
         "training_data": {"folder": data_dir.name, "images_per_class": counts, "n_train": int(len(train_idx)),
                           "n_validation": int(len(val_idx)), "validation_fraction": cfg.val_fraction,
