@@ -9,29 +9,16 @@ exact IJK-to-RAS geometry, shown as the foreground layer with a heat colour map.
 """
 from __future__ import annotations
 
-import importlib.util
-import json
-import os
-import queue
 import shutil
-import signal
-import subprocess
-import sys
 import tempfile
-import threading
 from dataclasses import dataclass
 from pathlib import Path
 
 from . import mrml_utils
+from .background import BackgroundJob, cliCommand
+from .dependencies import REQUIRED_PACKAGES, DependencyMixin  # noqa: F401  (REQUIRED_PACKAGES: re-exported)
 
-# import name -> pip requirement
-REQUIRED_PACKAGES = {
-    "torch": "torch", "torchvision": "torchvision", "monai": "monai>=1.3", "SimpleITK": "SimpleITK",
-    "skimage": "scikit-image", "cv2": "opencv-contrib-python-headless", "sklearn": "scikit-learn",
-    "open_clip": "open_clip_torch", "safetensors": "safetensors", "tqdm": "tqdm", "matplotlib": "matplotlib",
-    "pytorch_metric_learning": "pytorch-metric-learning", "lightning_fabric": "lightning-fabric",
-}
-LIBRARY_PARENT = Path(__file__).resolve().parent.parent  # folder that holds the brainspineai package
+BackgroundClassification = BackgroundJob  # a ``brainspineai classify`` job; ``context["inputNodeID"]``
 
 
 @dataclass
@@ -44,94 +31,7 @@ class ClassificationOutput:
     plotChartNode: object = None
 
 
-class BackgroundClassification:
-    """A ``brainspineai classify`` run in a separate process (its own process group).
-
-    ``poll()`` returns True once the process ended; ``progressText`` is the latest progress
-    message; ``cancel()`` kills the whole process tree and removes its temporary files.
-    """
-
-    def __init__(self, command, workdir: Path, inputNodeID: str, env=None):
-        self.workdir = workdir
-        self.inputNodeID = inputNodeID
-        self.progressText = "starting"
-        self.fraction = 0.0
-        self.result = None
-        self.errorText = ""
-        self.cancelled = False
-        self._lines = queue.Queue()
-        kwargs = {}
-        if os.name == "posix":
-            kwargs["start_new_session"] = True
-        else:
-            kwargs["creationflags"] = subprocess.CREATE_NEW_PROCESS_GROUP
-        self.process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                                        env=env, **kwargs)
-        self._readers = [threading.Thread(target=self._pump, args=(s, tag), daemon=True)
-                         for s, tag in ((self.process.stdout, "out"), (self.process.stderr, "err"))]
-        for t in self._readers:
-            t.start()
-
-    def _pump(self, stream, tag):
-        for line in stream:
-            self._lines.put((tag, line.rstrip("\n")))
-
-    def _drain(self):
-        while True:
-            try:
-                tag, line = self._lines.get_nowait()
-            except queue.Empty:
-                return
-            if tag == "err":
-                if line.strip():
-                    self.errorText = line.strip()
-                continue
-            try:
-                event = json.loads(line)
-            except ValueError:
-                continue
-            if event.get("event") == "progress":
-                self.fraction = float(event.get("fraction", 0.0))
-                self.progressText = event.get("message", "")
-            elif event.get("event") == "done":
-                self.result = event["result"]
-                self.fraction, self.progressText = 1.0, "done"
-
-    def poll(self) -> bool:
-        """Collect progress; True when the process has ended."""
-        self._drain()
-        if self.process.poll() is None:
-            return False
-        for t in self._readers:
-            t.join(timeout=5)
-        self._drain()
-        return True
-
-    def wait(self, timeout=None) -> bool:
-        """Block until the process ends (for scripts and tests; the GUI polls instead)."""
-        self.process.wait(timeout=timeout)
-        return self.poll()
-
-    def cancel(self) -> None:
-        """Kill the process and everything it started; remove the temporary files."""
-        self.cancelled = True
-        if self.process.poll() is None:
-            try:
-                if os.name == "posix":
-                    os.killpg(self.process.pid, signal.SIGKILL)
-                else:
-                    subprocess.run(["taskkill", "/F", "/T", "/PID", str(self.process.pid)], capture_output=True)
-            except (ProcessLookupError, PermissionError):
-                pass
-            self.process.wait(timeout=30)
-        self.poll()
-        self.cleanup()
-
-    def cleanup(self) -> None:
-        shutil.rmtree(self.workdir, ignore_errors=True)
-
-
-class ClassificationLogic:
+class ClassificationLogic(DependencyMixin):
     """Classification of volume nodes of a MRML scene.
 
     :param scene: ``vtkMRMLScene`` (``slicer.mrmlScene`` inside Slicer).
@@ -140,35 +40,6 @@ class ClassificationLogic:
     def __init__(self, scene):
         self.scene = scene
         self._modelCache = {}
-
-    # ---------------------------------------------------------------- dependencies
-    @staticmethod
-    def missingPackages() -> list[str]:
-        """pip requirements of the library that cannot be imported in this Python."""
-        return [req for mod, req in REQUIRED_PACKAGES.items() if importlib.util.find_spec(mod) is None]
-
-    def ensureDependencies(self, confirm, installTorch=None, pipInstall=None) -> bool:
-        """Install missing packages after the user agreed.
-
-        :param confirm: callable(message) -> bool asking the user.
-        :param installTorch: callable installing PyTorch (the PyTorch extension's helper);
-            returns None when that helper is unavailable, then pip is used.
-        :param pipInstall: callable(requirements: str) running pip (``slicer.util.pip_install``).
-        :returns: True when every package is importable afterwards.
-        """
-        missing = self.missingPackages()
-        if not missing:
-            return True
-        if not confirm("BrainSpineAI needs these Python packages, which are not installed yet:\n"
-                       + "\n".join(missing) + "\n\nInstall them now? This can take several minutes."):
-            return False
-        if "torch" in missing and installTorch is not None:
-            if installTorch() is not None:
-                missing = [m for m in missing if m not in ("torch", "torchvision")]
-        if missing and pipInstall is not None:
-            pipInstall(" ".join(missing))  # requirements hold no spaces; no shell is involved
-        importlib.invalidate_caches()
-        return not self.missingPackages()
 
     # ---------------------------------------------------------------- models
     @staticmethod
@@ -234,17 +105,15 @@ class ClassificationLogic:
         except Exception:
             shutil.rmtree(workdir, ignore_errors=True)
             raise
-        cmd = [pythonExecutable(), "-m", "brainspineai", "classify", str(workdir / "input.nrrd"),
-               "--device", device or "auto", "--json", str(workdir / "result.json"), "--progress", "jsonl"]
+        cmd = cliCommand("classify", workdir / "input.nrrd", "--device", device or "auto",
+                         "--json", workdir / "result.json", "--progress", "jsonl")
         if modelRef:
             cmd += ["--model", str(modelRef)]
         if computeHeatmap:
             cmd += ["--heatmap", str(workdir / "heatmap.nrrd")]
             if heatmapClass:
                 cmd += ["--heatmap-class", str(heatmapClass)]
-        env = dict(os.environ)
-        env["PYTHONPATH"] = os.pathsep.join([str(LIBRARY_PARENT)] + ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else []))
-        return BackgroundClassification(cmd, workdir, volumeNode.GetID(), env=env)
+        return BackgroundClassification(cmd, workdir, context={"inputNodeID": volumeNode.GetID()})
 
     def finishBackgroundClassification(self, job: BackgroundClassification) -> ClassificationOutput:
         """Read a finished job's result into the scene and remove its temporary files.
@@ -260,7 +129,7 @@ class ClassificationLogic:
                 raise RuntimeError("classification was cancelled")
             if job.process.returncode != 0 or job.result is None:
                 raise RuntimeError(job.errorText or f"classification process failed (exit code {job.process.returncode})")
-            volumeNode = self.scene.GetNodeByID(job.inputNodeID)
+            volumeNode = self.scene.GetNodeByID(job.context["inputNodeID"])
             if volumeNode is None:
                 raise RuntimeError("the input volume was removed from the scene while it was being classified")
             heat = job.workdir / "heatmap.nrrd"
@@ -373,12 +242,3 @@ class ClassificationLogic:
     def _compositeNodes(self):
         nodes = self.scene.GetNodesByClass("vtkMRMLSliceCompositeNode")
         return [nodes.GetItemAsObject(i) for i in range(nodes.GetNumberOfItems())]
-
-
-def pythonExecutable() -> str:
-    """The Python that runs background jobs: Slicer's ``PythonSlicer`` inside Slicer,
-    otherwise this interpreter."""
-    exe = shutil.which("PythonSlicer")
-    if exe:
-        return exe
-    return sys.executable
