@@ -137,6 +137,7 @@ def train_affcl(data_dir, out_dir, config: AFFCLConfig, resume: bool = False, pr
     from .catalogue import save_model
     from .data import load_labelled_split
     from .networks import SingleBranchNet, TwoBranchNet
+    from .retrain import start_from, version_card
     from .training import augment, predict_batches, skull_strip_like
 
     cfg = config
@@ -161,6 +162,7 @@ def train_affcl(data_dir, out_dir, config: AFFCLConfig, resume: bool = False, pr
                            proj_dim=spec["proj_dim"])
     else:
         net = SingleBranchNet(cfg.backbone, k, cfg.image_size, proj_dim=spec["proj_dim"])
+    parent = start_from(cfg.init_model, net, "classification-2d", data.class_names, cfg.image_size)
     opt = torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     model, opt = fabric.setup(net, opt)
     sched = engine.one_cycle(opt, cfg.lr, cfg.epochs, engine.steps_per_epoch(len(tr), cfg.batch_size, fabric.world_size))
@@ -218,6 +220,7 @@ def train_affcl(data_dir, out_dir, config: AFFCLConfig, resume: bool = False, pr
     card = classifier_card(cfg.model_id or out_dir.name, "affcl" if cfg.two_branch or cfg.supcon_weight else
                            "cross-entropy", net, spec, data, cfg.image_size, probs, conf, result, fabric,
                            cfg.extra_card)
+    card = version_card(card, parent, cfg.model_id)
     folder = save_model(net, card, out_dir, extra_files={"split.json": json.dumps(data.split_json(), indent=1)})
     if progress:
         progress({"event": "done", "pipeline": "affcl", "model": str(folder),

@@ -114,7 +114,8 @@ def cmd_train_classifier(args) -> int:
     cfg = TrainConfig(architecture=args.architecture, image_size=args.image_size, epochs=args.epochs,
                       batch_size=args.batch_size, lr=args.lr, val_fraction=args.val_fraction, seed=args.seed,
                       device=args.device, limit_per_class=args.limit_per_class, model_id=args.model_id or "",
-                      keep=args.keep, skull_strip_p=args.skull_strip_p, extra_card={"description": args.description} if args.description else {})
+                      keep=args.keep, skull_strip_p=args.skull_strip_p, extra_card={"description": args.description} if args.description else {},
+                      init_model=getattr(args, "init_model", None) or "")
     folder = train_classifier(args.data, args.out, cfg, resume=args.resume, progress=_event_sink(args.events))
     _report_model(folder)
     return 0
@@ -130,7 +131,8 @@ def _affcl_config(args):
                        batch_size=args.batch_size, lr=args.lr, val_fraction=args.val_fraction, seed=args.seed,
                        device=args.device, limit_per_class=args.limit_per_class, skull_strip_p=args.skull_strip_p,
                        boxes=args.boxes or "", model_id=args.model_id or "",
-                       extra_card={"description": args.description} if args.description else {})
+                       extra_card={"description": args.description} if args.description else {},
+                       init_model=getattr(args, "init_model", None) or "")
 
 
 def cmd_train_affcl(args) -> int:
@@ -159,7 +161,8 @@ def cmd_train_simclr(args) -> int:
                        temperature=args.temperature, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
                        val_fraction=args.val_fraction, seed=args.seed, device=args.device,
                        limit_per_class=args.limit_per_class, model_id=args.model_id or "",
-                       extra_card={"description": args.description} if args.description else {})
+                       extra_card={"description": args.description} if args.description else {},
+                       init_model=getattr(args, "init_model", None) or "")
     folder = train_simclr(args.data, args.out, cfg, resume=args.resume, progress=_event_sink(args.events))
     _report_model(folder)
     return 0
@@ -174,7 +177,8 @@ def _finetune_config(args):
                           batch_size=args.batch_size, lr=args.lr, val_fraction=args.val_fraction, seed=args.seed,
                           device=args.device, limit_per_class=args.limit_per_class, skull_strip_p=args.skull_strip_p,
                           model_id=args.model_id or "",
-                          extra_card={"description": args.description} if args.description else {})
+                          extra_card={"description": args.description} if args.description else {},
+                          init_model=getattr(args, "init_model", None) or "")
 
 
 def cmd_train_finetune(args) -> int:
@@ -270,6 +274,17 @@ def cmd_evaluate(args) -> int:
     return 0
 
 
+def cmd_dataset_summary(args) -> int:
+    from .datasets import summarise, summary_text
+    from .io import atomic_write_text
+
+    doc = summarise(args.data_dir)
+    if args.json:
+        atomic_write_text(args.json, json.dumps(doc, indent=2) + "\n")
+    print(summary_text(doc))
+    return 0
+
+
 def cmd_models(args) -> int:
     from .catalogue import list_models
 
@@ -305,6 +320,9 @@ def _common_train_args(p, image_size: int, epochs: int, lr: float, batch_size: i
     p.add_argument("--events", metavar="FILE", help="append progress events as JSON lines to FILE ('-' = stdout)")
     if resume:
         p.add_argument("--resume", action="store_true", help="continue from <out>.work/last.pt")
+        p.add_argument("--init-model", metavar="ID|DIR",
+                       help="retrain: start from this model's weights (same classes); the result is its next "
+                            "version (id <id>-v<N> unless --model-id)")
 
 
 def _skull_strip_arg(p) -> None:
@@ -406,6 +424,12 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--embedding-png", metavar="OUT",
                    help="write a t-SNE plot of the penultimate-layer features, coloured by class, as a PNG")
     e.set_defaults(func=cmd_evaluate)
+
+    ds = sub.add_parser("dataset-summary", help="cases per class, sizes and problems (unreadable files, empty "
+                                                "classes or labels, geometry mismatches) of a dataset folder")
+    ds.add_argument("data_dir", help="ImageFolder root (2D slices) or volume dataset (BraTS layout or dataset.json)")
+    ds.add_argument("--json", metavar="OUT", help="write the summary as JSON")
+    ds.set_defaults(func=cmd_dataset_summary)
 
     m = sub.add_parser("models", help="list the models in the catalogue")
     m.set_defaults(func=cmd_models)

@@ -15,6 +15,9 @@ def scan_image_folder(root, class_names: list | None = None):
 
     :param root: folder with one sub-folder per class.
     :param class_names: expected classes in logit order; default: sorted sub-folder names.
+    Slices that cannot be decoded completely (e.g. truncated JPEGs) are skipped with a note
+    on stderr (see :func:`datasets.readable_slices`).
+
     :returns: ``(paths, labels, class_names)``: list of Path, int64 array (N,), list of str.
     :raises InputError: missing folder, no class folders, an expected class missing, or no images.
     """
@@ -41,6 +44,16 @@ def scan_image_folder(root, class_names: list | None = None):
                 labels.append(idx)
     if not paths:
         raise InputError(f"{root}: no images found in the class folders")
+    from .datasets import readable_slices, warn_skipped
+
+    good, bad = readable_slices(paths)  # truncated / undecodable slices are left out, as the summary says
+    if bad:
+        warn_skipped(root, bad)
+        keep = set(map(str, good))
+        labels = [lab for p, lab in zip(paths, labels) if str(p) in keep]
+        paths = good
+    if not paths:
+        raise InputError(f"{root}: none of the images in the class folders can be decoded")
     return paths, np.asarray(labels, dtype=np.int64), list(class_names)
 
 

@@ -32,7 +32,8 @@ class CommonConfig:
 
     ``limit_per_class`` > 0 keeps a seeded random subset of at most that many images per
     class (quick runs); ``model_id`` defaults to the output folder's name; ``extra_card``
-    is merged into the model card (e.g. a description).
+    is merged into the model card (e.g. a description); ``init_model`` (id or folder) starts
+    from that model's weights and makes the result its next version (:mod:`brainspineai.retrain`).
     """
 
     epochs: int = 30
@@ -45,6 +46,7 @@ class CommonConfig:
     limit_per_class: int = 0
     model_id: str = ""
     extra_card: dict = field(default_factory=dict)
+    init_model: str = ""  # start from this catalogue model's weights (see brainspineai.retrain)
 
     def check(self) -> None:
         """:raises InputError: naming the first setting out of range."""
@@ -219,11 +221,24 @@ def fit(*, pipeline: str, fabric, model, optimizer, scheduler, n_train: int, bat
 
 
 def one_cycle(optimizer, lr: float, epochs: int, steps_per_epoch: int):
-    """AdamW-friendly one-cycle schedule (20% warm-up), stepped per optimiser step."""
+    """AdamW-friendly one-cycle schedule (20% warm-up), stepped per optimiser step.
+
+    Short runs: ``torch.optim.lr_scheduler.OneCycleLR`` divides by ``pct_start * total - 1``,
+    which is 0 for 5 steps at 20% (ZeroDivisionError), so the warm-up is
+    ``max(2, round(0.2 * total))`` steps (at most half the run); under 4 steps in all there
+    is no cycle to make and the rate stays at ``lr``.
+    """
     import torch
 
-    return torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=lr, epochs=epochs,
-                                               steps_per_epoch=max(1, steps_per_epoch), pct_start=0.2)
+    total = max(1, epochs) * max(1, steps_per_epoch)
+    if total < 4:
+        return torch.optim.lr_scheduler.LambdaLR(optimizer, _constant_rate)
+    pct = min(max(2, round(0.2 * total)) / total, 0.5)
+    return torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=lr, total_steps=total, pct_start=pct)
+
+
+def _constant_rate(step: int) -> float:  # module-level so the scheduler's state pickles
+    return 1.0
 
 
 def steps_per_epoch(n_train: int, batch_size: int, world: int) -> int:

@@ -117,6 +117,7 @@ def train_simclr(data_dir, out_dir, config: SimCLRConfig, resume: bool = False, 
     from .preprocess import NORMALISATION_CARD
     from .data import limit_per_class_subset, load_slice_batch, stratified_split
     from .networks import SimCLRNet
+    from .retrain import start_from, version_card
 
     cfg = config
     cfg.check()
@@ -138,6 +139,7 @@ def train_simclr(data_dir, out_dir, config: SimCLRConfig, resume: bool = False, 
         progress({"event": "data", "pipeline": "simclr", "n_train": len(train_idx), "n_held_out": len(val_idx)})
 
     net = SimCLRNet(cfg.backbone, cfg.image_size, proj_dim=cfg.proj_dim, proj_hidden=cfg.proj_hidden)
+    parent = start_from(cfg.init_model, net, "encoder-2d", None, cfg.image_size)
     opt = torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     model, opt = fabric.setup(net, opt)
     sched = engine.one_cycle(opt, cfg.lr, cfg.epochs, engine.steps_per_epoch(len(train_idx), cfg.batch_size,
@@ -191,6 +193,7 @@ def train_simclr(data_dir, out_dir, config: SimCLRConfig, resume: bool = False, 
         extra["split.json"] = json.dumps({"data_folder": data_dir.name, "class_names": class_names,
                                           "validation": [str(paths[i].relative_to(data_dir)) for i in val_idx],
                                           "train": [str(paths[i].relative_to(data_dir)) for i in train_idx]}, indent=1)
+    card = version_card(card, parent, cfg.model_id)
     folder = save_model(net, card, out_dir, extra_files=extra)
     if progress:
         progress({"event": "done", "pipeline": "simclr", "model": str(folder), "metrics": monitor})
@@ -266,6 +269,7 @@ def train_finetune(data_dir, out_dir, config: FinetuneConfig, resume: bool = Fal
     from .catalogue import load_model, save_model
     from .data import load_labelled_split
     from .networks import SingleBranchNet
+    from .retrain import start_from, version_card
     from .training import augment, predict_batches, skull_strip_like
 
     cfg = config
@@ -297,6 +301,7 @@ def train_finetune(data_dir, out_dir, config: FinetuneConfig, resume: bool = Fal
     net = SingleBranchNet(backbone, len(data.class_names), size, head=cfg.head)
     if encoder is not None:
         net.backbone.load_state_dict(encoder.network.backbone.state_dict())
+    parent = start_from(cfg.init_model, net, "classification-2d", data.class_names, size)
     if cfg.freeze_encoder:
         net.freeze_backbone()
     opt = torch.optim.AdamW([p for p in net.parameters() if p.requires_grad], lr=cfg.lr, weight_decay=cfg.weight_decay)
@@ -335,6 +340,7 @@ def train_finetune(data_dir, out_dir, config: FinetuneConfig, resume: bool = Fal
     extra["labels"] = {"fraction": cfg.label_fraction, "n_labelled": int(len(sub))}
     card = classifier_card(cfg.model_id or out_dir.name, "finetune", net, spec, data, size, probs, conf, result,
                            fabric, extra)
+    card = version_card(card, parent, cfg.model_id)
     folder = save_model(net, card, out_dir, extra_files={"split.json": json.dumps(data.split_json(), indent=1)})
     if progress:
         progress({"event": "done", "pipeline": "finetune", "model": str(folder),

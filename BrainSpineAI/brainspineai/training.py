@@ -28,7 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .engine import CommonConfig, seed_everything
+from .engine import CommonConfig, one_cycle, seed_everything
 from .errors import InputError
 
 
@@ -154,6 +154,7 @@ def train_classifier(data_dir, out_dir, config: TrainConfig, resume: bool = Fals
     from .device import autocast, resolve_device
     from .metrics import classification_metrics
     from .networks import GRADCAM_LAYER, build_classifier
+    from .retrain import start_from, version_card
 
     cfg = config
     cfg.check()
@@ -183,11 +184,12 @@ def train_classifier(data_dir, out_dir, config: TrainConfig, resume: bool = Fals
     events.emit(event="data", n_train=len(train_idx), n_val=len(val_idx), classes=class_names,
                 seconds=round(time.time() - t0, 1))
 
-    net = build_classifier(cfg.architecture, len(class_names)).to(device)
+    net = build_classifier(cfg.architecture, len(class_names))
+    parent = start_from(cfg.init_model, net, "classification-2d", class_names, cfg.image_size)
+    net = net.to(device)
     opt = torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     steps_per_epoch = math.ceil(len(train_idx) / cfg.batch_size)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, epochs=cfg.epochs,
-                                                steps_per_epoch=steps_per_epoch, pct_start=0.2)
+    sched = one_cycle(opt, cfg.lr, cfg.epochs, steps_per_epoch)
     use_scaler = device.type == "cuda" and not torch.cuda.is_bf16_supported()
     scaler = torch.amp.GradScaler("cuda", enabled=use_scaler)
     gen = torch.Generator().manual_seed(cfg.seed)
@@ -285,6 +287,7 @@ def train_classifier(data_dir, out_dir, config: TrainConfig, resume: bool = Fals
     split = {"data_folder": data_dir.name, "class_names": class_names,
              "validation": [str(paths[i].relative_to(data_dir)) for i in val_idx],
              "train": [str(paths[i].relative_to(data_dir)) for i in train_idx]}
+    card = version_card(card, parent, cfg.model_id)
     folder = save_model(net, card, out_dir, extra_files={"split.json": json.dumps(split, indent=1)})
     events.emit(event="done", model=str(folder), metrics={"val_accuracy": metrics["accuracy"]})
     return folder
