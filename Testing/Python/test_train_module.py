@@ -1,0 +1,227 @@
+"""The BrainSpineAI Train module's logic with real training subprocesses on a tiny real
+subset (2 classes x 12 Kaggle slices at 64 px, CPU): a run completes, reports its events in
+order and registers its model; a cancelled run leaves the catalogue unchanged and no partial
+files; a killed run resumes from its checkpoint; retraining makes version 2 and keeps
+version 1 usable; "Add to training set" writes the right files; curves become MRML nodes."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+
+from conftest import BRATS15, KAGGLE, ROOT, need, run_cli
+
+sys.path.insert(0, str(ROOT / "BrainSpineAITrain"))
+from BrainSpineAITrainLib.training_logic import PIPELINES, TrainingLogic, buildArguments, launchCommand  # noqa: E402
+
+TINY = {"epochs": 5, "image_size": 64, "batch_size": 32, "skull_strip_p": 0.0}  # 5 steps in all: the one-cycle bug
+
+
+@pytest.fixture(scope="module")
+def tiny_set(tmp_path_factory):
+    root = tmp_path_factory.mktemp("tiny") / "tiny2"
+    for c in ("glioma", "pituitary"):
+        (root / c).mkdir(parents=True)
+        for f in sorted((need(KAGGLE) / c).iterdir())[:12]:
+            shutil.copy(f, root / c / f.name)
+    return root
+
+
+def catalogue_state(home: Path):
+    """Every path under models/ and every hidden temporary anywhere in the user folder."""
+    models = sorted(str(p.relative_to(home)) for p in (home / "models").rglob("*")) if (home / "models").exists() else []
+    temps = sorted(str(p) for p in home.rglob(".*") if p.name not in ("run.json",))
+    return models, temps
+
+
+def wait_for(run, predicate, timeout=300):
+    t0 = time.time()
+    while time.time() - t0 < timeout:
+        done = run.poll()
+        if predicate(run.job.events):
+            return True
+        if done:
+            return False
+        time.sleep(0.2)
+    return False
+
+
+def epochs_seen(events):
+    return [e["epoch"] for e in events if e.get("event") == "epoch"]
+
+
+def test_pipeline_table_and_commands(tmp_path):
+    assert set(PIPELINES) == {"classifier", "affcl", "simclr", "finetune", "sicf", "segmenter"}
+    # every command line the table builds is accepted by the library's parser (sicf and
+    # segmenter only where those commands exist on this branch)
+    from brainspineai.cli import build_parser
+
+    parser = build_parser()
+    train_cmds = parser._subparsers._group_actions[0].choices["train"]._subparsers._group_actions[0].choices
+    for key, pipe in PIPELINES.items():
+        argv = buildArguments(key, tmp_path, tmp_path / "m", device="cpu", modelId="m")
+        if pipe.command[1] not in train_cmds:
+            continue
+        args = parser.parse_args(argv)
+        assert args.data == str(tmp_path) and args.events == "-"
+        for p in pipe.params:
+            if p.name in ("sequences", "encoder"):  # a list on the command line / None when empty
+                continue
+            assert getattr(args, p.name) == (p.default if p.kind != "float" else pytest.approx(p.default)), p.name
+    assert "--init-model" in buildArguments("affcl", tmp_path, tmp_path / "m", initModel="x")
+    with pytest.raises(ValueError, match="no parameter"):
+        buildArguments("classifier", tmp_path, tmp_path / "m", {"nonsense": 1})
+    cmd = launchCommand(["train", "affcl"], gpus=2)
+    assert cmd[1:5] == ["-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
+    assert cmd[5:8] == ["-m", "brainspineai", "train"]
+    dev = TrainingLogic.detectDevices()
+    assert dev["cuda"] >= 0 and dev["source"] in ("nvidia-smi", "torch", "none")
+
+
+def test_run_registers_model_then_retrain_makes_version_2(tiny_set, isolated_catalogue):
+    from brainspineai.catalogue import list_models, load_model
+
+    logic = TrainingLogic()
+    run = logic.startRun("classifier", tiny_set, "tiny-cls", params=TINY, device="cpu")
+    assert run.wait(timeout=600) == "succeeded", run.errorText
+    kinds = [e["event"] for e in run.job.events]
+    assert kinds[0] == "data" and kinds[-1] == "done"
+    assert epochs_seen(run.job.events) == [1, 2, 3, 4, 5]
+    assert [h["epoch"] for h in run.history] == [1, 2, 3, 4, 5]
+    folder = isolated_catalogue / "models" / "tiny-cls"
+    assert run.modelFolder == folder and (folder / "model.json").is_file()
+    assert "tiny-cls" in [c["id"] for c in list_models()]
+    lines = (run.runDir / "events.jsonl").read_text().splitlines()
+    assert [json.loads(ln)["event"] for ln in lines] == kinds
+    assert json.loads((run.runDir / "run.json").read_text())["state"] == "succeeded"
+    assert not (run.runDir / "tiny-cls").exists()  # moved, not copied
+    with pytest.raises(ValueError, match="already in the catalogue"):
+        logic.startRun("classifier", tiny_set, "tiny-cls", params=TINY, device="cpu")
+
+    # retrain on the grown dataset: version 2 from v1's weights; v1 stays usable
+    extra = sorted((need(KAGGLE) / "glioma").iterdir())[40]
+    shutil.copy(extra, tiny_set / "glioma" / extra.name)
+    req = TrainingLogic.retrainRequest("tiny-cls", tiny_set, epochs=2, device="cpu")
+    assert req["pipelineKey"] == "classifier" and req["modelId"] == "tiny-cls-v2"
+    assert req["params"]["image_size"] == 64 and req["params"]["architecture"] == "resnet18-w32"
+    run2 = logic.startRun(**req)
+    assert run2.wait(timeout=600) == "succeeded", run2.errorText
+    card2 = json.loads((isolated_catalogue / "models" / "tiny-cls-v2" / "model.json").read_text())
+    card1 = json.loads((folder / "model.json").read_text())
+    assert card2["version"] == 2 and card2["parent"] == "tiny-cls" and card2["lineage"] == ["tiny-cls"]
+    assert card2["parent_sha256"] == card1["sha256"] and card2["sha256"] != card1["sha256"]
+    assert card2["training_data"]["images_per_class"]["glioma"] == 13
+    v1, v2 = load_model("tiny-cls", "cpu"), load_model("tiny-cls-v2", "cpu")
+    assert v1.card["version"] == 1 and v2.class_names == v1.class_names
+    # v2 started from v1: its weights are far closer to v1's than to a fresh network's
+    import torch
+
+    from brainspineai.networks import build_classifier
+
+    fresh = build_classifier("resnet18-w32", 2).state_dict()
+    w1, w2 = v1.network.state_dict(), v2.network.state_dict()
+    key = "conv1.weight"
+    assert torch.dist(w1[key], w2[key]) < 0.5 * torch.dist(fresh[key], w2[key])
+    # a parent with other classes is refused, before anything is written
+    r = run_cli("train", "classifier", "--data", tiny_set, "--out", isolated_catalogue / "x", "--image-size", "128",
+                "--epochs", "1", "--device", "cpu", "--init-model", "brain-tumor-4class-resnet18w32")
+    assert r.returncode == 2 and "has classes ['glioma', 'meningioma', 'notumor', 'pituitary']" in r.stderr
+    assert not (isolated_catalogue / "x").exists()
+
+
+def test_cancel_midway_leaves_catalogue_unchanged(tiny_set, isolated_catalogue):
+    logic = TrainingLogic()
+    before = catalogue_state(isolated_catalogue)
+    run = logic.startRun("classifier", tiny_set, "tiny-cancel", params=dict(TINY, epochs=60), device="cpu")
+    assert wait_for(run, lambda ev: len(epochs_seen(ev)) >= 1), run.errorText
+    run.cancel()
+    assert run.state == "cancelled" and run.job.process.poll() is not None
+    assert catalogue_state(isolated_catalogue) == before
+    assert not (run.runDir / "tiny-cancel").exists()
+    assert (run.runDir / "tiny-cancel.work" / "last.pt").is_file()  # kept for Resume
+    assert json.loads((run.runDir / "run.json").read_text())["state"] == "cancelled"
+    run.cancel(discard=True)
+    assert not run.runDir.exists()
+    assert catalogue_state(isolated_catalogue) == before
+
+
+def test_killed_run_resumes_from_checkpoint(tiny_set, isolated_catalogue):
+    logic = TrainingLogic()
+    run = logic.startRun("classifier", tiny_set, "tiny-resume", params=dict(TINY, epochs=8), device="cpu")
+    assert wait_for(run, lambda ev: len(epochs_seen(ev)) >= 2), run.errorText
+    os.killpg(run.job.process.pid, signal.SIGKILL)  # a crash: no cancel, no cleanup
+    run.wait(timeout=60)
+    assert run.state == "failed"
+    done_before = max(epochs_seen(run.job.events))
+    assert not (isolated_catalogue / "models" / "tiny-resume").exists()
+    resumed = logic.resumeRun("tiny-resume")
+    assert resumed.wait(timeout=600) == "succeeded", resumed.errorText
+    ev = resumed.job.events
+    assert ev[1]["event"] == "resume" and ev[1]["epoch"] >= 2
+    assert epochs_seen(ev) == list(range(ev[1]["epoch"] + 1, 9))
+    assert ev[1]["epoch"] >= done_before - 1
+    card = json.loads((isolated_catalogue / "models" / "tiny-resume" / "model.json").read_text())
+    assert [h["epoch"] for h in card["training"]["history"]] == list(range(1, 9))
+
+
+def test_curves_become_table_and_plot_nodes():
+    slicer = pytest.importorskip("slicer", reason="slicer-core is not installed")
+    scene = slicer.vtkMRMLScene()
+    table = scene.AddNewNodeByClass("vtkMRMLTableNode", "curves")
+    chart = scene.AddNewNodeByClass("vtkMRMLPlotChartNode", "chart")
+    history = [{"epoch": 1, "loss": 0.9, "val_accuracy": 0.5}, {"epoch": 2, "loss": 0.6, "val_accuracy": 0.75}]
+    TrainingLogic.updateCurves(history, table, chart, scene)
+    assert table.GetNumberOfRows() == 2 and table.GetNumberOfColumns() == 3
+    assert table.GetTable().GetColumnByName("val_accuracy").GetValue(1) == pytest.approx(0.75)
+    assert chart.GetNumberOfPlotSeriesNodes() == 2
+    TrainingLogic.updateCurves(history + [{"epoch": 3, "loss": 0.5, "val_accuracy": 0.8}], table, chart, scene)
+    assert table.GetNumberOfRows() == 3 and chart.GetNumberOfPlotSeriesNodes() == 2
+    assert chart.GetNthPlotSeriesNode(0).GetYColumnName() in ("loss", "val_accuracy")
+
+
+def test_add_to_training_set_writes_slice_and_volume(tmp_path):
+    slicer = pytest.importorskip("slicer", reason="slicer-core is not installed")
+    from BrainSpineAILib.training_set import addToTrainingSet, datasetClasses
+
+    scene = slicer.vtkMRMLScene()
+    vlogic = slicer.vtkSlicerVolumesLogic()
+    vlogic.SetMRMLScene(scene)
+    jpg = sorted((need(KAGGLE) / "meningioma").iterdir())[0]
+    nrrd = tmp_path / "slice.nrrd"  # slicer-core's ITK has no JPEG reader
+    sitk.WriteImage(sitk.ReadImage(str(jpg)), str(nrrd))
+    node = vlogic.AddArchetypeVolume(str(nrrd), "Tr-me 0000")
+    ds = tmp_path / "ds"
+    first = addToTrainingSet(node, ds, "meningioma")
+    second = addToTrainingSet(node, ds, "meningioma")
+    assert first == ds / "meningioma" / "Tr-me_0000.png" and second.name == "Tr-me_0000-2.png"
+    original = sitk.GetArrayFromImage(sitk.ReadImage(str(jpg))).astype(float)
+    saved = sitk.GetArrayFromImage(sitk.ReadImage(str(first)))
+    assert saved.dtype == np.uint8 and saved.shape == original.shape
+    stretched = np.round((original - original.min()) / (original.max() - original.min()) * 255)
+    assert np.array_equal(saved, stretched.astype(np.uint8))
+    vol = vlogic.AddArchetypeVolume(str(need(BRATS15) / "brats_2013_pat0004_1" / "T1c_subtrMeanDivStd.nii.gz"), "t1c")
+    out = addToTrainingSet(vol, ds, "glioma")
+    assert out.name == "t1c.nii.gz"
+    ref = sitk.ReadImage(str(BRATS15 / "brats_2013_pat0004_1" / "T1c_subtrMeanDivStd.nii.gz"))
+    back = sitk.ReadImage(str(out))
+    assert back.GetSize() == ref.GetSize()
+    assert np.allclose(back.GetOrigin(), ref.GetOrigin(), atol=1e-4)
+    assert np.allclose(back.GetDirection(), ref.GetDirection(), atol=1e-6)
+    assert np.allclose(sitk.GetArrayFromImage(back), sitk.GetArrayFromImage(ref))
+    k = addToTrainingSet(vol, ds, "glioma", sliceIndex=77)
+    assert k.name == "t1c_k77.png"
+    assert datasetClasses(ds) == ["glioma", "meningioma"]
+    assert not [p for p in ds.rglob(".*")]  # no temporaries left
+    with pytest.raises(ValueError, match="class"):
+        addToTrainingSet(node, ds, "../evil")
+    from brainspineai.datasets import summarise
+
+    assert summarise(ds)["classes"] == {"glioma": 2, "meningioma": 2}
