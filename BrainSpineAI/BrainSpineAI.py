@@ -150,6 +150,7 @@ class BrainSpineAIWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.opacitySlider.connect("valueChanged(double)", self.onOpacityChanged)
 
         self.refreshModels()
+        self._setupTrainingSet()
 
         # Make sure parameter node is initialized (needed for module reload)
         self.initializeParameterNode()
@@ -374,6 +375,60 @@ class BrainSpineAIWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._timer.stop()
         self._job, self._jobInput = None, None
         self._updateButtons()
+
+    # -- training set and retraining (logic: BrainSpineAILib.training_set, BrainSpineAITrain) --
+
+    def _setupTrainingSet(self) -> None:
+        self.ui.addToTrainingSetButton.connect("clicked(bool)", self.onAddToTrainingSet)
+        self.ui.retrainButton.connect("clicked(bool)", self.onRetrain)
+        self.ui.trainingSetPathLineEdit.connect("currentPathChanged(QString)", self._refreshTrainingClasses)
+        self.ui.modelSelector.connect("currentIndexChanged(int)", self._refreshTrainingClasses)
+        self._refreshTrainingClasses()
+
+    def _refreshTrainingClasses(self, *args) -> None:
+        from BrainSpineAILib.training_set import datasetClasses
+
+        index = self.ui.modelSelector.currentIndex
+        card = self._cards[index] if 0 <= index < len(self._cards) else {}
+        names = list(card.get("class_names", []))
+        names += [c for c in datasetClasses(self.ui.trainingSetPathLineEdit.currentPath) if c not in names]
+        current = self.ui.trainingClassSelector.currentText
+        self.ui.trainingClassSelector.clear()
+        for name in names:
+            self.ui.trainingClassSelector.addItem(name)
+        if current:
+            self.ui.trainingClassSelector.setCurrentText(current)
+        self.ui.addToTrainingSetButton.text = _("Add to training set as {name}").format(
+            name=self.ui.trainingClassSelector.currentText or "...")
+
+    def onAddToTrainingSet(self) -> None:
+        from BrainSpineAILib.training_set import addToTrainingSet, sliceIndexAt
+
+        volume = self._parameterNode.inputVolume if self._parameterNode else None
+        folder = self.ui.trainingSetPathLineEdit.currentPath
+        className = self.ui.trainingClassSelector.currentText.strip()
+        if not volume or not folder or not className:
+            self.ui.statusLabel.text = _("Select an input image, a dataset folder and a class.")
+            return
+        sliceIndex = None
+        if self.ui.trainingSliceCheckBox.checked:
+            sliceIndex = sliceIndexAt(volume, slicer.app.layoutManager().sliceWidget("Red").mrmlSliceNode())
+        ok, path = self._tryRun(_("Could not add the image to the training set."), addToTrainingSet,
+                                volume, folder, className, sliceIndex=sliceIndex)
+        if ok:
+            self.ui.statusLabel.text = _("Added to the training set: {path}").format(path=path)
+            self._refreshTrainingClasses()
+
+    def onRetrain(self) -> None:
+        folder = self.ui.trainingSetPathLineEdit.currentPath
+        index = self.ui.modelSelector.currentIndex
+        modelRef = self.ui.modelSelector.itemData(index) if index >= 0 else None
+        if not folder or not modelRef:
+            self.ui.statusLabel.text = _("Select a model and a dataset folder to retrain on.")
+            return
+        slicer.util.selectModule("BrainSpineAITrain")
+        trainWidget = slicer.modules.brainspineaitrain.widgetRepresentation().self()
+        trainWidget.startRetrain(modelRef, folder)
 
     def onOpacityChanged(self, value: float) -> None:
         self.logic.setHeatmapOpacity(value)

@@ -103,3 +103,16 @@ def addToTrainingSet(volumeNode, datasetDir, className: str, sliceIndex: int | N
         if os.path.exists(tmp):
             os.remove(tmp)
     return target
+
+
+def sliceIndexAt(volumeNode, sliceNode) -> int:
+    """The volume's axial IJK index K under the centre of a slice view (``vtkMRMLSliceNode``),
+    rounded to the nearest slice (parent transforms are not applied)."""
+    import vtk
+
+    sliceToRAS = sliceNode.GetSliceToRAS()
+    ras = [sliceToRAS.GetElement(r, 3) for r in range(3)] + [1.0]
+    m = vtk.vtkMatrix4x4()
+    volumeNode.GetRASToIJKMatrix(m)
+    ijk = m.MultiplyPoint(ras)
+    return int(round(ijk[2]))

@@ -189,6 +189,7 @@ def test_curves_become_table_and_plot_nodes():
 
 def test_add_to_training_set_writes_slice_and_volume(tmp_path):
     slicer = pytest.importorskip("slicer", reason="slicer-core is not installed")
+    from BrainSpineAILib import mrml_utils
     from BrainSpineAILib.training_set import addToTrainingSet, datasetClasses
 
     scene = slicer.vtkMRMLScene()
@@ -216,8 +217,19 @@ def test_add_to_training_set_writes_slice_and_volume(tmp_path):
     assert np.allclose(back.GetOrigin(), ref.GetOrigin(), atol=1e-4)
     assert np.allclose(back.GetDirection(), ref.GetDirection(), atol=1e-6)
     assert np.allclose(sitk.GetArrayFromImage(back), sitk.GetArrayFromImage(ref))
-    k = addToTrainingSet(vol, ds, "glioma", sliceIndex=77)
+    from BrainSpineAILib.training_set import sliceIndexAt
+
+    red = scene.AddNewNodeByClass("vtkMRMLSliceNode")
+    red.SetOrientationToAxial()
+    ijk_to_ras = mrml_utils.ijk_to_ras_array(vol)
+    center = ijk_to_ras @ np.array([120.0, 120.0, 77.0, 1.0])
+    red.JumpSliceByCentering(*center[:3])
+    assert sliceIndexAt(vol, red) == 77
+    k = addToTrainingSet(vol, ds, "glioma", sliceIndex=sliceIndexAt(vol, red))
     assert k.name == "t1c_k77.png"
+    plane = sitk.GetArrayFromImage(ref)[77].astype(float)
+    want = np.round((plane - plane.min()) / (plane.max() - plane.min()) * 255).astype(np.uint8)
+    assert np.array_equal(sitk.GetArrayFromImage(sitk.ReadImage(str(k))), want)
     assert datasetClasses(ds) == ["glioma", "meningioma"]
     assert not [p for p in ds.rglob(".*")]  # no temporaries left
     with pytest.raises(ValueError, match="class"):
