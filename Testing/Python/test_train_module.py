@@ -237,3 +237,33 @@ def test_add_to_training_set_writes_slice_and_volume(tmp_path):
     from brainspineai.datasets import summarise
 
     assert summarise(ds)["classes"] == {"glioma": 2, "meningioma": 2}
+
+
+def test_contrastive_pipelines_run_and_retrain(tiny_set, isolated_catalogue):
+    """AFF-CL, SimCLR and fine-tuning (from the SimCLR encoder) through the same logic: each
+    run registers its model; retraining AFF-CL and SimCLR makes version 2 from their weights
+    with the same network settings (fine-tuning: the retraining request only)."""
+    from brainspineai.catalogue import load_model
+
+    logic = TrainingLogic()
+    small = {"epochs": 2, "image_size": 64, "batch_size": 16, "backbone": "resnet10-w32"}
+    runs = [("affcl", "tiny-affcl", dict(small, queue_size=32, skull_strip_p=0.0, single_branch=True)),
+            ("simclr", "tiny-simclr", dict(small)),
+            ("finetune", "tiny-ft", dict(small, encoder="tiny-simclr", skull_strip_p=0.0))]
+    for key, model_id, params in runs:
+        run = logic.startRun(key, tiny_set, model_id, params=params, device="cpu")
+        assert run.wait(timeout=600) == "succeeded", (key, run.errorText)
+        assert [h["epoch"] for h in run.history] == [1, 2]
+        req = TrainingLogic.retrainRequest(model_id, tiny_set, epochs=1, device="cpu")
+        assert req["pipelineKey"] == key and req["modelId"] == f"{model_id}-v2"
+        assert req["params"]["backbone"] == "resnet10-w32" and req["params"]["image_size"] == 64
+        if key == "affcl":
+            assert req["params"]["single_branch"] is True
+        if key == "finetune":  # same --init-model path as the others; spare the CPU a run
+            assert req["params"]["head"] == "linear" and req["initModel"].endswith("tiny-ft")
+            continue
+        v2 = logic.startRun(**req)
+        assert v2.wait(timeout=600) == "succeeded", (key, v2.errorText)
+        task = "encoder-2d" if key == "simclr" else "classification-2d"
+        new, old = load_model(f"{model_id}-v2", "cpu", task=task), load_model(model_id, "cpu", task=task)
+        assert new.card["version"] == 2 and new.card["parent"] == model_id and old.card["version"] == 1
