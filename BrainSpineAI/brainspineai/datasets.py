@@ -3,7 +3,8 @@
 Two kinds of dataset folder are recognised:
 
 - **image folder** (2D classification): ``ROOT/<class>/<slice>.jpg|png`` (also volume files,
-  which contribute their middle slice, see :func:`data.load_slice_batch`);
+  which contribute their middle slice, see :func:`data.load_slice_batch`), or a flat folder
+  of unlabelled slices (SimCLR pre-training);
 - **volumes** (3D segmentation): BraTS 2020 case folders (``<case>/<case>_flair.nii.gz``,
   ``_t1``, ``_t1ce``, ``_t2``, ``_seg``), BraTS 2023 (``-t2f``, ``-t1n``, ``-t1c``, ``-t2w``,
   ``-seg``), the BraTS 2015 files shipped with DeepMedic (``Flair_subtrMeanDivStd``,
@@ -168,12 +169,15 @@ def summarise_image_folder(root) -> dict:
     root = Path(root)
     t0 = time.time()
     classes = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    flat = not classes and any(_suffix(p) in SLICE_SUFFIXES for p in root.iterdir() if p.is_file())
+    if flat:  # unlabelled slices (SimCLR pre-training)
+        classes = ["."]
     if not classes:
         raise InputError(f"{root}: no class folders (expected ImageFolder layout ROOT/<class>/<image>)")
     counts, problems, skipped, sizes, n_files = {}, [], [], [], 0
     for name in classes:
         files = [p for p in sorted((root / name).iterdir())
-                 if p.is_file() and _suffix(p) in SLICE_SUFFIXES + VOLUME_SUFFIXES]
+                 if p.is_file() and _suffix(p) in (SLICE_SUFFIXES if flat else SLICE_SUFFIXES + VOLUME_SUFFIXES)]
         n_ok = 0
         for p in files:
             n_files += 1
@@ -203,7 +207,8 @@ def summarise_image_folder(root) -> dict:
     if sizes:
         size_range = {"min": [min(s[0] for s in sizes), min(s[1] for s in sizes)],
                       "max": [max(s[0] for s in sizes), max(s[1] for s in sizes)]}
-    return {"kind": "image-folder", "root": str(root), "classes": counts, "n_files": n_files,
+    return {"kind": "image-folder", "root": str(root), "classes": {} if flat else counts,
+            "unlabelled": counts["."] if flat else 0, "n_files": n_files,
             "image_size": size_range, "problems": problems, "skipped_by_training": skipped,
             "seconds": round(seconds, 3), "files_per_second": round(n_files / seconds, 1) if seconds > 0 else None}
 
@@ -291,8 +296,11 @@ def summary_text(doc: dict) -> str:
     """Human-readable lines of a summary (what the CLI prints and the Train module shows)."""
     lines = [f"dataset: {doc['root']} ({'2D image folder' if doc['kind'] == 'image-folder' else '3D volumes'})"]
     if doc["kind"] == "image-folder":
-        lines.append(f"{sum(doc['classes'].values())} usable images in {len(doc['classes'])} classes "
-                     f"({doc['n_files']} files)")
+        if doc.get("unlabelled"):
+            lines.append(f"{doc['unlabelled']} usable unlabelled images ({doc['n_files']} files; no class folders)")
+        else:
+            lines.append(f"{sum(doc['classes'].values())} usable images in {len(doc['classes'])} classes "
+                         f"({doc['n_files']} files)")
         for name, n in doc["classes"].items():
             lines.append(f"  {name:<16} {n}")
         if doc["image_size"]:

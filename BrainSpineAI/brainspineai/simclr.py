@@ -99,6 +99,12 @@ def scan_unlabelled(root) -> tuple[list, np.ndarray | None, list | None]:
     paths = sorted(p for p in root.iterdir() if p.is_file() and _suffix(p) in SLICE_SUFFIXES)
     if not paths:
         raise InputError(f"{root}: no 2D slice images found")
+    from .datasets import readable_slices, warn_skipped
+
+    paths, bad = readable_slices(paths)  # undecodable slices are left out, as dataset-summary says
+    warn_skipped(root, bad)
+    if not paths:
+        raise InputError(f"{root}: none of the 2D slice images can be decoded")
     return paths, None, None
 
 

@@ -106,3 +106,18 @@ def test_one_cycle_survives_every_short_run():
         assert max(rates) == pytest.approx(1e-3), total
         if total >= 4:
             assert rates[0] < 1e-3 and np.argmax(rates) <= total // 2
+
+
+def test_flat_folder_of_unlabelled_slices(tmp_path):
+    """SimCLR's unlabelled folder: summarised, and its truncated slice left out by training."""
+    from brainspineai.datasets import summarise
+    from brainspineai.simclr import scan_unlabelled
+
+    for f in sorted((need(KAGGLE) / "notumor").iterdir())[:5]:
+        shutil.copy(f, tmp_path / f.name)
+    bad = tmp_path / "cut.jpg"
+    bad.write_bytes(sorted((need(KAGGLE) / "notumor").iterdir())[5].read_bytes()[:2500])
+    doc = summarise(tmp_path)
+    assert doc["unlabelled"] == 5 and doc["classes"] == {} and doc["skipped_by_training"] == ["cut.jpg"]
+    paths, labels, classes = scan_unlabelled(tmp_path)
+    assert len(paths) == 5 and bad not in paths and labels is None
