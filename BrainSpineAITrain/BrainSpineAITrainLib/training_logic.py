@@ -109,19 +109,27 @@ PIPELINES = {
             Param("skull_strip_p", "--skull-strip-p", 0.5, "float")],
         paper="SSCLNet fine-tuning of a SimCLR encoder on a fraction of the labels"),
     "sicf": Pipeline(
-        "sicf", "SICF (features + optimised classifier)", ("train", "sicf"), "classification-2d", "image-folder",
-        [Param("roi", "--roi", "quadrant", "choice", ("quadrant", "full")),
-         Param("population", "--population", 20, "int"), Param("iterations", "--iterations", 20, "int"),
-         Param("val_fraction", "--val-fraction", 0.15, "float"), Param("seed", "--seed", 0, "int"),
+        "sicf", "SICF (features + optimised classifier)", ("train", "sicf"), "sicf-2d", "image-folder",
+        [Param("roi", "--roi", "quadrant", "choice", ("quadrant", "full"), help="full for brain slices"),
+         Param("image_size", "--image-size", 224, "int", help="ROI side (SIFT and VGG16 input, px)"),
+         Param("words", "--words", 512, "int", help="SIFT bag-of-visual-words codebook size"),
+         Param("population", "--population", 10, "int", help="Lyrebird optimiser population"),
+         Param("iterations", "--iterations", 10, "int", help="Lyrebird optimiser iterations"),
+         Param("penalty", "--penalty", 0.01, "float", help="fitness penalty per fraction of features kept"),
+         Param("vgg_weights", "--vgg-weights", "", "str", help="ImageNet VGG16 state dict (.pth)"),
+         Param("val_fraction", "--val-fraction", 0.3, "float"), Param("seed", "--seed", 0, "int"),
          Param("limit_per_class", "--limit-per-class", 0, "int")],
         ddp=False, resume=False, initModel=False,
-        paper="SICF: spine image classification with VGG features and metaheuristic feature selection"),
+        paper="SICF: SIFT bag of words + VGG16 features, Lyrebird feature selection, random forest"),
     "segmenter": Pipeline(
         "segmenter", "3D tumour segmenter", ("train", "segmenter"), "segmentation-3d", "volumes",
-        [Param("epochs", "--epochs", 50, "int"), Param("batch_size", "--batch-size", 2, "int"),
-         Param("lr", "--lr", 1e-3, "float"), Param("patch_size", "--patch-size", 48, "int"),
-         Param("spacing", "--spacing", 2.0, "float", help="mm"), Param("seed", "--seed", 0, "int"),
-         Param("val_cases", "--val-cases", 1, "int"), Param("sequences", "--sequences", "flair t1ce", "str")]),
+        [Param("sequences", "--sequences", "flair t1ce", "str", help="input sequences; the first is the reference grid"),
+         Param("epochs", "--epochs", 30, "int"), Param("batch_size", "--batch-size", 2, "int", help="patches per GPU"),
+         Param("lr", "--lr", 3e-3, "float"), Param("patch_size", "--patch-size", 48, "int", help="voxels"),
+         Param("spacing", "--spacing", 2.0, "float", help="model voxel size (mm)"), Param("seed", "--seed", 0, "int"),
+         Param("val_cases", "--val-cases", 1, "int", help="cases held out for the card's Dice"),
+         Param("clip_model", "--clip-model", "small-random", "str", help="CLIP text/image model (local)")],
+        paper="CLIP-guided 3D U-Net (BraTS labels; Dice per WT / TC / ET)"),
 }
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
 TERMINAL = ("succeeded", "failed", "cancelled")
@@ -173,7 +181,7 @@ def buildArguments(pipelineKey: str, dataDir, outDir, params: dict | None = None
             argv += [p.flag, str(v)]
     if pipelineKey != "sicf":
         argv += ["--device", device]
-    if modelId and pipelineKey != "sicf":
+    if modelId:
         argv += ["--model-id", modelId]
     if initModel:
         if not pipe.initModel:
