@@ -267,3 +267,14 @@ def test_contrastive_pipelines_run_and_retrain(tiny_set, isolated_catalogue):
         task = "encoder-2d" if key == "simclr" else "classification-2d"
         new, old = load_model(f"{model_id}-v2", "cpu", task=task), load_model(model_id, "cpu", task=task)
         assert new.card["version"] == 2 and new.card["parent"] == model_id and old.card["version"] == 1
+
+
+def test_two_processes_train_with_ddp_under_torchrun(tiny_set, isolated_catalogue):
+    """The several-GPU launch (torchrun + Fabric DDP), here with 2 CPU processes (gloo)."""
+    run = TrainingLogic().startRun("simclr", tiny_set, "ddp-simclr", {"epochs": 2, "image_size": 64, "batch_size": 8,
+                                                                      "backbone": "resnet10-w32"}, device="cpu", gpus=2)
+    assert "torch.distributed.run" in run.job.command and "--nproc_per_node=2" in run.job.command
+    assert run.wait(timeout=600) == "succeeded", run.errorText
+    assert [e["event"] for e in run.job.events] == ["data", "epoch", "epoch", "done"]  # process 0 only
+    card = json.loads((run.modelFolder / "model.json").read_text())
+    assert card["training"]["processes"] == 2 and card["id"] == "ddp-simclr"
