@@ -163,6 +163,7 @@ class BrainSpineAIWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def enter(self) -> None:
         """Called each time the user opens this module."""
+        self.refreshModels()  # models trained meanwhile (BrainSpineAI Train) appear at once
         self.initializeParameterNode()
 
     def exit(self) -> None:

@@ -377,8 +377,9 @@ class BrainSpineAITrainWidget(ScriptedLoadableModuleWidget, VTKObservationMixin)
             return
         self._run = None
         if run.state == "succeeded":
-            self.ui.statusLabel.text = _("Model {id} is in the catalogue: {folder}").format(
-                id=run.modelId, folder=run.modelFolder)
+            ok, result = self._tryRun(_("Could not read the model card."), run.resultText, waitCursor=False)
+            self.ui.statusLabel.text = _("Model {result} is in the catalogue: {folder}").format(
+                result=result if ok else run.modelId, folder=run.modelFolder)
         elif run.state == "failed":
             self.ui.statusLabel.text = _("Training failed: {error}").format(error=run.errorText)
             self.ui.logText.appendPlainText(run.logText())

@@ -276,6 +276,30 @@ class TrainingRun:
     def errorText(self) -> str:
         return self.job.errorText
 
+    def modelCard(self) -> dict | None:
+        """The registered model's card (None before success)."""
+        if self.modelFolder is None:
+            return None
+        return json.loads((Path(self.modelFolder) / "model.json").read_text(encoding="utf-8"))
+
+    def resultText(self) -> str:
+        """One line on the registered model: id, version, held-out figure."""
+        card = self.modelCard()
+        if card is None:
+            return ""
+        metrics = card.get("metrics") or {}
+        val = metrics.get("validation") or {}
+        if "accuracy" in val:
+            figure = f"validation accuracy {val['accuracy']:.1%}"
+        elif metrics.get("monitor", {}).get("knn_val_accuracy") is not None:
+            figure = f"k-NN accuracy of the representation {metrics['monitor']['knn_val_accuracy']:.1%}"
+        else:
+            mean = (metrics.get("held_out") or {}).get("mean") or {}  # segmenter: Dice per region
+            figure = ", ".join(f"Dice {k} {v['dice']:.3f}" for k, v in mean.items()
+                               if isinstance(v, dict) and isinstance(v.get("dice"), (int, float)))
+            figure = figure or "no held-out figure"
+        return f"{card['id']} (version {card.get('version', 1)}): {figure}"
+
     def logText(self) -> str:
         return "\n".join(self.job.logLines)
 

@@ -103,6 +103,7 @@ def test_run_registers_model_then_retrain_makes_version_2(tiny_set, isolated_cat
     assert [json.loads(ln)["event"] for ln in lines] == kinds
     assert json.loads((run.runDir / "run.json").read_text())["state"] == "succeeded"
     assert not (run.runDir / "tiny-cls").exists()  # moved, not copied
+    assert run.resultText().startswith("tiny-cls (version 1): validation accuracy ")
     with pytest.raises(ValueError, match="already in the catalogue"):
         logic.startRun("classifier", tiny_set, "tiny-cls", params=TINY, device="cpu")
 
