@@ -131,6 +131,7 @@ PIPELINES = {
          Param("clip_model", "--clip-model", "small-random", "str", help="CLIP text/image model (local)")],
         paper="CLIP-guided 3D U-Net (BraTS labels; Dice per WT / TC / ET)"),
 }
+RETRAIN_EPOCHS = 10  # fine-tuning from the current weights: fewer epochs than training from scratch
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
 TERMINAL = ("succeeded", "failed", "cancelled")
 
@@ -499,8 +500,10 @@ class TrainingLogic(DependencyMixin):
     @classmethod
     def retrainRequest(cls, modelRef: str, datasetDir, epochs: int | None = None, device: str = "auto") -> dict:
         """Arguments of :meth:`startRun` that fine-tune model ``modelRef`` on ``datasetDir``
-        from its current weights, with the same network settings, and register the result
-        as its next version (id ``<id>-v<N>``; the parent stays in the catalogue).
+        from its current weights, with the same network settings and the parent's recorded
+        learning rate, batch size, seed and validation fraction, for ``epochs`` (default
+        :data:`RETRAIN_EPOCHS`), and register the result as its next version (id
+        ``<id>-v<N>``; the parent stays in the catalogue).
 
         :returns: ``{"pipelineKey", "dataDir", "modelId", "params", "initModel", "device"}``.
         :raises ValueError: a model no pipeline can retrain (e.g. SICF).
@@ -537,8 +540,11 @@ class TrainingLogic(DependencyMixin):
             key, params = "classifier", {"architecture": card["architecture"], "image_size": size}
         else:
             raise ValueError(f"model '{card['id']}' ({kind or card['task']}) cannot be retrained here")
-        if epochs:
-            params["epochs"] = int(epochs)
+        names = {p.name for p in PIPELINES[key].params}
+        for name in ("lr", "batch_size", "seed", "val_fraction"):  # the parent's recipe where it is recorded
+            if name in names and isinstance(training.get(name), (int, float)) and name not in params:
+                params[name] = training[name]
+        params["epochs"] = int(epochs) if epochs else RETRAIN_EPOCHS
         version = int(card.get("version", 1) or 1) + 1
         modelId = next_version_id(card["id"], version)
         while (modelsRoot() / modelId).exists():  # a version made earlier from the same parent
