@@ -137,7 +137,7 @@ def train_affcl(data_dir, out_dir, config: AFFCLConfig, resume: bool = False, pr
     from .catalogue import save_model
     from .data import load_labelled_split
     from .networks import SingleBranchNet, TwoBranchNet
-    from .retrain import start_from, version_card
+    from .retrain import init_weights, keep_parent_split, load_parent, version_card
     from .training import augment, predict_batches, skull_strip_like
 
     cfg = config
@@ -146,6 +146,9 @@ def train_affcl(data_dir, out_dir, config: AFFCLConfig, resume: bool = False, pr
     fabric = engine.make_fabric(cfg.device)
     data = load_labelled_split(data_dir, cfg.image_size, cfg.val_fraction, cfg.seed, cfg.limit_per_class,
                                boxes_csv=cfg.boxes or None)
+    parent = load_parent(cfg.init_model, "classification-2d", data.class_names, cfg.image_size) \
+        if cfg.init_model else None
+    data.train_idx, data.val_idx, n_kept = keep_parent_split(parent, data.paths, data.root, data.train_idx, data.val_idx)
     tr, va = torch.as_tensor(data.train_idx), torch.as_tensor(data.val_idx)
     x_tr, y_tr, x_va, y_va = data.x[tr], data.y[tr], data.x[va], data.y[va]
     b_tr = data.boxes[tr] if data.boxes is not None else None
@@ -162,7 +165,8 @@ def train_affcl(data_dir, out_dir, config: AFFCLConfig, resume: bool = False, pr
                            proj_dim=spec["proj_dim"])
     else:
         net = SingleBranchNet(cfg.backbone, k, cfg.image_size, proj_dim=spec["proj_dim"])
-    parent = start_from(cfg.init_model, net, "classification-2d", data.class_names, cfg.image_size)
+    if parent is not None:
+        init_weights(net, parent)
     opt = torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     model, opt = fabric.setup(net, opt)
     sched = engine.one_cycle(opt, cfg.lr, cfg.epochs, engine.steps_per_epoch(len(tr), cfg.batch_size, fabric.world_size))
@@ -220,7 +224,7 @@ def train_affcl(data_dir, out_dir, config: AFFCLConfig, resume: bool = False, pr
     card = classifier_card(cfg.model_id or out_dir.name, "affcl" if cfg.two_branch or cfg.supcon_weight else
                            "cross-entropy", net, spec, data, cfg.image_size, probs, conf, result, fabric,
                            cfg.extra_card)
-    card = version_card(card, parent, cfg.model_id)
+    card = version_card(card, parent, cfg.model_id, n_kept)
     folder = save_model(net, card, out_dir, extra_files={"split.json": json.dumps(data.split_json(), indent=1)})
     if progress:
         progress({"event": "done", "pipeline": "affcl", "model": str(folder),

@@ -11,10 +11,13 @@ segmenter and SICF through the same helpers) takes ``--init-model ID|DIR``:
 - the new card gets ``version`` = parent version + 1, ``parent`` = the parent's id and
   ``lineage`` = the parent's lineage + [parent id]; its id is ``<base>-v<N>`` (``base`` =
   the parent id without a ``-v<k>`` suffix) unless ``--model-id`` is given;
-- the parent's folder is never touched, so the previous version stays usable.
+- the parent's folder is never touched, so the previous version stays usable;
+- the parent's validation images stay held out (:func:`keep_parent_split`), so the new
+  version's validation figure is not measured on images its parent was trained on.
 """
 from __future__ import annotations
 
+import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -99,7 +102,40 @@ def start_from(ref, network, task: str, class_names=None, input_size: int | None
     return parent
 
 
-def version_card(card: dict, parent: Parent | None, explicit_id: str = "") -> dict:
+def keep_parent_split(parent: Parent | None, paths, root, train_idx, val_idx):
+    """Re-assign a grown dataset's split so that the images the parent validated on stay in
+    validation and those it trained on stay in training (matched by path relative to
+    ``root``, as in the parent's ``split.json``); new images keep their own assignment.
+
+    :returns: ``(train_idx, val_idx, n_kept)``: sorted int64 arrays and the number of the
+        parent's validation images found here.
+    """
+    import numpy as np
+
+    if parent is None or not (parent.folder / "split.json").is_file():
+        return train_idx, val_idx, 0
+    try:
+        split = json.loads((parent.folder / "split.json").read_text(encoding="utf-8"))
+        p_val, p_train = set(split.get("validation", [])), set(split.get("train", []))
+    except (OSError, ValueError, AttributeError):
+        return train_idx, val_idx, 0
+    is_val = np.zeros(len(paths), dtype=bool)
+    is_val[np.asarray(val_idx, dtype=np.int64)] = True
+    kept = 0
+    for i, p in enumerate(paths):
+        try:
+            rel = str(Path(p).relative_to(root))
+        except ValueError:
+            continue
+        if rel in p_val:
+            is_val[i] = True
+            kept += 1
+        elif rel in p_train:
+            is_val[i] = False
+    return np.flatnonzero(~is_val).astype(np.int64), np.flatnonzero(is_val).astype(np.int64), kept
+
+
+def version_card(card: dict, parent: Parent | None, explicit_id: str = "", parent_validation_kept: int = 0) -> dict:
     """The card with ``version``, ``parent`` and ``lineage`` of a run started from
     ``parent`` (unchanged apart from ``lineage: []`` when ``parent`` is None).
     The id becomes :func:`next_version_id` unless ``explicit_id`` was given."""
@@ -112,6 +148,8 @@ def version_card(card: dict, parent: Parent | None, explicit_id: str = "") -> di
     card["parent"] = parent.id
     card["lineage"] = list(parent.card.get("lineage") or []) + [parent.id]
     card["parent_sha256"] = parent.card.get("sha256")
+    if isinstance(card.get("training_data"), dict):
+        card["training_data"] = dict(card["training_data"], parent_validation_kept=parent_validation_kept)
     if not explicit_id:
         card["id"] = next_version_id(parent.id, version)
     return card

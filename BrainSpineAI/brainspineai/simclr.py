@@ -275,7 +275,7 @@ def train_finetune(data_dir, out_dir, config: FinetuneConfig, resume: bool = Fal
     from .catalogue import load_model, save_model
     from .data import load_labelled_split
     from .networks import SingleBranchNet
-    from .retrain import start_from, version_card
+    from .retrain import init_weights, keep_parent_split, load_parent, version_card
     from .training import augment, predict_batches, skull_strip_like
 
     cfg = config
@@ -293,6 +293,8 @@ def train_finetune(data_dir, out_dir, config: FinetuneConfig, resume: bool = Fal
     elif cfg.freeze_encoder:
         raise InputError("--freeze-encoder needs --encoder (a frozen random encoder learns nothing)")
     data = load_labelled_split(data_dir, size, cfg.val_fraction, cfg.seed, cfg.limit_per_class)
+    parent = load_parent(cfg.init_model, "classification-2d", data.class_names, size) if cfg.init_model else None
+    data.train_idx, data.val_idx, n_kept = keep_parent_split(parent, data.paths, data.root, data.train_idx, data.val_idx)
     if encoder is not None:
         _check_no_leak(encoder, data)
     labels = data.y.numpy()
@@ -307,7 +309,8 @@ def train_finetune(data_dir, out_dir, config: FinetuneConfig, resume: bool = Fal
     net = SingleBranchNet(backbone, len(data.class_names), size, head=cfg.head)
     if encoder is not None:
         net.backbone.load_state_dict(encoder.network.backbone.state_dict())
-    parent = start_from(cfg.init_model, net, "classification-2d", data.class_names, size)
+    if parent is not None:
+        init_weights(net, parent)
     if cfg.freeze_encoder:
         net.freeze_backbone()
     opt = torch.optim.AdamW([p for p in net.parameters() if p.requires_grad], lr=cfg.lr, weight_decay=cfg.weight_decay)
@@ -346,7 +349,7 @@ def train_finetune(data_dir, out_dir, config: FinetuneConfig, resume: bool = Fal
     extra["labels"] = {"fraction": cfg.label_fraction, "n_labelled": int(len(sub))}
     card = classifier_card(cfg.model_id or out_dir.name, "finetune", net, spec, data, size, probs, conf, result,
                            fabric, extra)
-    card = version_card(card, parent, cfg.model_id)
+    card = version_card(card, parent, cfg.model_id, n_kept)
     folder = save_model(net, card, out_dir, extra_files={"split.json": json.dumps(data.split_json(), indent=1)})
     if progress:
         progress({"event": "done", "pipeline": "finetune", "model": str(folder),

@@ -154,7 +154,7 @@ def train_classifier(data_dir, out_dir, config: TrainConfig, resume: bool = Fals
     from .device import autocast, resolve_device
     from .metrics import classification_metrics
     from .networks import GRADCAM_LAYER, build_classifier
-    from .retrain import start_from, version_card
+    from .retrain import init_weights, keep_parent_split, load_parent, version_card
 
     cfg = config
     cfg.check()
@@ -170,7 +170,9 @@ def train_classifier(data_dir, out_dir, config: TrainConfig, resume: bool = Fals
     paths, labels = limit_per_class_subset(paths, labels, cfg.limit_per_class, cfg.seed)
     if len(class_names) < 2:
         raise InputError(f"{data_dir}: need at least two class folders, found {len(class_names)}")
+    parent = load_parent(cfg.init_model, "classification-2d", class_names, cfg.image_size) if cfg.init_model else None
     train_idx, val_idx = stratified_split(labels, cfg.val_fraction, cfg.seed)
+    train_idx, val_idx, n_kept = keep_parent_split(parent, paths, data_dir, train_idx, val_idx)
     for c, name in enumerate(class_names):
         if not np.any(labels[train_idx] == c) or not np.any(labels[val_idx] == c):
             raise InputError(f"{data_dir}: class '{name}' has too few images for a training and a validation split")
@@ -185,7 +187,8 @@ def train_classifier(data_dir, out_dir, config: TrainConfig, resume: bool = Fals
                 seconds=round(time.time() - t0, 1))
 
     net = build_classifier(cfg.architecture, len(class_names))
-    parent = start_from(cfg.init_model, net, "classification-2d", class_names, cfg.image_size)
+    if parent is not None:
+        init_weights(net, parent)
     net = net.to(device)
     opt = torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     steps_per_epoch = math.ceil(len(train_idx) / cfg.batch_size)
@@ -287,7 +290,7 @@ def train_classifier(data_dir, out_dir, config: TrainConfig, resume: bool = Fals
     split = {"data_folder": data_dir.name, "class_names": class_names,
              "validation": [str(paths[i].relative_to(data_dir)) for i in val_idx],
              "train": [str(paths[i].relative_to(data_dir)) for i in train_idx]}
-    card = version_card(card, parent, cfg.model_id)
+    card = version_card(card, parent, cfg.model_id, n_kept)
     folder = save_model(net, card, out_dir, extra_files={"split.json": json.dumps(split, indent=1)})
     events.emit(event="done", model=str(folder), metrics={"val_accuracy": metrics["accuracy"]})
     return folder

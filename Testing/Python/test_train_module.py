@@ -120,6 +120,11 @@ def test_run_registers_model_then_retrain_makes_version_2(tiny_set, isolated_cat
     assert card2["version"] == 2 and card2["parent"] == "tiny-cls" and card2["lineage"] == ["tiny-cls"]
     assert card2["parent_sha256"] == card1["sha256"] and card2["sha256"] != card1["sha256"]
     assert card2["training_data"]["images_per_class"]["glioma"] == 13
+    split1 = json.loads((folder / "split.json").read_text())
+    split2 = json.loads((isolated_catalogue / "models" / "tiny-cls-v2" / "split.json").read_text())
+    assert set(split1["validation"]) <= set(split2["validation"])  # v1's held-out images stay held out
+    assert not set(split1["train"]) & set(split2["validation"])
+    assert card2["training_data"]["parent_validation_kept"] == len(split1["validation"]) > 0
     v1, v2 = load_model("tiny-cls", "cpu"), load_model("tiny-cls-v2", "cpu")
     assert v1.card["version"] == 1 and v2.class_names == v1.class_names
     # v2 started from v1: its weights are far closer to v1's than to a fresh network's
