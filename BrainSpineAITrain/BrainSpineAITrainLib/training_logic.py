@@ -128,6 +128,7 @@ PIPELINES = {
          Param("lr", "--lr", 3e-3, "float"), Param("patch_size", "--patch-size", 48, "int", help="voxels"),
          Param("spacing", "--spacing", 2.0, "float", help="model voxel size (mm)"), Param("seed", "--seed", 0, "int"),
          Param("val_cases", "--val-cases", 1, "int", help="cases held out for the card's Dice"),
+         Param("samples_per_epoch", "--samples-per-epoch", 0, "int", help="patches per epoch (0: 8 per case)"),
          Param("clip_model", "--clip-model", "small-random", "str", help="CLIP text/image model (local)")],
         paper="CLIP-guided 3D U-Net (BraTS labels; Dice per WT / TC / ET)"),
 }
@@ -518,12 +519,19 @@ class TrainingLogic(DependencyMixin):
         size = int(card["input_size"][0]) if card.get("input_size") else None
         kind = training.get("pipeline")
         if card["task"] == "segmentation-3d":
+            from brainspineai.datasets import discover_volume_cases
+
             key, params = "segmenter", {}
             if card.get("sequences"):
                 params["sequences"] = " ".join(card["sequences"])
-            for name in ("patch_size", "spacing"):
-                if name in training:
-                    params[name] = training[name]
+            if card.get("spacing_mm"):
+                params["spacing"] = float(card["spacing_mm"])
+            if card.get("input_size"):
+                params["patch_size"] = int(card["input_size"][0])
+            try:  # one case held out for the card's Dice when there are at least three
+                params["val_cases"] = 1 if len(discover_volume_cases(datasetDir)) >= 3 else 0
+            except Exception:  # the run itself reports an unreadable dataset
+                params["val_cases"] = 0
         elif card["task"] == "encoder-2d":
             key, params = "simclr", {"backbone": net.get("backbone", "resnet18-w32"), "image_size": size,
                                      "proj_dim": net.get("proj_dim", 128)}
