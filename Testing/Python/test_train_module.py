@@ -284,3 +284,40 @@ def test_two_processes_train_with_ddp_under_torchrun(tiny_set, isolated_catalogu
     assert [e["event"] for e in run.job.events] == ["data", "epoch", "epoch", "done"]  # process 0 only
     card = json.loads((run.modelFolder / "model.json").read_text())
     assert card["training"]["processes"] == 2 and card["id"] == "ddp-simclr"
+
+
+def test_segmenter_pipeline_runs_and_retrains(tmp_path, isolated_catalogue):
+    """The 3D segmenter through the same logic (one real BraTS case, tiny patches), then its
+    retraining on the same folder from its weights: version 2, parent recorded."""
+    pytest.importorskip("brainspineai.segtrain", reason="the segmentation library is not on this branch")
+    data = tmp_path / "cases"
+    data.mkdir()
+    (data / "brats_2013_pat0001_1").symlink_to(need(BRATS15 / "brats_2013_pat0001_1"))
+    assert TrainingLogic.summarizeDataset(data)["n_cases"] == 1
+    logic = TrainingLogic()
+    params = {"epochs": 1, "batch_size": 2, "samples_per_epoch": 2, "patch_size": 16, "spacing": 4.0, "val_cases": 0}
+    run = logic.startRun("segmenter", data, "tiny-seg", params=params, device="cpu")
+    assert run.wait(timeout=600) == "succeeded", run.errorText
+    assert any(e.get("event") == "epoch" for e in run.job.events)
+    req = TrainingLogic.retrainRequest("tiny-seg", data, epochs=1, device="cpu")
+    assert req["pipelineKey"] == "segmenter" and req["modelId"] == "tiny-seg-v2"
+    assert req["params"]["patch_size"] == 16 and req["params"]["spacing"] == 4.0 and req["params"]["val_cases"] == 0
+    req["params"]["samples_per_epoch"] = 2
+    v2 = logic.startRun(**req)
+    assert v2.wait(timeout=600) == "succeeded", v2.errorText
+    card = json.loads((isolated_catalogue / "models" / "tiny-seg-v2" / "model.json").read_text())
+    assert card["task"] == "segmentation-3d" and card["version"] == 2 and card["parent"] == "tiny-seg"
+
+
+def test_sicf_pipeline_runs(tiny_set, isolated_catalogue):
+    """SICF through the same logic (brain slices: full-image ROI; VGG16 from a seeded random
+    initialisation, nothing downloaded); it has no checkpoints and no --init-model."""
+    pytest.importorskip("brainspineai.sicf", reason="the SICF library is not on this branch")
+    logic = TrainingLogic()
+    params = {"roi": "full", "image_size": 64, "words": 32, "population": 5, "iterations": 1, "val_fraction": 0.4}
+    run = logic.startRun("sicf", tiny_set, "tiny-sicf", params=params)
+    assert run.wait(timeout=600) == "succeeded", run.errorText
+    card = json.loads((run.modelFolder / "model.json").read_text())
+    assert card["id"] == "tiny-sicf" and card["task"] == "sicf-2d"
+    with pytest.raises(ValueError, match="cannot be retrained"):
+        TrainingLogic.retrainRequest("tiny-sicf", tiny_set)
