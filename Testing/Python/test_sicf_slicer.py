@@ -78,3 +78,31 @@ def test_roi_and_keypoints_in_ras():
     # a second result reuses the nodes
     roi2, pts2 = sicf_logic.showSICFResult(scene, node, sicf_result_for(node, 10))
     assert roi2 is roi and pts2 is pts and scene.GetNumberOfNodesByClass("vtkMRMLMarkupsROINode") == 1
+
+
+def test_logic_classifies_with_an_sicf_model(tmp_path, monkeypatch):
+    import warnings
+
+    from BrainSpineAILib.classification_logic import ClassificationLogic
+    from brainspineai.sicf import SICFConfig, train_sicf
+    from conftest import FIGSHARE
+
+    cfg = SICFConfig(roi="quadrant", image_size=64, n_words=16, population=5, iterations=1, limit_per_class=6,
+                     val_fraction=0.34, n_bootstrap=0, cache_dir=str(tmp_path / "cache"))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        folder = train_sicf(need(FIGSHARE), tmp_path / "models" / "tiny-sicf-slicer", cfg)
+    monkeypatch.setenv("BRAINSPINEAI_MODEL_PATH", str(tmp_path / "models"))
+    scene = slicer.vtkMRMLScene()
+    node = load(scene, need(SPINE) / "t2" / "t2.nii.gz", "t2")
+    logic = ClassificationLogic(scene)
+    assert "tiny-sicf-slicer" in [c["id"] for c in logic.availableModels()]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        out = logic.classify(node, modelRef="tiny-sicf-slicer", device="cpu", computeHeatmap=True)
+    res = out.result
+    assert out.heatmapNode is None and sum(res["probabilities"]) == pytest.approx(1.0)
+    assert res["sicf"]["roi_mode"] == "quadrant" and res["sicf"]["slice_index"] is not None
+    assert res["sicf"]["n_features_kept"] == int(np.load(folder / "feature_mask.npy").sum())
+    roi, pts = sicf_logic.showSICFResult(scene, node, res["sicf"])
+    assert pts.GetNumberOfControlPoints() == len(res["sicf"]["keypoints"])
