@@ -318,6 +318,8 @@ def extract_features(paths, cfg: SICFConfig, vgg: VGGFeatures, progress=None) ->
         "points": list of float32 (K_i, 2), "vgg": float32 (N, 4096)}``.
     :raises InputError: naming the first unreadable or unusable file.
     """
+    import io as _io
+
     from .io import atomic_write_bytes, read_image
 
     root = _cache_root(cfg)
@@ -352,8 +354,6 @@ def extract_features(paths, cfg: SICFConfig, vgg: VGGFeatures, progress=None) ->
         feats = vgg(np.stack(rois))
         for (i, p, cf), f in zip(part, feats):
             vggs[i] = f.astype(np.float32)
-            import io as _io
-
             buf = _io.BytesIO()
             np.savez(buf, box=boxes[i], desc=descs[i], points=points[i], vgg=vggs[i])
             try:
