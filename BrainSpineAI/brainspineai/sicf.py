@@ -247,8 +247,9 @@ class VGGFeatures:
             if provenance["source"] == "file":
                 path = find_vgg_weights(weights)
                 if path is None:
-                    raise ModelError("this SICF model uses ImageNet VGG16 weights: give them with --vgg-weights or "
-                                     f"BRAINSPINEAI_VGG16_WEIGHTS, or put {VGG_HUB_FILE} in torch's hub cache")
+                    raise ModelError("this SICF model uses ImageNet VGG16 weights (sha256 "
+                                     f"{str(provenance.get('sha256'))[:12]}...): set BRAINSPINEAI_VGG16_WEIGHTS to that "
+                                     f"file or put it in torch's hub cache as {VGG_HUB_FILE}")
                 weights, seed = str(path), 0
             else:
                 weights, seed = "", int(provenance["seed"])

@@ -163,6 +163,10 @@ def test_cli_bad_inputs(tmp_path):
     assert not (tmp_path / "m").exists()
     r = run_cli("train", "sicf", "--data", need(FIGSHARE), "--out", tmp_path / "m", "--population", "2")
     assert r.returncode == 2 and "population" in r.stderr and not (tmp_path / "m").exists()
+    r = run_cli("train", "sicf", "--data", FIGSHARE, "--out", tmp_path / "m", "--vgg-weights", tmp_path / "none.pth")
+    assert r.returncode == 2 and "none.pth: file not found" in r.stderr
+    r = run_cli("train", "sicf", "--data", FIGSHARE, "--out", tmp_path / "m", "--vgg-weights", txt, "--limit-per-class", "3")
+    assert r.returncode == 2 and "not a torchvision VGG16 state dict" in r.stderr and not (tmp_path / "m").exists()
     r = run_cli("classify", need(SPINE) / "t2" / "t2.nii.gz", "--model", "no-such-sicf-model")
     assert r.returncode == 2 and "unknown model" in r.stderr
 
