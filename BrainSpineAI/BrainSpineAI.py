@@ -243,6 +243,8 @@ class BrainSpineAIWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.heatmapClassSelector.addItem(_("predicted class"), "")
         for name in (card or {}).get("class_names") or []:
             self.ui.heatmapClassSelector.addItem(str(name), str(name))
+        isSICF = (card or {}).get("task") == "sicf-2d"  # SICF models have no Grad-CAM
+        self.ui.heatmapCheckBox.enabled = self.ui.heatmapClassSelector.enabled = not isSICF
         self._updateButtons()
 
     @staticmethod
@@ -323,7 +325,7 @@ class BrainSpineAIWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         index = self.ui.modelSelector.currentIndex
         modelRef = self.ui.modelSelector.itemData(index) if index >= 0 else None
         options = dict(modelRef=modelRef or None, device=self._parameterNode.device,
-                       computeHeatmap=self._parameterNode.computeHeatmap,
+                       computeHeatmap=self._parameterNode.computeHeatmap and self.ui.heatmapCheckBox.enabled,
                        heatmapClass=self.ui.heatmapClassSelector.currentData or None)
         self._clearResults()
 
@@ -458,6 +460,13 @@ class BrainSpineAIWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         status = _("Model: {model}.").format(model=result.get("model", ""))
         if result.get("slices"):
             status += " " + _("{n} slices classified.").format(n=len(result["slices"]))
+        if result.get("sicf") and inputVolume is not None and slicer.mrmlScene.IsNodePresent(inputVolume):
+            from BrainSpineAILib import sicf_logic
+
+            self._tryRun(_("Could not show the SICF ROI and keypoints."), sicf_logic.showSICFResult,
+                         slicer.mrmlScene, inputVolume, result["sicf"])
+            status += " " + _("SICF: {kept} of {n} features kept by the optimiser; ROI and {k} SIFT keypoints shown.").format(
+                kept=result["sicf"]["n_features_kept"], n=result["sicf"]["n_features"], k=len(result["sicf"]["keypoints"]))
         self.ui.statusLabel.text = status
 
         if output.heatmapNode is not None:

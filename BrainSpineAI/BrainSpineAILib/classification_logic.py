@@ -47,7 +47,7 @@ class ClassificationLogic(DependencyMixin):
         """Model cards of the catalogue (2D classifiers first; each has a ``path`` key)."""
         from brainspineai.catalogue import DEFAULT_MODEL_ID, list_models
 
-        cards = [c for c in list_models() if c.get("task") == "classification-2d"]
+        cards = [c for c in list_models() if c.get("task") in ("classification-2d", "sicf-2d")]
         cards.sort(key=lambda c: (c["id"] != DEFAULT_MODEL_ID, c["id"]))
         return cards
 
@@ -88,6 +88,11 @@ class ClassificationLogic(DependencyMixin):
         self._checkInput(volumeNode)
         image = mrml_utils.sitk_image_from_volume_node(volumeNode)
         model = self.loadModel(modelRef, device)
+        if getattr(model, "kind", "") == "sicf":  # random forest on SIFT + VGG16 features: no Grad-CAM
+            from brainspineai.sicf import classify_sicf
+
+            res = classify_sicf(image, model)
+            return self._toScene(volumeNode, {**res.to_json(), "sicf": res.extra["sicf"]}, None)
         res = classify_image(image, model, heatmap=computeHeatmap, heatmap_class=heatmapClass)
         return self._toScene(volumeNode, res.to_json(), res.heatmap)
 

@@ -229,7 +229,9 @@ def load_model(ref=None, device="auto", task: str = "classification-2d") -> Load
     :param ref: model id, model folder, URL, or ``None`` for :data:`DEFAULT_MODEL_ID`.
     :param device: ``auto``, ``cpu``, ``cuda`` or ``mps`` (see :func:`brainspineai.device.resolve_device`).
     :param task: the card's task that the caller needs: ``classification-2d`` (a classifier)
-        or ``encoder-2d`` (a self-supervised encoder, see :mod:`brainspineai.simclr`).
+        or ``encoder-2d`` (a self-supervised encoder, see :mod:`brainspineai.simclr`). A
+        classifier of task ``sicf-2d`` loads as a :class:`brainspineai.sicf.SICFModel`
+        (``kind == "sicf"``, no ``network``), which callers dispatch on.
     :raises ModelError, ChecksumError: unknown, incomplete, corrupted or incompatible model,
         or a model of another task.
     """
@@ -240,6 +242,10 @@ def load_model(ref=None, device="auto", task: str = "classification-2d") -> Load
 
     folder = resolve_model(ref)
     card = read_card(folder)
+    if card["task"] == "sicf-2d" and task in ("classification-2d", "sicf-2d"):
+        from .sicf import load_sicf_model  # an SICF classifier (random forest), see brainspineai.sicf
+
+        return load_sicf_model(folder, card, device)
     if card["task"] != task:
         kinds = {"classification-2d": "a 2D classifier", "encoder-2d": "a self-supervised 2D encoder"}
         raise ModelError(f"model '{card['id']}' is a {card['task']} model, not {kinds.get(task, task)}")

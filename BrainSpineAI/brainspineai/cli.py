@@ -40,6 +40,10 @@ def cmd_classify(args) -> int:
         if not slice_input and not _suffix_ok(args.heatmap, HEATMAP_VOLUME_SUFFIXES):
             raise InputError(f"--heatmap {args.heatmap}: a volume's heatmap is a volume; use .nii.gz, .nii, .nrrd or .mha")
     model = load_model(args.model, args.device)
+    if getattr(model, "kind", "") == "sicf":
+        from . import cli_sicf
+
+        return cli_sicf.classify(args, image, model)
     progress = None
     if args.progress == "jsonl":
         progress = lambda f, m: _json_line({"event": "progress", "fraction": round(f, 3), "message": m})  # noqa: E731
@@ -213,6 +217,10 @@ def cmd_evaluate(args) -> int:
     if args.embedding_png and not args.embedding_png.lower().endswith(".png"):
         raise InputError(f"--embedding-png {args.embedding_png}: use a .png file")
     model = load_model(args.model, args.device)
+    if getattr(model, "kind", "") == "sicf":
+        from . import cli_sicf
+
+        return cli_sicf.evaluate(args, model)
     paths, labels, classes = scan_image_folder(args.data_dir, model.class_names)
     root = Path(args.data_dir)
     if args.split:
@@ -498,6 +506,9 @@ def build_parser() -> argparse.ArgumentParser:
     al.add_argument("--encoder", required=True, help="SimCLR encoder model id / folder / URL")
     al.add_argument("--fractions", type=float, nargs="+", default=[0.1, 0.25, 1.0], help="label fractions")
     al.set_defaults(func=cmd_ablation_label_efficiency)
+    from .cli_sicf import add_parsers as _add_sicf_parsers
+
+    _add_sicf_parsers(tsub, absub)
 
     e = sub.add_parser("evaluate", help="accuracy, per-class precision / recall / F1, confusion matrix, "
                                         "AUC, sensitivity and specificity with bootstrap CIs")

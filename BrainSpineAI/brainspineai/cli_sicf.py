@@ -1,0 +1,154 @@
+"""The SICF parts of the ``brainspineai`` command (see :mod:`brainspineai.cli` for the
+conventions): ``train sicf``, ``ablation sicf``, and ``classify`` / ``evaluate`` with an
+SICF model (task ``sicf-2d``)."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from .errors import BrainSpineAIError, InputError
+
+
+def _config(args):
+    from .sicf import SICFConfig
+
+    return SICFConfig(roi=args.roi, image_size=args.image_size, n_words=args.words, population=args.population,
+                      iterations=args.iterations, penalty=args.penalty, val_fraction=args.val_fraction,
+                      limit_per_class=args.limit_per_class, seed=args.seed, vgg_weights=args.vgg_weights or "",
+                      n_bootstrap=args.bootstrap, model_id=getattr(args, "model_id", None) or "",
+                      extra_card={"description": args.description} if getattr(args, "description", None) else {})
+
+
+def add_sicf_args(p) -> None:
+    """Options shared by ``train sicf`` and ``ablation sicf``."""
+    p.add_argument("--data", required=True, help="ImageFolder root: one folder of 2D slices per class")
+    p.add_argument("--out", required=True, help="model folder (ablation: results folder) to write")
+    p.add_argument("--roi", choices=["quadrant", "full"], default="quadrant",
+                   help="quadrant: the SICF spinal-canal ROI of axial spine slices; full: the whole slice (brain slices)")
+    p.add_argument("--image-size", type=int, default=224, help="ROI side after resizing, pixels (SIFT and VGG16 input)")
+    p.add_argument("--words", type=int, default=512, help="SIFT bag-of-visual-words codebook size")
+    p.add_argument("--population", type=int, default=10, help="Lyrebird optimiser population")
+    p.add_argument("--iterations", type=int, default=10, help="Lyrebird optimiser iterations")
+    p.add_argument("--penalty", type=float, default=0.01, help="fitness penalty per fraction of features kept")
+    p.add_argument("--vgg-weights", metavar="PTH", help="ImageNet VGG16 state dict (default: $BRAINSPINEAI_VGG16_WEIGHTS "
+                                                        "or torch's hub cache; else a seeded random initialisation)")
+    p.add_argument("--limit-per-class", type=int, default=0, help="use at most N images per class")
+    p.add_argument("--val-fraction", type=float, default=0.3, help="held-out validation fraction per class")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples for the 95%% CIs")
+    p.add_argument("--events", metavar="FILE", help="append progress events as JSON lines to FILE ('-' = stdout)")
+
+
+def cmd_train_sicf(args) -> int:
+    from .cli import _event_sink
+    from .sicf import train_sicf
+
+    folder = train_sicf(args.data, args.out, _config(args), progress=_event_sink(args.events))
+    card = json.loads((Path(folder) / "model.json").read_text())
+    v = card["metrics"]["validation"]
+    print(f"model written to {folder}; validation accuracy {v['accuracy']:.2%} on {v['n']} held-out images; "
+          f"{card['n_features_kept']} of {card['n_features']} features kept")
+    return 0
+
+
+def cmd_ablation_sicf(args) -> int:
+    from .cli import _event_sink
+    from .sicf import ablation_markdown, run_ablation
+
+    doc = run_ablation(args.data, args.out, _config(args), progress=_event_sink(args.events))
+    print(ablation_markdown(doc), end="")
+    print(f"table written to {Path(args.out) / 'ablation.md'} and ablation.json")
+    return 0
+
+
+def classify(args, image, model) -> int:
+    """``classify`` with an SICF model (called by :func:`brainspineai.cli.cmd_classify`)."""
+    from .cli import _json_line
+    from .io import atomic_write_text
+    from .sicf import classify_sicf
+
+    if args.heatmap:
+        raise InputError(f"model '{model.id}' is an SICF model (random forest on SIFT + VGG16 features): it has no "
+                         "Grad-CAM heatmap; leave out --heatmap")
+    progress = None
+    if args.progress == "jsonl":
+        progress = lambda f, m: _json_line({"event": "progress", "fraction": round(f, 3), "message": m})  # noqa: E731
+    result = classify_sicf(image, model, progress=progress)
+    doc = {**result.to_json(), "sicf": result.extra["sicf"]}
+    if args.json:
+        atomic_write_text(args.json, json.dumps(doc, indent=2) + "\n")
+    if args.progress == "jsonl":
+        _json_line({"event": "done", "result": doc})
+        return 0
+    s = doc["sicf"]
+    p_pred = doc["probabilities"][doc["classes"].index(doc["predicted"])]
+    print(f"model: {doc['model']} (SICF)")
+    kind = "2D slice" if doc.get("slices") is None else f"volume, {len(doc['slices'])} slices classified"
+    print(f"input: {args.input} ({kind})")
+    print(f"predicted: {doc['predicted']} ({p_pred:.1%})")
+    for i in sorted(range(len(doc["classes"])), key=lambda i: -doc["probabilities"][i]):
+        print(f"  {doc['classes'][i]:<12} {doc['probabilities'][i]:7.2%}")
+    where = "" if s["slice_index"] is None else f" of LPS axial slice {s['slice_index']}"
+    print(f"ROI ({s['roi_mode']}) rows {s['roi_box'][0]}-{s['roi_box'][2]}, columns {s['roi_box'][1]}-{s['roi_box'][3]}"
+          f"{where}; {len(s['keypoints'])} SIFT keypoints; {s['n_features_kept']} of {s['n_features']} features kept")
+    return 0
+
+
+def evaluate(args, model) -> int:
+    """``evaluate`` with an SICF model: accuracy, sensitivity, specificity, AUC and F1 with
+    95% bootstrap CIs, per-class figures and the confusion matrix."""
+    import numpy as np
+
+    from .data import scan_image_folder
+    from .io import atomic_write_text
+    from .metrics import save_confusion_png
+    from .sicf import extract_features, fused_matrix, sicf_metrics
+
+    if args.embedding_png:
+        raise InputError(f"model '{model.id}' is an SICF model: --embedding-png needs a network's features; leave it out")
+    paths, labels, classes = scan_image_folder(args.data_dir, model.class_names)
+    root = Path(args.data_dir)
+    if args.split:
+        try:
+            wanted = set(json.loads(Path(args.split).read_text())["validation"])
+        except (OSError, ValueError, KeyError) as exc:
+            raise InputError(f"--split {args.split}: not a split file with a 'validation' list ({exc})") from None
+        keep = [i for i, p in enumerate(paths) if str(p.relative_to(root)) in wanted]
+        if not keep:
+            raise InputError(f"--split {args.split}: none of its validation images is in {root}")
+        paths, labels = [paths[i] for i in keep], labels[keep]
+    feats = extract_features(paths, model.config(), model.vgg)
+    probs = model.predict_features(fused_matrix(feats, model.codebook))
+    try:
+        m = sicf_metrics(labels, probs, classes, n_bootstrap=args.bootstrap)
+    except ValueError as exc:
+        raise BrainSpineAIError(f"model '{model.id}' on {root}: {exc}") from None
+    cm = m["classification"]
+    doc = {"model": model.id, "data": str(root), "split": args.split, **cm, "probability_metrics": m["probability_metrics"],
+           "sicf_metrics": {k: m[k] for k in ("accuracy", "sensitivity", "specificity", "auc", "f1")},
+           "n_features_kept": int(model.mask.sum())}
+    if args.confusion_png:
+        save_confusion_png(cm["confusion_matrix"], classes, args.confusion_png, title=f"{model.id} on {root.name}")
+    if args.json:
+        atomic_write_text(args.json, json.dumps(doc, indent=2) + "\n")
+    print(f"model: {model.id} (SICF, {int(model.mask.sum())} features kept)   data: {root} ({cm['n']} images)")
+
+    def ci(s):
+        return "n/a" if s["value"] is None else f"{s['value']:.3f}" + (f" [{s['ci95'][0]:.3f}, {s['ci95'][1]:.3f}]" if s["ci95"] else "")
+
+    for k in ("accuracy", "sensitivity", "specificity", "auc", "f1"):
+        print(f"  {k:<12} {ci(m[k])}")
+    print("confusion matrix (rows true, columns predicted): " + json.dumps(np.asarray(cm["confusion_matrix"]).tolist()))
+    return 0
+
+
+def add_parsers(train_sub, ablation_sub) -> None:
+    """Add ``train sicf`` and ``ablation sicf`` to the ``train`` / ``ablation`` sub-parsers."""
+    t = train_sub.add_parser("sicf", help="SICF (LO-RF): ROI, SIFT + VGG16 fusion, Lyrebird-optimised random forest")
+    add_sicf_args(t)
+    t.add_argument("--model-id", help="id in the model card (default: the --out folder name)")
+    t.add_argument("--description", help="one-line description for the model card")
+    t.set_defaults(func=cmd_train_sicf)
+    a = ablation_sub.add_parser("sicf", help="SIFT->RF, VGG16->RF, SIFT+VGG16->RF, VGG16->LO-RF, SIFT+VGG16->LO-RF")
+    add_sicf_args(a)
+    a.set_defaults(func=cmd_ablation_sicf)

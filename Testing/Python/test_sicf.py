@@ -1,0 +1,203 @@
+"""SICF: the quadrant ROI on a real cervical spine volume, the Lyrebird optimiser, and the
+SIFT + VGG16 -> LO-RF pipeline on real brain slices (tiny subsets, tiny LOA budget, VGG16
+at 64 px with a seeded random initialisation: nothing is downloaded)."""
+from __future__ import annotations
+
+import json
+import warnings
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+
+from conftest import FIGSHARE, SPINE, need, run_cli
+
+TINY = dict(roi="full", image_size=64, n_words=32, population=5, iterations=1, limit_per_class=10,
+            val_fraction=0.4, n_bootstrap=100)
+
+
+def lps_axial(path):
+    return sitk.GetArrayFromImage(sitk.DICOMOrient(sitk.ReadImage(str(path)), "LPS"))
+
+
+@pytest.mark.parametrize("image,mask", [("t1/t1w.nii.gz", "t1/t1w_seg-manual.nii.gz"),
+                                        ("t2/t2.nii.gz", "t2/t2_seg-manual.nii.gz")])
+def test_quadrant_roi_keeps_the_spinal_cord(image, mask):
+    from brainspineai.spine_roi import quadrant_roi
+
+    vol = lps_axial(need(SPINE) / image).astype(np.float32)
+    cord = lps_axial(SPINE / mask) > 0
+    coverage, area = [], []
+    for k in range(vol.shape[0]):
+        if not cord[k].any():
+            continue
+        r0, c0, r1, c1 = quadrant_roi(vol[k])
+        assert 0 <= r0 < r1 <= vol.shape[1] and 0 <= c0 < c1 <= vol.shape[2]
+        coverage.append(cord[k, r0:r1, c0:c1].sum() / cord[k].sum())
+        area.append((r1 - r0) * (c1 - c0) / cord[k].size)
+    assert len(coverage) > 40
+    assert min(coverage) >= 0.90, f"worst slice keeps only {min(coverage):.1%} of the cord"
+    assert max(area) <= 0.5, "the ROI must be a real reduction of the slice, not the whole of it"
+
+
+def test_roi_bad_input():
+    from brainspineai.errors import InputError
+    from brainspineai.spine_roi import find_midline, quadrant_roi
+
+    with pytest.raises(InputError, match="NaN"):
+        quadrant_roi(np.full((40, 40), np.nan))
+    with pytest.raises(InputError, match="2D"):
+        quadrant_roi(np.zeros((4, 40, 40)))
+    with pytest.raises(InputError, match="same intensity"):
+        quadrant_roi(np.ones((40, 40)))
+    img = np.zeros((64, 64))
+    img[20:40, 36:44] = 1.0  # a bright bar centred on column 40
+    img[20:40, 0:4] = 0.2
+    assert abs(find_midline(img) - 40) <= 1
+
+
+def test_lyrebird_optimiser_minimises_a_sphere():
+    from mealpy import FloatVar
+
+    from brainspineai.sicf import LyrebirdOptimizer
+
+    problem = {"bounds": FloatVar(lb=[-10.0] * 8, ub=[10.0] * 8), "minmax": "min",
+               "obj_func": lambda x: float(np.sum(x ** 2)), "log_to": None}
+    opt = LyrebirdOptimizer(epoch=30, pop_size=10)
+    best = opt.solve(problem, seed=1)
+    fits = opt.history.list_global_best_fit  # best after initialisation, then per iteration
+    assert fits[-1] == best.target.fitness < 1e-3 * fits[0]
+    assert all(b <= a for a, b in zip(fits, fits[1:]))  # greedy: the best never gets worse
+
+
+@pytest.fixture(scope="module")
+def tiny_sicf(tmp_path_factory):
+    from brainspineai.sicf import SICFConfig, train_sicf
+
+    out = tmp_path_factory.mktemp("sicf") / "tiny-sicf"
+    events = []
+    cfg = SICFConfig(**TINY, cache_dir=str(tmp_path_factory.mktemp("cache")))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        folder = train_sicf(need(FIGSHARE), out, cfg, progress=events.append)
+    assert any("random initialisation" in str(w.message) for w in caught)
+    return folder, events
+
+
+def test_trained_model_folder_and_card(tiny_sicf):
+    from brainspineai.catalogue import read_card, sha256_file
+
+    folder, events = tiny_sicf
+    card = read_card(folder)
+    assert card["task"] == "sicf-2d" and card["class_names"] == ["glioma", "meningioma", "pituitary"]
+    assert card["sha256"] == sha256_file(folder / "forest.joblib")
+    assert card["vgg16"]["source"] == "random-init" and len(card["vgg16"]["fingerprint"]) == 64
+    mask = np.load(folder / "feature_mask.npy")
+    assert mask.shape == (32 + 4096,) and mask.dtype == bool
+    assert 0 < card["n_features_kept"] == int(mask.sum()) < len(mask)
+    assert np.load(folder / "codebook.npy").shape == (32, 128)
+    v = card["metrics"]["validation"]
+    for k in ("sensitivity", "specificity", "auc", "f1"):
+        lo, hi = v[k]["ci95"]
+        assert 0 <= lo <= v[k]["value"] <= hi <= 1
+    assert card["selection"]["population"] == 5 and card["selection"]["evaluations"] == 10
+    assert [e["event"] for e in events][0] == "data" and events[-1]["event"] == "done"
+    assert any(e["event"] == "loa" for e in events)
+
+
+def test_reload_gives_identical_predictions(tiny_sicf):
+    from brainspineai.catalogue import load_model
+    from brainspineai.io import read_image
+    from brainspineai.sicf import classify_sicf
+
+    folder, _ = tiny_sicf
+    split = json.loads((folder / "split.json").read_text())
+    img = read_image(FIGSHARE / split["validation"][0])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        a, b = load_model(folder, "cpu"), load_model(str(folder), "cpu")
+    assert a.kind == "sicf" and a is not b
+    ra, rb = classify_sicf(img, a), classify_sicf(img, b)
+    np.testing.assert_array_equal(ra.probabilities, rb.probabilities)
+    assert ra.extra["sicf"]["keypoints"] == rb.extra["sicf"]["keypoints"]
+    assert ra.extra["sicf"]["n_features_kept"] == a.card["n_features_kept"]
+
+
+def test_tampered_forest_is_refused_before_unpickling(tiny_sicf, tmp_path):
+    import shutil
+
+    from brainspineai.catalogue import load_model
+    from brainspineai.errors import ChecksumError
+
+    folder = tmp_path / "copy"
+    shutil.copytree(tiny_sicf[0], folder)
+    (folder / "forest.joblib").write_bytes(b"cos\nsystem\n(S'echo pwned'\ntR.")
+    with pytest.raises(ChecksumError, match="checksum mismatch"):
+        load_model(folder, "cpu")
+
+
+def test_cli_evaluate_reproduces_the_card_and_classify_refuses_heatmaps(tiny_sicf, tmp_path):
+    folder, _ = tiny_sicf
+    card = json.loads((folder / "model.json").read_text())
+    r = run_cli("evaluate", FIGSHARE, "--model", folder, "--split", folder / "split.json", "--bootstrap", "50",
+                "--json", tmp_path / "ev.json")
+    assert r.returncode == 0, r.stderr
+    doc = json.loads((tmp_path / "ev.json").read_text())
+    assert doc["accuracy"] == pytest.approx(card["metrics"]["validation"]["accuracy"])
+    assert doc["n"] == card["training_data"]["n_validation"]
+    img = FIGSHARE / json.loads((folder / "split.json").read_text())["validation"][0]
+    r = run_cli("classify", img, "--model", folder, "--heatmap", tmp_path / "h.png")
+    assert r.returncode == 2 and "no Grad-CAM heatmap" in r.stderr and not (tmp_path / "h.png").exists()
+    r = run_cli("classify", img, "--model", folder, "--json", tmp_path / "c.json")
+    assert r.returncode == 0, r.stderr
+    doc = json.loads((tmp_path / "c.json").read_text())
+    assert doc["sicf"]["n_features_kept"] == card["n_features_kept"] and doc["sicf"]["roi_mode"] == "full"
+    assert sum(doc["probabilities"]) == pytest.approx(1.0)
+
+
+def test_cli_bad_inputs(tmp_path):
+    txt = tmp_path / "notes.txt"
+    txt.write_text("not an image")
+    r = run_cli("train", "sicf", "--data", tmp_path / "missing", "--out", tmp_path / "m")
+    assert r.returncode == 2 and r.stderr.startswith("brainspineai: error:") and "not found" in r.stderr
+    assert not (tmp_path / "m").exists()
+    r = run_cli("train", "sicf", "--data", need(FIGSHARE), "--out", tmp_path / "m", "--population", "2")
+    assert r.returncode == 2 and "population" in r.stderr and not (tmp_path / "m").exists()
+    r = run_cli("train", "sicf", "--data", FIGSHARE, "--out", tmp_path / "m", "--vgg-weights", tmp_path / "none.pth")
+    assert r.returncode == 2 and "none.pth: file not found" in r.stderr
+    r = run_cli("train", "sicf", "--data", FIGSHARE, "--out", tmp_path / "m", "--vgg-weights", txt, "--limit-per-class", "3")
+    assert r.returncode == 2 and "not a torchvision VGG16 state dict" in r.stderr and not (tmp_path / "m").exists()
+    r = run_cli("classify", need(SPINE) / "t2" / "t2.nii.gz", "--model", "no-such-sicf-model")
+    assert r.returncode == 2 and "unknown model" in r.stderr
+
+
+def test_nan_slice_is_refused(tiny_sicf):
+    from brainspineai.catalogue import load_model
+    from brainspineai.errors import InputError
+    from brainspineai.sicf import classify_sicf
+
+    img = sitk.GetImageFromArray(np.full((1, 32, 32), np.nan, np.float32))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        model = load_model(tiny_sicf[0], "cpu")
+    with pytest.raises(InputError, match="NaN"):
+        classify_sicf(img, model)
+
+
+def test_ablation_table(tmp_path):
+    from brainspineai.sicf import ABLATION_VARIANTS, SICFConfig, run_ablation
+
+    cfg = SICFConfig(**TINY, cache_dir=str(tmp_path / "cache"))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        doc = run_ablation(need(FIGSHARE), tmp_path / "ab", cfg)
+    assert [r["variant"] for r in doc["rows"]] == list(ABLATION_VARIANTS)
+    by = {r["variant"]: r for r in doc["rows"]}
+    assert by["SIFT->RF"]["n_features_kept"] == 32 and by["VGG16->RF"]["n_features_kept"] == 4096
+    assert by["SIFT+VGG16->RF"]["n_features_kept"] == 4128
+    assert 0 < by["VGG16->LO-RF"]["n_features_kept"] < 4096
+    assert 0 < by["SIFT+VGG16->LO-RF"]["n_features_kept"] < 4128
+    for r in doc["rows"]:
+        assert 0 <= r["accuracy"]["value"] <= 1 and r["f1"]["ci95"] is not None
+    md = (tmp_path / "ab" / "ablation.md").read_text()
+    assert md.count("\n| ") == 6 and "RANDOM-INIT" in md
