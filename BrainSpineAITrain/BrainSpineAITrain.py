@@ -291,7 +291,8 @@ class BrainSpineAITrainWidget(ScriptedLoadableModuleWidget, VTKObservationMixin)
     # -- devices ---------------------------------------------------------------------
 
     def onDetectDevices(self) -> None:
-        ok, info = self._tryRun(_("Could not detect the GPUs."), self.logic.detectDevices)
+        # nvidia-smi only: instant, so the GUI does not wait for torch to load in a subprocess
+        ok, info = self._tryRun(_("Could not detect the GPUs."), self.logic.detectDevices, useTorch=False)
         if not ok:
             return
         if info["cuda"]:

@@ -197,9 +197,10 @@ def buildArguments(pipelineKey: str, dataDir, outDir, params: dict | None = None
     return argv
 
 
-def detectDevices(timeout: float = 60.0) -> dict:
-    """GPUs of this machine without importing torch here: ``nvidia-smi -L`` first, else
-    ``torch.cuda.device_count()`` in a subprocess (the Python that runs training).
+def detectDevices(timeout: float = 60.0, useTorch: bool = True) -> dict:
+    """GPUs of this machine without importing torch here: ``nvidia-smi -L`` first, else (with
+    ``useTorch``; seconds, as torch loads) ``torch.cuda.device_count()`` in a subprocess (the
+    Python that runs training).
 
     :returns: ``{"cuda": n, "names": [...], "source": "nvidia-smi" | "torch" | "none"}``.
     """
@@ -213,6 +214,8 @@ def detectDevices(timeout: float = 60.0) -> dict:
                 return {"cuda": len(names), "names": names, "source": "nvidia-smi"}
         except (OSError, subprocess.TimeoutExpired):
             pass
+    if not useTorch:
+        return {"cuda": 0, "names": [], "source": "none"}
     code = ("import json, torch; n = torch.cuda.device_count(); "
             "print(json.dumps([torch.cuda.get_device_name(i) for i in range(n)]))")
     try:
@@ -421,8 +424,8 @@ class TrainingLogic(DependencyMixin):
 
     # --- devices --------------------------------------------------------------------
     @staticmethod
-    def detectDevices() -> dict:
-        return detectDevices()
+    def detectDevices(useTorch: bool = True) -> dict:
+        return detectDevices(useTorch=useTorch)
 
     # --- runs -----------------------------------------------------------------------
     @staticmethod
