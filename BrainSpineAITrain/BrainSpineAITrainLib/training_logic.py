@@ -476,8 +476,12 @@ class TrainingLogic(DependencyMixin):
                        "started": _now(), "state": "running"}
         _atomicWriteJson(runDir / "run.json", request)
         command = launchCommand(request["arguments"], request.get("gpus", 1))
-        job = BackgroundJob(command, env=libraryEnvironment({"TQDM_DISABLE": "1", "PYTHONUNBUFFERED": "1"}),
-                            context={"run": str(runDir)})
+        try:
+            job = BackgroundJob(command, env=libraryEnvironment({"TQDM_DISABLE": "1", "PYTHONUNBUFFERED": "1"}),
+                                context={"run": str(runDir)})
+        except OSError as exc:  # the interpreter could not be started: the run did not begin
+            _atomicWriteJson(runDir / "run.json", dict(request, state="failed", error=str(exc)))
+            raise
         return TrainingRun(runDir, request, job)
 
     def resumeRun(self, runName: str) -> TrainingRun:
