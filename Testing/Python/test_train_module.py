@@ -147,10 +147,10 @@ def test_run_registers_model_then_retrain_makes_version_2(tiny_set, isolated_cat
     assert not (isolated_catalogue / "x").exists()
 
 
-def test_cancel_midway_leaves_catalogue_unchanged(tiny_set, isolated_catalogue):
+def test_cancel_midway_leaves_catalogue_unchanged_and_resume_finishes(tiny_set, isolated_catalogue):
     logic = TrainingLogic()
     before = catalogue_state(isolated_catalogue)
-    run = logic.startRun("classifier", tiny_set, "tiny-cancel", params=dict(TINY, epochs=60), device="cpu")
+    run = logic.startRun("classifier", tiny_set, "tiny-cancel", params=dict(TINY, epochs=12), device="cpu")
     assert wait_for(run, lambda ev: len(epochs_seen(ev)) >= 1), run.errorText
     run.cancel()
     assert run.state == "cancelled" and run.job.process.poll() is not None
@@ -158,9 +158,17 @@ def test_cancel_midway_leaves_catalogue_unchanged(tiny_set, isolated_catalogue):
     assert not (run.runDir / "tiny-cancel").exists()
     assert (run.runDir / "tiny-cancel.work" / "last.pt").is_file()  # kept for Resume
     assert json.loads((run.runDir / "run.json").read_text())["state"] == "cancelled"
-    run.cancel(discard=True)
-    assert not run.runDir.exists()
-    assert catalogue_state(isolated_catalogue) == before
+    assert [r["name"] for r in logic.listRuns()] == ["tiny-cancel"]
+    resumed = logic.resumeRun("tiny-cancel")
+    assert resumed.wait(timeout=600) == "succeeded", resumed.errorText
+    assert resumed.job.events[1]["event"] == "resume"
+    card = json.loads((isolated_catalogue / "models" / "tiny-cancel" / "model.json").read_text())
+    assert [h["epoch"] for h in card["training"]["history"]] == list(range(1, 13))
+    # cancel with discard: the run folder goes too, the catalogue is as it was
+    before = catalogue_state(isolated_catalogue)
+    other = logic.startRun("classifier", tiny_set, "tiny-discard", params=TINY, device="cpu")
+    other.cancel(discard=True)
+    assert not other.runDir.exists() and catalogue_state(isolated_catalogue) == before
 
 
 def test_killed_run_resumes_from_checkpoint(tiny_set, isolated_catalogue):
