@@ -12,7 +12,6 @@ import sys
 from typing import Annotated, Optional
 
 import qt
-import vtk
 
 import slicer
 
