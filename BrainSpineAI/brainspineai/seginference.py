@@ -55,7 +55,7 @@ def load_segmenter(ref=None, device="auto") -> LoadedSegmenter:
         raise ModelError(f"model '{card['id']}' is a {card['task']} model, not a 3D segmenter")
     weights = verify_weights(folder, card)
     try:
-        net = build_segmenter(SegmenterConfig.from_json(card["network"]))
+        net = build_segmenter(SegmenterConfig.from_json(card["network"]), load_clip_weights=False)
         net.load_state_dict(load_file(str(weights)))
     except (KeyError, TypeError, ValueError, RuntimeError) as exc:
         raise ModelError(f"model '{card['id']}': weights or card do not describe a network this version builds ({exc})") from None

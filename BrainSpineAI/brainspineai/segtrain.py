@@ -143,7 +143,7 @@ def train_segmenter(data, out, cfg: SegTrainConfig, resume: bool = False, progre
                            num_workers=0, progress=False)
     prep_seconds = time.time() - t0
 
-    net = build_segmenter(net_cfg)
+    net = build_segmenter(net_cfg, load_clip_weights=parent is None)
     if parent is not None:
         from safetensors.torch import load_file
 
