@@ -263,6 +263,11 @@ class BrainSpineAIWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                 method=html.escape(method), backbone=html.escape(str(network.get("backbone", "")))))
         if pretrained:
             lines.append(_("SimCLR pre-trained encoder: {encoder}").format(encoder=html.escape(str(pretrained))))
+        if card.get("task") == "sicf-2d":
+            lines.append(_("Method: SICF (SIFT + VGG16 fusion, Lyrebird-optimised random forest), {kept} of {n} "
+                           "features kept, ROI {roi}, VGG16 {vgg}").format(
+                kept=card.get("n_features_kept"), n=card.get("n_features"), roi=html.escape(str(card.get("roi"))),
+                vgg=html.escape(str((card.get("vgg16") or {}).get("source")))))
         validation = (card.get("metrics") or {}).get("validation") or {}
         accuracy = validation.get("accuracy")
         if isinstance(accuracy, (int, float)):

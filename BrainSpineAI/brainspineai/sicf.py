@@ -313,7 +313,9 @@ def _cache_key(path: Path, cfg, vgg_fingerprint: str) -> str:
 
 def extract_features(paths, cfg: SICFConfig, vgg: VGGFeatures, progress=None) -> dict:
     """ROI, SIFT descriptors and VGG16 fc7 of every file, cached per file (``npz`` keyed by
-    absolute path, mtime, size, ROI mode, image size and the VGG16 fingerprint).
+    absolute path, mtime, size, ROI mode, image size and the VGG16 fingerprint). Progress
+    events (as :class:`BrainSpineAILib.background.BackgroundJob` reads them):
+    ``{"event": "progress", "stage": "features", "fraction", "message", "slices_per_s", "eta_s"}``.
 
     :returns: ``{"boxes": int (N, 4), "descriptors": list of float32 (K_i, 128),
         "points": list of float32 (K_i, 2), "vgg": float32 (N, 4096)}``.
@@ -364,8 +366,9 @@ def extract_features(paths, cfg: SICFConfig, vgg: VGGFeatures, progress=None) ->
         if progress:
             done = start + len(part)
             rate = done / max(time.time() - t0, 1e-6)
-            progress({"event": "features", "done": done, "total": len(todo), "slices_per_s": round(rate, 2),
-                      "eta_s": round((len(todo) - done) / rate, 1)})
+            progress({"event": "progress", "stage": "features", "fraction": round(0.3 * done / len(todo), 3),
+                      "message": f"features {done}/{len(todo)} slices", "done": done, "total": len(todo),
+                      "slices_per_s": round(rate, 2), "eta_s": round((len(todo) - done) / rate, 1)})
     return {"boxes": np.stack(boxes) if boxes else np.zeros((0, 4), np.int64), "descriptors": descs,
             "points": points, "vgg": np.stack(vggs) if vggs else np.zeros((0, VGG_DIM), np.float32)}
 
@@ -452,7 +455,8 @@ def transfer(position) -> np.ndarray:
 
 def select_features(x, y, population: int, iterations: int, penalty: float = 0.01, folds: int = 5,
                     seed: int = 0, candidates=None, progress=None) -> tuple[np.ndarray, dict]:
-    """LOA wrapper feature selection (see the module text).
+    """LOA wrapper feature selection (see the module text). Progress events:
+    ``{"event": "progress", "stage": "loa", "fraction", "message", "evaluations", "of", "eta_s"}``.
 
     :param x: float32 (N, D) training features; ``y``: int (N,) labels.
     :param candidates: bool (D,) columns that may be selected (default all).
@@ -484,7 +488,9 @@ def select_features(x, y, population: int, iterations: int, penalty: float = 0.0
         f = accuracy(sub) - penalty * sub.mean()
         if progress and count[0] % max(1, population // 2) == 0:
             rate = count[0] / (time.time() - t0)
-            progress({"event": "loa", "evaluations": count[0], "of": total, "eta_s": round((total - count[0]) / rate, 1)})
+            progress({"event": "progress", "stage": "loa", "fraction": round(0.35 + 0.6 * min(count[0] / total, 1), 3),
+                      "message": f"Lyrebird selection {count[0]}/{total} fitness evaluations", "evaluations": count[0],
+                      "of": total, "eta_s": round(max(total - count[0], 0) / rate, 1)})
         return f
 
     problem = {"bounds": FloatVar(lb=[-4.0] * len(cols), ub=[4.0] * len(cols)), "minmax": "max",

@@ -102,7 +102,10 @@ def test_trained_model_folder_and_card(tiny_sicf):
         assert 0 <= lo <= v[k]["value"] <= hi <= 1
     assert card["selection"]["population"] == 5 and card["selection"]["evaluations"] == 10
     assert [e["event"] for e in events][0] == "data" and events[-1]["event"] == "done"
-    assert any(e["event"] == "loa" for e in events)
+    stages = [e.get("stage") for e in events if e["event"] == "progress"]
+    assert "features" in stages and "loa" in stages
+    fractions = [e["fraction"] for e in events if e["event"] == "progress"]
+    assert fractions == sorted(fractions) and 0 < fractions[-1] <= 1
 
 
 def test_reload_gives_identical_predictions(tiny_sicf):

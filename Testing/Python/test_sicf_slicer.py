@@ -106,3 +106,10 @@ def test_logic_classifies_with_an_sicf_model(tmp_path, monkeypatch):
     assert res["sicf"]["n_features_kept"] == int(np.load(folder / "feature_mask.npy").sum())
     roi, pts = sicf_logic.showSICFResult(scene, node, res["sicf"])
     assert pts.GetNumberOfControlPoints() == len(res["sicf"]["keypoints"])
+    # the background path (the CLI in a separate process, as Slicer runs volumes) gives the same answer
+    job = logic.startBackgroundClassification(node, modelRef=str(folder), device="cpu", computeHeatmap=False)
+    assert job.wait(600)
+    bg = logic.finishBackgroundClassification(job).result
+    assert bg["sicf"]["roi_box"] == res["sicf"]["roi_box"] and bg["sicf"]["slice_index"] == res["sicf"]["slice_index"]
+    np.testing.assert_allclose(bg["probabilities"], res["probabilities"], atol=1e-9)
+    assert len(bg["slices"]) == len(res["slices"])
