@@ -12,21 +12,32 @@ from .errors import BrainSpineAIError, InputError
 def _config(args):
     from .sicf import SICFConfig
 
-    return SICFConfig(roi=args.roi, image_size=args.image_size, n_words=args.words, population=args.population,
+    init = getattr(args, "init_model", None) or ""
+    base = SICFConfig()  # --roi, --image-size, --words left out: the defaults, or with --init-model the parent's
+
+    def given(value, default):
+        return value if value is not None or init else default
+
+    return SICFConfig(roi=given(args.roi, base.roi), image_size=given(args.image_size, base.image_size),
+                      n_words=given(args.words, base.n_words), population=args.population,
                       iterations=args.iterations, penalty=args.penalty, val_fraction=args.val_fraction,
                       limit_per_class=args.limit_per_class, seed=args.seed, vgg_weights=args.vgg_weights or "",
                       n_bootstrap=args.bootstrap, model_id=getattr(args, "model_id", None) or "",
-                      extra_card={"description": args.description} if getattr(args, "description", None) else {})
+                      extra_card={"description": args.description} if getattr(args, "description", None) else {},
+                      init_model=init, reselect=bool(getattr(args, "reselect", False)))
 
 
 def add_sicf_args(p) -> None:
     """Options shared by ``train sicf`` and ``ablation sicf``."""
     p.add_argument("--data", required=True, help="ImageFolder root: one folder of 2D slices per class")
     p.add_argument("--out", required=True, help="model folder (ablation: results folder) to write")
-    p.add_argument("--roi", choices=["quadrant", "full"], default="quadrant",
-                   help="quadrant: the SICF spinal-canal ROI of axial spine slices; full: the whole slice (brain slices)")
-    p.add_argument("--image-size", type=int, default=224, help="ROI side after resizing, pixels (SIFT and VGG16 input)")
-    p.add_argument("--words", type=int, default=512, help="SIFT bag-of-visual-words codebook size")
+    p.add_argument("--roi", choices=["quadrant", "full"], default=None,
+                   help="quadrant (default): the SICF spinal-canal ROI of axial spine slices; full: the whole slice "
+                        "(brain slices); with --init-model: the parent's")
+    p.add_argument("--image-size", type=int, default=None,
+                   help="ROI side after resizing, pixels (SIFT and VGG16 input; default 224; with --init-model: the parent's)")
+    p.add_argument("--words", type=int, default=None,
+                   help="SIFT bag-of-visual-words codebook size (default 512; with --init-model: the parent's)")
     p.add_argument("--population", type=int, default=10, help="Lyrebird optimiser population")
     p.add_argument("--iterations", type=int, default=10, help="Lyrebird optimiser iterations")
     p.add_argument("--penalty", type=float, default=0.01, help="fitness penalty per fraction of features kept")
@@ -43,9 +54,15 @@ def cmd_train_sicf(args) -> int:
     from .cli import _event_sink
     from .sicf import train_sicf
 
+    if args.reselect and not args.init_model:
+        raise InputError("--reselect re-runs the feature selection of a retrained model; give --init-model too")
     folder = train_sicf(args.data, args.out, _config(args), progress=_event_sink(args.events))
     card = json.loads((Path(folder) / "model.json").read_text())
     v = card["metrics"]["validation"]
+    if card.get("parent"):
+        print(f"model '{card['id']}' is version {card['version']} of '{card['parent']}' (codebook and VGG16 reused; "
+              f"feature mask {'re-selected' if args.reselect else 'reused'}; "
+              f"{card['training_data'].get('parent_validation_kept', 0)} of its validation images kept held out)")
     print(f"model written to {folder}; validation accuracy {v['accuracy']:.2%} on {v['n']} held-out images; "
           f"{card['n_features_kept']} of {card['n_features']} features kept")
     return 0
@@ -148,6 +165,11 @@ def add_parsers(train_sub, ablation_sub) -> None:
     add_sicf_args(t)
     t.add_argument("--model-id", help="id in the model card (default: the --out folder name)")
     t.add_argument("--description", help="one-line description for the model card")
+    t.add_argument("--init-model", metavar="ID|DIR",
+                   help="retrain this SICF model (same classes): reuse its codebook, VGG16 and feature mask, refit the "
+                        "forest on the grown dataset; the result is its next version (<id>-v<N> unless --model-id)")
+    t.add_argument("--reselect", action="store_true",
+                   help="with --init-model: run the Lyrebird feature selection again instead of keeping the parent's mask")
     t.set_defaults(func=cmd_train_sicf)
     a = ablation_sub.add_parser("sicf", help="SIFT->RF, VGG16->RF, SIFT+VGG16->RF, VGG16->LO-RF, SIFT+VGG16->LO-RF")
     add_sicf_args(a)

@@ -31,6 +31,12 @@ spinal tumors", Front. Med. 2025. Pipeline per slice:
 Model folder (task ``sicf-2d``): ``model.json`` (card), ``forest.joblib`` (its sha256 in
 the card is checked before unpickling), ``codebook.npy`` (float32 (n_words, 128)),
 ``feature_mask.npy`` (bool (4608,)), ``split.json``.
+
+Retraining (``init_model``, see :mod:`brainspineai.retrain`): the parent's SIFT codebook,
+feature mask (unless ``reselect``) and VGG16 weights (rebuilt from the card's provenance
+and fingerprint) are reused, so the features mean the same; only the random forest is
+refitted on the grown training set, the parent's validation images stay held out, and the
+card records ``version``, ``parent``, ``lineage`` and ``parent_sha256``.
 """
 from __future__ import annotations
 
@@ -72,12 +78,15 @@ class SICFConfig:
     budget; ``penalty``: fitness penalty per fraction of features kept; ``cv_folds``: folds
     of the fitness; ``val_fraction``: held-out fraction per class; ``limit_per_class``: at
     most N images per class (0: all); ``vgg_weights``: ImageNet VGG16 state dict (.pth);
-    ``select``: run LOA (False: forest on every feature); ``blocks``: feature blocks used.
+    ``select``: run LOA (False: forest on every feature); ``blocks``: feature blocks used;
+    ``init_model``: retrain from this SICF model (id or folder; ``roi``, ``image_size`` and
+    ``n_words`` may then be None: the parent's); ``reselect``: with ``init_model``, run LOA
+    again on the grown training set instead of keeping the parent's feature mask.
     """
 
-    roi: str = "quadrant"
-    image_size: int = 224
-    n_words: int = 512
+    roi: str | None = "quadrant"
+    image_size: int | None = 224
+    n_words: int | None = 512
     population: int = 10
     iterations: int = 10
     penalty: float = 0.01
@@ -92,6 +101,8 @@ class SICFConfig:
     model_id: str = ""
     cache_dir: str = ""
     extra_card: dict = field(default_factory=dict)
+    init_model: str = ""
+    reselect: bool = False
 
     def check(self) -> None:
         if self.roi not in ("quadrant", "full"):
@@ -698,37 +709,98 @@ def load_sicf_model(folder, card: dict | None = None, device: str = "cpu", vgg_w
 # Training, ablation and inference
 
 
+_INHERITED = {"roi": "--roi", "image_size": "--image-size", "n_words": "--words"}  # fix the features' meaning
+
+
+def _with_defaults(cfg: SICFConfig) -> SICFConfig:
+    """``cfg`` with the options left None (``roi``, ``image_size``, ``n_words``) at their defaults."""
+    base = SICFConfig()
+    return replace(cfg, **{k: getattr(base, k) for k in _INHERITED if getattr(cfg, k) is None})
+
+
+def load_sicf_parent(cfg: SICFConfig, class_names):
+    """The SICF model a retraining run starts from (``cfg.init_model``), checked with
+    :func:`brainspineai.retrain.load_parent` (task ``sicf-2d``, same class list) and loaded
+    with :func:`load_sicf_model` (every file's sha256; VGG16 rebuilt from the card's
+    provenance and checked against its fingerprint).
+
+    :returns: ``(parent, model, cfg)``: :class:`brainspineai.retrain.Parent`,
+        :class:`SICFModel` and ``cfg`` with the parent's ROI mode, image size, codebook size
+        and feature blocks.
+    :raises InputError: not an SICF model, other classes, an option (``--roi``,
+        ``--image-size``, ``--words``) that differs from the parent's, or VGG16 weights
+        that cannot be reproduced. :raises ModelError, ChecksumError: unknown or corrupted model.
+    """
+    from .errors import ChecksumError
+    from .retrain import load_parent
+
+    parent = load_parent(cfg.init_model, TASK, class_names)
+    card = parent.card
+    theirs = {"roi": card["roi"], "image_size": int(card["input_size"][0]), "n_words": int(card["n_words"])}
+    for name, flag in _INHERITED.items():
+        given = getattr(cfg, name)
+        if given is not None and given != theirs[name]:
+            raise InputError(f"--init-model {cfg.init_model}: model '{parent.id}' was trained with {flag} "
+                             f"{theirs[name]}, this run asks for {flag} {given}; retraining keeps the parent's "
+                             f"features (leave {flag} out or give {theirs[name]})")
+    cfg = replace(cfg, **theirs, blocks=tuple(card.get("feature_blocks") or cfg.blocks))
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # a random-init VGG16 is the parent's own, rebuilt from its seed
+            model = load_sicf_model(parent.folder, card, vgg_weights=cfg.vgg_weights)
+    except ChecksumError:
+        raise
+    except ModelError as exc:
+        raise InputError(f"--init-model {cfg.init_model}: cannot reuse model '{parent.id}': {exc}") from None
+    return parent, model, cfg
+
+
 def _prepare_data(data_dir, cfg: SICFConfig, progress=None):
     from .data import limit_per_class_subset, scan_image_folder, stratified_split
+    from .retrain import keep_parent_split
 
     root = Path(data_dir)
     paths, labels, class_names = scan_image_folder(root)
     if len(class_names) < 2:
         raise InputError(f"{root}: need at least two class folders, found {len(class_names)}")
+    parent = pmodel = None
+    if cfg.init_model:
+        parent, pmodel, cfg = load_sicf_parent(cfg, class_names)
+    else:
+        cfg = _with_defaults(cfg)
+    cfg.check()
     paths, labels = limit_per_class_subset(paths, labels, cfg.limit_per_class, cfg.seed)
     tr, va = stratified_split(labels, cfg.val_fraction, cfg.seed)
+    tr, va, n_kept = keep_parent_split(parent, paths, root, tr, va)
     for c, name in enumerate(class_names):
         if not np.any(labels[tr] == c) or not np.any(labels[va] == c):
             raise InputError(f"{root}: class '{name}' has too few images for a training and a validation split")
-    vgg = VGGFeatures(cfg.vgg_weights, seed=cfg.seed)
+    vgg = pmodel.vgg if pmodel is not None else VGGFeatures(cfg.vgg_weights, seed=cfg.seed)
     if progress:
         progress({"event": "data", "pipeline": "sicf", "n_train": len(tr), "n_val": len(va), "classes": class_names,
-                  "vgg16": vgg.provenance["source"]})
+                  "vgg16": vgg.provenance["source"], **({"parent": parent.id, "parent_validation_kept": n_kept}
+                                                        if parent else {})})
     t0 = time.time()
     feats = extract_features(paths, cfg, vgg, progress=progress)
     t_feat = time.time() - t0
     t0 = time.time()
-    codebook = fit_codebook([feats["descriptors"][i] for i in tr], cfg.n_words, cfg.seed)
+    if pmodel is not None:  # the parent's visual words: its feature mask keeps its meaning
+        codebook = pmodel.codebook
+    else:
+        codebook = fit_codebook([feats["descriptors"][i] for i in tr], cfg.n_words, cfg.seed)
     t_code = time.time() - t0
     fused = fused_matrix(feats, codebook)
+    ctx = {"cfg": cfg, "parent": parent, "parent_model": pmodel, "parent_validation_kept": n_kept}
     return root, paths, labels, class_names, tr, va, vgg, feats, codebook, fused, {"features_s": round(t_feat, 2),
-                                                                                   "codebook_s": round(t_code, 2)}
+                                                                                   "codebook_s": round(t_code, 2)}, ctx
 
 
-def _fit_variant(fused, labels, tr, va, class_names, cfg: SICFConfig, progress=None):
+def _fit_variant(fused, labels, tr, va, class_names, cfg: SICFConfig, progress=None, mask=None):
     cand = block_mask(cfg.n_words, cfg.blocks)
     t0 = time.time()
-    if cfg.select:
+    if mask is not None:  # a retrained model keeping its parent's selection
+        mask, sel = np.asarray(mask, bool), None
+    elif cfg.select:
         mask, sel = select_features(fused[tr], labels[tr], cfg.population, cfg.iterations, cfg.penalty,
                                     cfg.cv_folds, cfg.seed, candidates=cand, progress=progress)
     else:
@@ -776,12 +848,37 @@ def train_sicf(data_dir, out_dir, cfg: SICFConfig, progress=None) -> Path:
     write its model folder (see the module text); the card's ``metrics.validation`` holds
     :func:`sicf_metrics` on the held-out slices.
 
-    :raises InputError: bad options or data.
+    With ``cfg.init_model`` the run retrains that SICF model (:func:`load_sicf_parent`): its
+    codebook, VGG16 and (unless ``cfg.reselect``) feature mask are reused, the forest is
+    refitted, the parent's validation images stay held out
+    (:func:`brainspineai.retrain.keep_parent_split`) and the card becomes the parent's next
+    version (:func:`brainspineai.retrain.version_card`: id ``<id>-v<N>`` unless
+    ``cfg.model_id``). The parent's folder is not written to.
+
+    :raises InputError: bad options or data; a parent that is not an SICF model, has other
+        classes or VGG16 weights that cannot be reproduced; ``out_dir`` = the parent's folder.
     """
-    cfg.check()
-    root, paths, labels, class_names, tr, va, vgg, feats, codebook, fused, timing = _prepare_data(data_dir, cfg, progress)
-    forest, mask, sel, metrics, t2 = _fit_variant(fused, labels, tr, va, class_names, cfg, progress)
+    if cfg.init_model:
+        from .catalogue import resolve_model
+
+        if Path(out_dir).resolve() == Path(resolve_model(cfg.init_model)).resolve():
+            raise InputError(f"--out {out_dir}: that is the parent model's folder; retraining writes a new "
+                             "version beside it and leaves the parent untouched")
+    else:
+        _with_defaults(cfg).check()
+    root, paths, labels, class_names, tr, va, vgg, feats, codebook, fused, timing, ctx = _prepare_data(
+        data_dir, cfg, progress)
+    cfg, parent, pmodel = ctx["cfg"], ctx["parent"], ctx["parent_model"]
+    keep = pmodel.mask if pmodel is not None and not cfg.reselect else None
+    forest, mask, sel, metrics, t2 = _fit_variant(fused, labels, tr, va, class_names, cfg, progress, mask=keep)
     card = _card(cfg, root, paths, labels, tr, va, class_names, vgg, codebook, mask, sel, metrics, {**timing, **t2}, out_dir)
+    if parent is not None:
+        from .retrain import version_card
+
+        card["codebook"] = {"inherited_from": parent.id}
+        if keep is not None:
+            card["selection"] = dict(parent.card.get("selection") or {}, inherited_from=parent.id)
+        card = version_card(card, parent, cfg.model_id, ctx["parent_validation_kept"])
     folder = save_sicf_model(out_dir, card, forest, codebook, mask,
                              extra_files={"split.json": _split_json(root, paths, tr, va, class_names)})
     if progress:
@@ -800,12 +897,14 @@ def run_ablation(data_dir, out_dir, cfg: SICFConfig, progress=None, variants=Non
     """
     from .io import atomic_write_text
 
-    cfg.check()
+    _with_defaults(cfg).check()
     names = list(variants or ABLATION_VARIANTS)
     for name in names:
         if name not in ABLATION_VARIANTS:
             raise InputError(f"unknown ablation variant '{name}'; known: {', '.join(ABLATION_VARIANTS)}")
-    root, paths, labels, class_names, tr, va, vgg, feats, codebook, fused, timing = _prepare_data(data_dir, cfg, progress)
+    root, paths, labels, class_names, tr, va, vgg, feats, codebook, fused, timing, ctx = _prepare_data(
+        data_dir, cfg, progress)
+    cfg = ctx["cfg"]
     rows = []
     for name in names:
         blocks, select = ABLATION_VARIANTS[name]

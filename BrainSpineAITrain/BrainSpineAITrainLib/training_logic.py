@@ -119,7 +119,7 @@ PIPELINES = {
          Param("vgg_weights", "--vgg-weights", "", "str", help="ImageNet VGG16 state dict (.pth)"),
          Param("val_fraction", "--val-fraction", 0.3, "float"), Param("seed", "--seed", 0, "int"),
          Param("limit_per_class", "--limit-per-class", 0, "int")],
-        ddp=False, resume=False, initModel=False,
+        ddp=False, resume=False,
         paper="SICF: SIFT bag of words + VGG16 features, Lyrebird feature selection, random forest"),
     "segmenter": Pipeline(
         "segmenter", "3D tumour segmenter", ("train", "segmenter"), "segmentation-3d", "volumes",
@@ -514,7 +514,12 @@ class TrainingLogic(DependencyMixin):
         ``<id>-v<N>``; the parent stays in the catalogue).
 
         :returns: ``{"pipelineKey", "dataDir", "modelId", "params", "initModel", "device"}``.
-        :raises ValueError: a model no pipeline can retrain (e.g. SICF).
+        An SICF model (task ``sicf-2d``) is retrained with ``train sicf --init-model``: the
+        parent's ROI mode, image size, codebook size, Lyrebird budget (population,
+        iterations, penalty), validation fraction and seed; its codebook, VGG16 and feature
+        mask are reused and the forest is refitted (``epochs`` does not apply).
+
+        :raises ValueError: a model no pipeline can retrain.
         """
         from brainspineai.catalogue import read_card, resolve_model
         from brainspineai.retrain import next_version_id
@@ -539,6 +544,19 @@ class TrainingLogic(DependencyMixin):
                 params["val_cases"] = 1 if len(discover_volume_cases(datasetDir)) >= 3 else 0
             except Exception:  # the run itself reports an unreadable dataset
                 params["val_cases"] = 0
+        elif card["task"] == "sicf-2d":
+            key = "sicf"
+            data, sel = card.get("training_data") or {}, card.get("selection") or {}
+            params = {"roi": card["roi"], "image_size": size, "words": int(card["n_words"])}
+            for name in ("population", "iterations", "penalty"):
+                if isinstance(sel.get(name), (int, float)):
+                    params[name] = sel[name]
+            for name in ("val_fraction", "seed"):
+                if isinstance(data.get(name), (int, float)):
+                    params[name] = data[name]
+            vgg = card.get("vgg16") or {}
+            if vgg.get("source") == "file" and vgg.get("path") and Path(vgg["path"]).is_file():
+                params["vgg_weights"] = vgg["path"]  # else the run looks in $BRAINSPINEAI_VGG16_WEIGHTS / torch's cache
         elif card["task"] == "encoder-2d":
             key, params = "simclr", {"backbone": net.get("backbone", "resnet18-w32"), "image_size": size,
                                      "proj_dim": net.get("proj_dim", 128)}
@@ -559,7 +577,8 @@ class TrainingLogic(DependencyMixin):
         for name in ("lr", "batch_size", "seed", "val_fraction"):  # the parent's recipe where it is recorded
             if name in names and isinstance(training.get(name), (int, float)) and name not in params:
                 params[name] = training[name]
-        params["epochs"] = int(epochs) if epochs else RETRAIN_EPOCHS
+        if "epochs" in names:
+            params["epochs"] = int(epochs) if epochs else RETRAIN_EPOCHS
         version = int(card.get("version", 1) or 1) + 1
         modelId = next_version_id(card["id"], version)
         while (modelsRoot() / modelId).exists():  # a version made earlier from the same parent
