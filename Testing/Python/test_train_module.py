@@ -321,15 +321,29 @@ def test_segmenter_pipeline_runs_and_retrains(tmp_path, isolated_catalogue):
     assert card["task"] == "segmentation-3d" and card["version"] == 2 and card["parent"] == "tiny-seg"
 
 
-def test_sicf_pipeline_runs(tiny_set, isolated_catalogue):
+def test_sicf_pipeline_runs_and_retrains(tiny_set, isolated_catalogue):
     """SICF through the same logic (brain slices: full-image ROI; VGG16 from a seeded random
-    initialisation, nothing downloaded); it has no checkpoints and no --init-model."""
+    initialisation, nothing downloaded); it has no checkpoints. Retraining it runs
+    ``train sicf --init-model`` with the parent's recipe: version 2, same codebook and mask."""
     pytest.importorskip("brainspineai.sicf", reason="the SICF library is not on this branch")
     logic = TrainingLogic()
-    params = {"roi": "full", "image_size": 64, "words": 32, "population": 5, "iterations": 1, "val_fraction": 0.4}
+    params = {"roi": "full", "image_size": 64, "words": 32, "population": 6, "iterations": 1, "val_fraction": 0.4,
+              "seed": 3}
     run = logic.startRun("sicf", tiny_set, "tiny-sicf", params=params)
     assert run.wait(timeout=600) == "succeeded", run.errorText
     card = json.loads((run.modelFolder / "model.json").read_text())
     assert card["id"] == "tiny-sicf" and card["task"] == "sicf-2d"
-    with pytest.raises(ValueError, match="cannot be retrained"):
-        TrainingLogic.retrainRequest("tiny-sicf", tiny_set)
+    req = TrainingLogic.retrainRequest("tiny-sicf", tiny_set, epochs=3, device="cpu")
+    assert req["pipelineKey"] == "sicf" and req["modelId"] == "tiny-sicf-v2" and "epochs" not in req["params"]
+    assert req["params"] == {"roi": "full", "image_size": 64, "words": 32, "population": 6, "iterations": 1,
+                             "penalty": 0.01, "val_fraction": 0.4, "seed": 3}
+    v2 = logic.startRun(**req)
+    assert "--init-model" in v2.request["arguments"]
+    assert v2.wait(timeout=600) == "succeeded", v2.errorText
+    folder2 = isolated_catalogue / "models" / "tiny-sicf-v2"
+    card2 = json.loads((folder2 / "model.json").read_text())
+    assert card2["version"] == 2 and card2["parent"] == "tiny-sicf" and card2["lineage"] == ["tiny-sicf"]
+    assert card2["parent_sha256"] == card["sha256"]
+    for name in ("codebook.npy", "feature_mask.npy"):
+        assert np.array_equal(np.load(folder2 / name), np.load(run.modelFolder / name))
+    assert json.loads((run.modelFolder / "model.json").read_text()) == card  # the parent is untouched
