@@ -513,12 +513,12 @@ class TrainingLogic(DependencyMixin):
         :data:`RETRAIN_EPOCHS`), and register the result as its next version (id
         ``<id>-v<N>``; the parent stays in the catalogue).
 
-        :returns: ``{"pipelineKey", "dataDir", "modelId", "params", "initModel", "device"}``.
         An SICF model (task ``sicf-2d``) is retrained with ``train sicf --init-model``: the
         parent's ROI mode, image size, codebook size, Lyrebird budget (population,
         iterations, penalty), validation fraction and seed; its codebook, VGG16 and feature
         mask are reused and the forest is refitted (``epochs`` does not apply).
 
+        :returns: ``{"pipelineKey", "dataDir", "modelId", "params", "initModel", "device"}``.
         :raises ValueError: a model no pipeline can retrain.
         """
         from brainspineai.catalogue import read_card, resolve_model

@@ -134,6 +134,8 @@ def test_unusable_parents_are_refused(grown, tmp_path):
     r = run_cli("train", "sicf", "--data", two, "--out", tmp_path / "m", "--init-model", parent)
     assert r.returncode == 2 and r.stderr.startswith("brainspineai: error:") and "has classes" in r.stderr, r.stderr
     assert not (tmp_path / "m").exists()
+    r = run_cli("train", "sicf", "--data", data, "--out", tmp_path / "m", "--reselect")
+    assert r.returncode == 2 and "give --init-model too" in r.stderr and not (tmp_path / "m").exists()
     # not an SICF model (the shipped classifier)
     with pytest.raises(InputError, match="classification-2d model"):
         train_sicf(data, tmp_path / "m", cfg("brain-tumor-4class-resnet18w32"))
