@@ -114,13 +114,14 @@ class SegmentationLogic(DependencyMixin):
     # ---------------------------------------------------------------- models
     @staticmethod
     def availableModels() -> list[dict]:
-        """Cards of the catalogue's segmentation models (task ``segmentation-3d``), shipped
-        models first; each has a ``path`` key."""
-        from brainspineai.catalogue import ZOO_DIR, list_models
+        """Cards of the catalogue's segmentation models (task ``segmentation-3d``): the default
+        segmenter first, then the other shipped models, then the rest by id; each has a ``path`` key."""
+        from brainspineai import catalogue
 
-        cards = [c for c in list_models() if c.get("task") == SEGMENTATION_TASK]
-        zoo = str(ZOO_DIR)
-        cards.sort(key=lambda c: (not str(c.get("path", "")).startswith(zoo), str(c["id"])))
+        default = getattr(catalogue, "DEFAULT_SEGMENTER_ID", "")
+        cards = [c for c in catalogue.list_models() if c.get("task") == SEGMENTATION_TASK]
+        zoo = str(catalogue.ZOO_DIR)
+        cards.sort(key=lambda c: (c["id"] != default, not str(c.get("path", "")).startswith(zoo), str(c["id"])))
         return cards
 
     @classmethod

@@ -201,3 +201,192 @@ def test_bad_inputs_are_named(scene, pat5):
     volumes["t1ce"].SetAndObserveTransformNodeID(None)
     assert list(logic.checkInputs({"t1ce": volumes["t1ce"], "flair": volumes["flair"], "t2": None}, need_both)) \
         == need_both
+
+
+# ------------------------------------------------------------------------- real CLI in the background
+@pytest.fixture(scope="session")
+def tiny_segmenter(tmp_path_factory):
+    """A CLIP-guided 3D U-Net (small random CLIP) trained for one short epoch on one real case
+    (pat0001, never segmented below) through the library: fast, for plumbing tests."""
+    from brainspineai.segtrain import SegTrainConfig, train_segmenter
+
+    data = tmp_path_factory.mktemp("segdata")
+    (data / "brats_2013_pat0001_1").symlink_to(need(BRATS15 / "brats_2013_pat0001_1"))
+    cfg = SegTrainConfig(epochs=1, batch_size=2, samples_per_epoch=2, patch_size=16, spacing=4.0, val_cases=0,
+                         channels=(4, 8, 16, 32), device="cpu", model_id="tiny-seg")
+    return train_segmenter(data, tmp_path_factory.mktemp("segmodel") / "tiny-seg", cfg)
+
+
+@pytest.fixture
+def seg_models(tiny_segmenter, tmp_path, monkeypatch):
+    """The catalogue: the shipped models plus the tiny segmenter."""
+    import shutil
+
+    models = tmp_path / "models"
+    shutil.copytree(tiny_segmenter, models / "tiny-seg")
+    monkeypatch.setenv("BRAINSPINEAI_MODEL_PATH", str(models))
+    return models
+
+
+def test_real_case_segmented_in_a_background_process(scene, pat5, seg_models):
+    """pat0005 (FLAIR + T1c) through the real ``brainspineai segment`` (the shipped default model
+    when present, else the tiny one): one node on the FLAIR grid whose segments hold exactly the
+    voxels the CLI reported; the temporary folder is gone."""
+    from brainspineai.catalogue import DEFAULT_SEGMENTER_ID
+
+    volumes, _ = pat5
+    logic = SegmentationLogic(scene)
+    cards = logic.availableModels()
+    ids = [c["id"] for c in cards]
+    assert "tiny-seg" in ids and all(c["task"] == "segmentation-3d" for c in cards)
+    model = DEFAULT_SEGMENTER_ID if DEFAULT_SEGMENTER_ID in ids else "tiny-seg"
+    assert ids[0] == model
+    assert logic.requiredSequences(model) == ["flair", "t1ce"]
+    before = scene.GetNumberOfNodes()
+    t0 = time.perf_counter()
+    job = logic.startSegmentation(volumes, modelRef=model, device="cpu", report="ring-enhancing mass with oedema")
+    assert scene.GetNumberOfNodes() == before
+    assert job.wait(900), job.errorText
+    out = logic.finishSegmentation(job)
+    total = time.perf_counter() - t0
+    print(f"model {model}: Segment -> nodes in scene {total:.1f} s (CLI {out.result['seconds']:.1f} s, "
+          f"node build {out.seconds['nodes']:.2f} s)")
+    assert not job.workdir.exists()
+    assert [e["event"] for e in job.events][-1] == "done" and any(e["event"] == "progress" for e in job.events)
+    node = out.segmentationNode
+    assert out.referenceVolume is volumes["flair"]
+    assert out.result["model"] == model and out.result["reference"] == "flair"
+    assert out.result["report"] == "ring-enhancing mass with oedema"
+    assert node.GetName() == "Flair_subtrMeanDivStd tumour" and node.GetAttribute("BrainSpineAI.model") == model
+    seg = node.GetSegmentation()
+    assert [seg.GetNthSegment(i).GetName() for i in range(seg.GetNumberOfSegments())] == [r.name for r in REGIONS]
+    geometry = seg.GetConversionParameter(slicer.vtkSegmentationConverter.GetReferenceImageGeometryParameterName())
+    assert geometry == slicer.vtkSegmentationConverter.SerializeImageGeometry(
+        slicer.vtkSlicerSegmentationsModuleLogic.CreateOrientedImageDataFromVolumeNode(volumes["flair"]))
+    masks = logic.regionMasksOnReference(node, volumes["flair"])
+    for key in ("WT", "TC", "ET"):
+        assert int(masks[key].sum()) == out.result["regions"][key]["voxels"], key
+    assert masks["WT"].sum() > 0
+    assert not (masks["TC"] & ~masks["WT"]).any() and not (masks["ET"] & ~masks["TC"]).any()  # nested
+    assert seg.ContainsRepresentation("Closed surface")
+
+
+def test_four_sequences_found_by_name_cancel_leaves_the_scene_as_it_was(scene, seg_models):
+    """The BraTS 2023 case: the four volumes are found by name; a FLAIR + T1ce model is given
+    only those two. Cancel kills the process, removes its files and adds nothing to the scene."""
+    for suffix in ("t1n", "t1c", "t2w", "t2f"):
+        name = f"{BRATS23.name}-{suffix}"
+        load(scene, need(BRATS23 / f"{name}.nii.gz"), name)
+    logic = SegmentationLogic(scene)
+    volumes = logic.guessVolumes()
+    assert {s: n.GetName()[-3:] for s, n in volumes.items()} == {"t1": "t1n", "t1ce": "t1c", "t2": "t2w", "flair": "t2f"}
+    before = scene.GetNumberOfNodes()
+    job = logic.startSegmentation(volumes, modelRef="tiny-seg", device="cpu")
+    assert sorted(job.context["volumeNodeIDs"]) == ["flair", "t1ce"]
+    assert job.context["referenceNodeID"] == volumes["flair"].GetID()
+    assert "--t1" not in job.command and "--t2" not in job.command
+    deadline = time.monotonic() + 120
+    while not job.events and not job.poll() and time.monotonic() < deadline:  # cancel once it is working
+        time.sleep(0.2)
+    assert job.events and job.process.poll() is None, job.errorText
+    job.cancel()
+    assert job.poll() and job.process.returncode != 0
+    assert not job.workdir.exists()
+    with pytest.raises(RuntimeError, match="cancelled"):
+        logic.finishSegmentation(job)
+    assert scene.GetNumberOfNodes() == before
+    assert scene.GetFirstNodeByClass("vtkMRMLSegmentationNode") is None
+
+
+def test_cli_error_surfaces_and_scene_is_unchanged(scene, pat5, seg_models):
+    """A model whose weights were damaged passes the logic's checks; the CLI refuses it (exit 2)
+    and its one-line error is what the user reads."""
+    import shutil
+
+    volumes, _ = pat5
+    broken = seg_models / "broken-seg"
+    shutil.copytree(seg_models / "tiny-seg", broken)
+    card = json.loads((broken / "model.json").read_text())
+    card["id"] = "broken-seg"
+    (broken / "model.json").write_text(json.dumps(card))
+    with open(broken / "model.safetensors", "r+b") as fh:
+        fh.seek(-16, 2)
+        fh.write(b"\0" * 16)
+    logic = SegmentationLogic(scene)
+    before = scene.GetNumberOfNodes()
+    job = logic.startSegmentation(volumes, modelRef="broken-seg", device="cpu")
+    job.wait(600)
+    assert job.process.returncode == 2
+    with pytest.raises(RuntimeError, match=r"^brainspineai: error: .*(sha256|checksum)"):
+        logic.finishSegmentation(job)
+    assert scene.GetNumberOfNodes() == before and not job.workdir.exists()
+    with pytest.raises(ValueError, match="not a segmentation model"):
+        logic.startSegmentation(volumes, modelRef="brain-tumor-4class-resnet18w32")
+
+
+# ------------------------------------------------------------------------- corrected case -> training set
+def test_edited_segmentation_exports_exactly(scene, pat5, tmp_path):
+    """Expert labels of pat0005 -> segmentation node -> a user erases part of ET -> exported case:
+    the labelmap is exactly the edited one (erased ET becomes NCR, it is still tumour core), the
+    geometry is the FLAIR file's, the sequences are the files' voxels, dataset.json lists the case."""
+    from brainspineai import segdata
+    from brainspineai.errors import InputError
+
+    volumes, labels = pat5
+    logic = SegmentationLogic(scene)
+    node = logic.segmentationNodeFromLabelmap(labels, volumes["flair"], "pat5 tumour")
+    et = labels == 4
+    cut = np.zeros_like(et)
+    cut[: int(np.median(np.nonzero(et)[0]))] = True  # erase ET in the lower half of its slices
+    edited_et = et & ~cut
+    assert 0 < edited_et.sum() < et.sum()
+    ok = slicer.vtkSlicerSegmentationsModuleLogic.SetBinaryLabelmapToSegment(
+        logic._orientedImage(edited_et, volumes["flair"]), node, "ET", slicer.vtkSlicerSegmentationsModuleLogic.MODE_REPLACE)
+    assert ok
+    expected = labels.copy()
+    expected[et & cut] = 1
+    dataset = tmp_path / "corrected"
+    t0 = time.perf_counter()
+    folder = logic.exportTrainingCase(dataset, "pat0005-edited", volumes, node)
+    print(f"export: {time.perf_counter() - t0:.2f} s")
+    assert folder == dataset / "pat0005-edited"
+    seg_image = sitk.ReadImage(str(folder / "pat0005-edited_seg.nii.gz"))
+    flair_file = sitk.ReadImage(str(CASE / "Flair_subtrMeanDivStd.nii.gz"))
+    assert seg_image.GetSize() == flair_file.GetSize()
+    assert np.allclose(seg_image.GetSpacing(), flair_file.GetSpacing(), atol=1e-6)
+    assert np.allclose(seg_image.GetOrigin(), flair_file.GetOrigin(), atol=1e-5)
+    assert np.allclose(seg_image.GetDirection(), flair_file.GetDirection(), atol=1e-6)
+    assert np.array_equal(sitk.GetArrayFromImage(seg_image), expected)
+    for seq, fname in (("flair", "Flair_subtrMeanDivStd.nii.gz"), ("t1ce", "T1c_subtrMeanDivStd.nii.gz")):
+        written = sitk.GetArrayFromImage(sitk.ReadImage(str(folder / f"pat0005-edited_{seq}.nii.gz")))
+        assert np.array_equal(written, sitk.GetArrayFromImage(sitk.ReadImage(str(CASE / fname)))), seq
+    cases = segdata.discover_cases(dataset)
+    assert [c.case_id for c in cases] == ["pat0005-edited"] and sorted(cases[0].images) == ["flair", "t1ce"]
+    # the same case again: refused, then replaced on request
+    with pytest.raises(InputError):
+        logic.exportTrainingCase(dataset, "pat0005-edited", volumes, node)
+    logic.exportTrainingCase(dataset, "pat0005-edited", volumes, node, overwrite=True)
+    with pytest.raises(ValueError, match="case id 'bad id/x'"):
+        logic.exportTrainingCase(dataset, "bad id/x", volumes, node)
+    empty = scene.AddNewNodeByClass("vtkMRMLSegmentationNode", "nothing")
+    with pytest.raises(ValueError, match="has no Whole tumour"):
+        logic.exportTrainingCase(dataset, "other", volumes, empty)
+    assert [c.case_id for c in segdata.discover_cases(dataset)] == ["pat0005-edited"]
+
+
+def test_retrain_request_fine_tunes_the_current_model(scene, pat5, tmp_path, seg_models):
+    volumes, labels = pat5
+    logic = SegmentationLogic(scene)
+    with pytest.raises(ValueError, match="no dataset.json"):
+        logic.requestRetrain(tmp_path / "nothing", "tiny-seg", start=False)
+    node = logic.segmentationNodeFromLabelmap(labels, volumes["flair"], "pat5 tumour")
+    logic.exportTrainingCase(tmp_path / "set", "pat5", volumes, node)
+    request = logic.requestRetrain(tmp_path / "set", "tiny-seg", epochs=2, device="cpu", start=False)
+    if isinstance(request, dict):  # the Train module's logic is installed: its run request
+        assert request["pipelineKey"] == "segmenter" and request["initModel"] == str(seg_models / "tiny-seg")
+    else:
+        assert request[:2] == ["train", "segmenter"]
+        assert request[request.index("--init-model") + 1] == str(seg_models / "tiny-seg")
+        assert request[request.index("--data") + 1] == str(tmp_path / "set")
+        assert request[request.index("--sequences") + 1: request.index("--sequences") + 3] == ["flair", "t1ce"]
+        assert request[request.index("--epochs") + 1] == "2"
