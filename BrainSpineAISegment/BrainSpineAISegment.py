@@ -263,13 +263,10 @@ class BrainSpineAISegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixi
             lines.append(html.escape(str(card["description"])))
         sequences = card.get("sequences") or []
         lines.append(_("Needs: {names}").format(names=html.escape(", ".join(SEQUENCE_LABELS.get(s, s) for s in sequences))))
-        metrics = card.get("metrics") or {}
-        dice = metrics.get("dice") or metrics.get("validation") or metrics
+        held = ((card.get("metrics") or {}).get("held_out") or {}).get("mean") or {}  # region -> {dice, hd95_mm}
         parts = []
         for region in ("WT", "TC", "ET"):
-            value = dice.get(region) if isinstance(dice, dict) else None
-            if isinstance(value, dict):
-                value = value.get("dice", value.get("mean"))
+            value = (held.get(region) or {}).get("dice") if isinstance(held, dict) else None
             if isinstance(value, (int, float)):
                 parts.append(f"{region} {value:.3f}")
         if parts:
