@@ -504,17 +504,29 @@ class SegmentationLogic(DependencyMixin):
 
     # ---------------------------------------------------------------- retraining hook
     @staticmethod
-    def retrainArguments(datasetDir, outDir, initModel, sequences=None, epochs: int | None = None,
-                         device: str = "auto") -> list[str]:
-        """Arguments of ``brainspineai train segmenter`` that fine-tune ``initModel`` on a dataset
-        folder (e.g. the one :meth:`exportTrainingCase` fills), with JSON-line events on stdout."""
-        args = ["train", "segmenter", "--data", str(datasetDir), "--out", str(outDir), "--init-model", str(initModel),
-                "--events", "-", "--device", device or "auto"]
-        if sequences:
-            args += ["--sequences", *map(str, sequences)]
+    def retrainArguments(datasetDir, outDir, card: dict, epochs: int | None = None, device: str = "auto",
+                         extra=()) -> list[str]:
+        """Arguments of ``brainspineai train segmenter`` that fine-tune the model of ``card``
+        (with its ``path``) on a dataset folder (e.g. the one :meth:`exportTrainingCase` fills),
+        keeping its sequences, voxel spacing and patch size, with JSON-line events on stdout.
+        One case is held out for the card's Dice when the folder has at least three."""
+        import json
+
+        try:
+            n_cases = len(json.loads((Path(datasetDir) / "dataset.json").read_text(encoding="utf-8"))["training"])
+        except (OSError, ValueError, KeyError, TypeError):
+            n_cases = 0
+        args = ["train", "segmenter", "--data", str(datasetDir), "--out", str(outDir), "--init-model", str(card["path"]),
+                "--events", "-", "--device", device or "auto", "--val-cases", "1" if n_cases >= 3 else "0"]
+        if card.get("sequences"):
+            args += ["--sequences", *map(str, card["sequences"])]
+        if card.get("spacing_mm"):
+            args += ["--spacing", f"{float(card['spacing_mm']):g}"]
+        if card.get("input_size"):
+            args += ["--patch-size", str(int(card["input_size"][0]))]
         if epochs:
             args += ["--epochs", str(int(epochs))]
-        return args
+        return args + [str(a) for a in extra]
 
     def requestRetrain(self, datasetDir, modelRef=None, epochs: int | None = None, device: str = "auto",
                        start: bool = True):
@@ -544,7 +556,7 @@ class SegmentationLogic(DependencyMixin):
         from brainspineai.catalogue import user_home
 
         outDir = user_home() / "models" / f"{card['id']}-retrained"
-        args = self.retrainArguments(datasetDir, outDir, card["path"], card.get("sequences"), epochs, device)
+        args = self.retrainArguments(datasetDir, outDir, card, epochs, device)
         if not start:
             return args
         return BackgroundJob(cliCommand(*args), context={"datasetDir": str(datasetDir), "outDir": str(outDir)})

@@ -375,18 +375,56 @@ def test_edited_segmentation_exports_exactly(scene, pat5, tmp_path):
 
 
 def test_retrain_request_fine_tunes_the_current_model(scene, pat5, tmp_path, seg_models):
+    """A corrected case -> training set -> the retraining command fine-tunes the current model
+    (real ``brainspineai train segmenter`` run, one short epoch): a new model whose parent it is."""
+    from BrainSpineAILib.background import BackgroundJob, cliCommand
+
     volumes, labels = pat5
     logic = SegmentationLogic(scene)
     with pytest.raises(ValueError, match="no dataset.json"):
         logic.requestRetrain(tmp_path / "nothing", "tiny-seg", start=False)
     node = logic.segmentationNodeFromLabelmap(labels, volumes["flair"], "pat5 tumour")
     logic.exportTrainingCase(tmp_path / "set", "pat5", volumes, node)
-    request = logic.requestRetrain(tmp_path / "set", "tiny-seg", epochs=2, device="cpu", start=False)
+    tiny = seg_models / "tiny-seg"
+    request = logic.requestRetrain(tmp_path / "set", "tiny-seg", epochs=1, device="cpu", start=False)
     if isinstance(request, dict):  # the Train module's logic is installed: its run request
-        assert request["pipelineKey"] == "segmenter" and request["initModel"] == str(seg_models / "tiny-seg")
+        assert request["pipelineKey"] == "segmenter" and request["initModel"] == str(tiny)
+        assert request["dataDir"] == str(tmp_path / "set")
     else:
-        assert request[:2] == ["train", "segmenter"]
-        assert request[request.index("--init-model") + 1] == str(seg_models / "tiny-seg")
-        assert request[request.index("--data") + 1] == str(tmp_path / "set")
-        assert request[request.index("--sequences") + 1: request.index("--sequences") + 3] == ["flair", "t1ce"]
-        assert request[request.index("--epochs") + 1] == "2"
+        assert request[:2] == ["train", "segmenter"] and request[request.index("--init-model") + 1] == str(tiny)
+    card = logic.modelCard("tiny-seg")
+    args = logic.retrainArguments(tmp_path / "set", tmp_path / "tiny-seg-v2", card, epochs=1, device="cpu",
+                                  extra=["--samples-per-epoch", 2, "--batch-size", 2, "--model-id", "tiny-seg-v2"])
+    assert args[args.index("--sequences") + 1: args.index("--sequences") + 3] == ["flair", "t1ce"]
+    assert args[args.index("--spacing") + 1] == "4" and args[args.index("--patch-size") + 1] == "16"
+    assert args[args.index("--val-cases") + 1] == "0"  # one case: nothing to hold out
+    job = BackgroundJob(cliCommand(*args))
+    assert job.wait(600), job.errorText
+    assert job.succeeded, job.errorText
+    assert any(e.get("event") == "epoch" for e in job.events)
+    new = json.loads((tmp_path / "tiny-seg-v2" / "model.json").read_text())
+    assert new["id"] == "tiny-seg-v2" and new["parent"] == "tiny-seg" and new["task"] == "segmentation-3d"
+    assert new["training_data"]["train_cases"] == ["pat5"]
+
+
+def test_export_resamples_a_sequence_on_another_grid(scene, pat5, tmp_path):
+    """A T1c at 2 mm next to the 1 mm FLAIR: the exported T1c is on the FLAIR grid (what add_case
+    requires) and close to the original 1 mm voxels."""
+    volumes, labels = pat5
+    logic = SegmentationLogic(scene)
+    t1c = mrml_utils.sitk_image_from_volume_node(volumes["t1ce"])
+    coarse = sitk.Resample(t1c, [s // 2 for s in t1c.GetSize()], sitk.Transform(), sitk.sitkLinear, t1c.GetOrigin(),
+                           [2 * s for s in t1c.GetSpacing()], t1c.GetDirection(), 0.0, t1c.GetPixelID())
+    path = tmp_path / "t1c_2mm.nii.gz"
+    sitk.WriteImage(coarse, str(path))
+    t1c_2mm = load(scene, path, "t1c 2mm")
+    assert t1c_2mm.GetSpacing() == pytest.approx((2.0, 2.0, 2.0))
+    node = logic.segmentationNodeFromLabelmap(labels, volumes["flair"], "pat5 tumour")
+    folder = logic.exportTrainingCase(tmp_path / "set", "mixed", {"flair": volumes["flair"], "t1ce": t1c_2mm}, node)
+    written = sitk.ReadImage(str(folder / "mixed_t1ce.nii.gz"))
+    flair = sitk.ReadImage(str(folder / "mixed_flair.nii.gz"))
+    assert written.GetSize() == flair.GetSize() == (240, 240, 155)
+    assert written.GetSpacing() == pytest.approx(flair.GetSpacing())
+    a, b = sitk.GetArrayFromImage(written), sitk.GetArrayFromImage(t1c)
+    inside = b != 0
+    assert np.corrcoef(a[inside], b[inside])[0, 1] > 0.8
