@@ -229,7 +229,8 @@ class SegmentationLogic(DependencyMixin):
             model does not use are ignored.
         :param modelRef: model id or folder (``None``: the first of :meth:`availableModels`).
         :param report: free-text radiology report guiding the model (CLIP text encoder).
-        :param name: name of the segmentation node (default: ``<reference volume> tumour``).
+        :param name: name of the segmentation node (default: ``<reference volume> tumour``; made
+            unique in the scene, an earlier result is never replaced).
         :raises ValueError: unusable inputs (message names the problem).
         """
         import SimpleITK as sitk
@@ -343,7 +344,7 @@ class SegmentationLogic(DependencyMixin):
             raise RuntimeError(f"the segmentation holds labels {unknown}; a BraTS labelmap has 0, 1, 2 and 4 only")
         self._ensureConverters()
         masks = region_masks(labelmap)
-        node = self.scene.AddNewNodeByClass("vtkMRMLSegmentationNode", name)
+        node = self.scene.AddNewNodeByClass("vtkMRMLSegmentationNode", self.scene.GenerateUniqueName(name))
         try:
             node.CreateDefaultDisplayNodes()
             node.SetReferenceImageGeometryParameterFromVolumeNode(referenceVolume)

@@ -137,6 +137,8 @@ def test_expert_labels_become_one_segmentation_node(scene, pat5):
     display = node.GetDisplayNode()
     assert display.GetVisibility() and display.GetVisibility2D() and display.GetVisibility3D()
     assert sh.GetItemParent(sh.GetItemByDataNode(node)) == study
+    again = SegmentationLogic(scene).segmentationNodeFromLabelmap(labels, reference, "pat5 tumour")
+    assert again.GetName() == "pat5 tumour_1" and node.GetName() == "pat5 tumour"  # an earlier result is kept
 
 
 def test_labelmap_round_trip_helpers():
