@@ -54,10 +54,6 @@ def pat5(scene):
     return {"flair": flair, "t1ce": t1c}, labels
 
 
-def ras_matrix(node):
-    return mrml_utils.ijk_to_ras_array(node)
-
-
 def tag(segment, name):
     import vtk
 
