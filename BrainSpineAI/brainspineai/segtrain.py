@@ -207,7 +207,8 @@ def train_segmenter(data, out, cfg: SegTrainConfig, resume: bool = False, progre
                                                       for k, v in cfg.__dict__.items() if k not in ("extra_card",)}}
     result = fit(pipeline=PIPELINE, fabric=fabric, model=model, optimizer=optimizer, scheduler=scheduler,
                  n_train=n_train, batch_size=cfg.batch_size, epochs=cfg.epochs, step_fn=step_fn, eval_fn=eval_fn,
-                 out_dir=out, config=config, seed=cfg.seed, resume=resume, progress=progress, log_every=5)
+                 out_dir=out, config=config, seed=cfg.seed, resume=resume, progress=progress,
+                 log_every=max(1, min(5, steps)))
     if fabric.global_rank != 0:
         return out
     net.eval()

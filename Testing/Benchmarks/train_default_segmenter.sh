@@ -7,8 +7,8 @@
 set -euo pipefail
 ROOT="$(cd "$(dirname "$0")/../.." && pwd)"
 DATA="${BRAINSPINEAI_TEST_DATA:-$ROOT/../shared/data}/volumes/brats2015-flair-t1c"
-EPOCHS="${1:-25}"
-SAMPLES="${2:-48}"
+EPOCHS="${1:-20}"
+SAMPLES="${2:-32}"
 OUT="${SEG_OUT:-/tmp/brainspineai-default-seg}/brats-flair-t1ce-clipunet3d"
 ZOO="$ROOT/BrainSpineAI/brainspineai/zoo/brats-flair-t1ce-clipunet3d"
 RESUME=""
