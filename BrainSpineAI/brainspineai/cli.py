@@ -270,8 +270,8 @@ def cmd_evaluate(args) -> int:
     return 0
 
 
-def _read_sequences(args, needed) -> dict:
-    """Sequence images given on the command line (only those the model needs are read)."""
+def _read_sequences(args, needed) -> tuple:
+    """(sequence -> image for the sequences the model needs, sorted names of the extra ones given)."""
     from .io import read_image
 
     given = {s: getattr(args, s) for s in ("t1", "t1ce", "t2", "flair") if getattr(args, s)}

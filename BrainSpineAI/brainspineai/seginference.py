@@ -55,7 +55,7 @@ def load_segmenter(ref=None, device="auto") -> LoadedSegmenter:
         raise ModelError(f"model '{card['id']}' is a {card['task']} model, not a 3D segmenter")
     weights = verify_weights(folder, card)
     try:
-        net = build_segmenter(SegmenterConfig.from_json(card["network"]))
+        net = build_segmenter(SegmenterConfig.from_json(card["network"]), load_clip_weights=False)
         net.load_state_dict(load_file(str(weights)))
     except (KeyError, TypeError, ValueError, RuntimeError) as exc:
         raise ModelError(f"model '{card['id']}': weights or card do not describe a network this version builds ({exc})") from None
@@ -121,13 +121,15 @@ class SegmentationResult:
 
 
 def segment(images: dict, model: LoadedSegmenter, report: str | None = None, overlap: float = 0.5,
-            tta: bool = False, progress=None) -> SegmentationResult:
+            tta: bool = False, progress=None, postprocess: bool = True) -> SegmentationResult:
     """Segment one case.
 
     :param images: sequence name -> 3D ``SimpleITK.Image``; the model's ``sequences`` are
         required (the first is the reference grid), others are ignored.
     :param report: free text (e.g. the radiology report) for the text gate and semantic
         attention; ``None``: the default per-region descriptions.
+    :param postprocess: keep the main tumour components
+        (:func:`brainspineai.segprep.keep_main_components`).
     :returns: :class:`SegmentationResult` whose labelmap has exactly the reference's geometry.
     :raises InputError: a missing sequence, NaN values, an empty volume, ``overlap`` outside [0, 1).
     """
@@ -143,7 +145,7 @@ def segment(images: dict, model: LoadedSegmenter, report: str | None = None, ove
         progress(0.2, "sliding-window inference")
     prob = predict_probabilities(model.network, prep.image, int(model.card["input_size"][0]), overlap=overlap,
                                  device=model.device, report=report, tta=tta, progress=progress)
-    lab = restore(prob, prep)
+    lab = restore(prob, prep, postprocess=postprocess)
     if progress:
         progress(1.0, "done")
     return SegmentationResult(labelmap=lab, probabilities=prob, seconds=round(time.time() - t0, 2))
@@ -181,7 +183,8 @@ def _mean(per_case: dict) -> dict:
     return mean
 
 
-def evaluate_network(net, card: dict, cases, device="cpu", overlap: float = 0.5, tta: bool = False) -> dict:
+def evaluate_network(net, card: dict, cases, device="cpu", overlap: float = 0.5, tta: bool = False,
+                     postprocess: bool = True) -> dict:
     """Dice / HD95 per region per case on the reference grid: ``{"cases": {id: {region:
     {"dice", "hd95_mm"}}}, "mean": {...}, "overlap", "tta"}``."""
     import SimpleITK as sitk
@@ -197,11 +200,12 @@ def evaluate_network(net, card: dict, cases, device="cpu", overlap: float = 0.5,
         missing = [s for s in model.sequences if s not in c.images]
         if missing:
             raise InputError(f"case {c.case_id}: missing sequence {missing[0]} (the model needs {', '.join(model.sequences)})")
-        res = segment({s: read_image(c.images[s]) for s in model.sequences}, model, overlap=overlap, tta=tta)
+        res = segment({s: read_image(c.images[s]) for s in model.sequences}, model, overlap=overlap, tta=tta,
+                      postprocess=postprocess)
         truth = read_labelmap(c)
         per_case[c.case_id] = region_metrics(sitk.GetArrayFromImage(res.labelmap), sitk.GetArrayFromImage(truth),
                                              truth.GetSpacing()[::-1])
-    return {"cases": per_case, "mean": _mean(per_case), "overlap": overlap, "tta": tta}
+    return {"cases": per_case, "mean": _mean(per_case), "overlap": overlap, "tta": tta, "postprocess": postprocess}
 
 
 def evaluate_cases(data, model: LoadedSegmenter, overlap: float = 0.5, tta: bool = False) -> dict:

@@ -90,8 +90,10 @@ class SegmenterConfig:
         return self.semantic and self.attention
 
 
-def build_clip(spec: str):
+def build_clip(spec: str, load_weights: bool = True):
     """(open_clip model, tokenizer, image size) for ``spec``; the model is frozen, eval mode.
+    ``load_weights=False`` builds the architecture only (the weights then come from a saved
+    segmenter; nothing is downloaded for a tag).
 
     :raises ModelError: an unknown tag or unreadable checkpoint."""
     import open_clip
@@ -110,13 +112,13 @@ def build_clip(spec: str):
             size = SMALL_CLIP["vision_cfg"]["image_size"]
         else:
             if spec.startswith("hf-hub:"):
-                model = open_clip.create_model(spec)
+                model = open_clip.create_model(spec, load_weights=load_weights)
                 tokenizer = open_clip.get_tokenizer(spec)
             else:
                 arch, _, pretrained = spec.partition("/")
-                model = open_clip.create_model(arch, pretrained=pretrained or None)
+                model = open_clip.create_model(arch, pretrained=(pretrained or None) if load_weights else None)
                 tokenizer = open_clip.get_tokenizer(arch)
-            size = model.visual.image_size
+            size = getattr(model.visual, "image_size", 224)
             size = size[0] if isinstance(size, (tuple, list)) else int(size)
     except (RuntimeError, ValueError, OSError, KeyError) as exc:
         raise ModelError(f"CLIP '{spec}' could not be built ({exc}); give small-random, an open_clip "
@@ -147,7 +149,7 @@ def _module_class():
     from monai.networks.nets.attentionunet import AttentionBlock
 
     class ClipUNet3D(nn.Module):
-        def __init__(self, cfg: SegmenterConfig):
+        def __init__(self, cfg: SegmenterConfig, load_clip_weights: bool = True):
             super().__init__()
             self.cfg = cfg
             ch = list(cfg.channels)
@@ -162,7 +164,7 @@ def _module_class():
             self.ds_heads = nn.ModuleList([nn.Conv3d(ch[i], 3, 1) for i in range(1, 1 + n_ds)])
             self.clip_model = None
             if cfg.semantic:
-                clip, self._tokenizer, self.clip_size = build_clip(cfg.clip)
+                clip, self._tokenizer, self.clip_size = build_clip(cfg.clip, load_clip_weights)
                 self.clip_model = clip
                 emb = int(clip.text_projection.shape[1]) if getattr(clip, "text_projection", None) is not None \
                     else int(clip.encode_text(self._tokenizer(["x"])).shape[-1])
@@ -265,12 +267,13 @@ def _module_class():
 _CLS = None
 
 
-def build_segmenter(cfg: SegmenterConfig):
-    """A :class:`ClipUNet3D` ``torch.nn.Module`` for ``cfg``."""
+def build_segmenter(cfg: SegmenterConfig, load_clip_weights: bool = True):
+    """A ``ClipUNet3D`` ``torch.nn.Module`` for ``cfg``; ``load_clip_weights=False`` when the
+    weights are loaded afterwards from a saved segmenter (no CLIP download)."""
     global _CLS
     if _CLS is None:
         _CLS = _module_class()
-    return _CLS(cfg)
+    return _CLS(cfg, load_clip_weights)
 
 
 def count_parameters(net, trainable_only: bool = False) -> int:

@@ -139,11 +139,11 @@ def train_segmenter(data, out, cfg: SegTrainConfig, resume: bool = False, progre
     t0 = time.time()
     prepared = [load_case_arrays(c, cfg.sequences, cfg.spacing) for c in train_cases]
     items = [{"image": p.image, "label": label_to_regions(p.label, axis=0)} for p in prepared]
-    dataset = CacheDataset(items, transform=_transforms(cfg.patch_size, cfg.seed), cache_rate=1.0,
+    dataset = CacheDataset(items, transform=_transforms(cfg.patch_size, cfg.seed + fabric.global_rank), cache_rate=1.0,
                            num_workers=0, progress=False)
     prep_seconds = time.time() - t0
 
-    net = build_segmenter(net_cfg)
+    net = build_segmenter(net_cfg, load_clip_weights=parent is None)
     if parent is not None:
         from safetensors.torch import load_file
 
@@ -186,6 +186,9 @@ def train_segmenter(data, out, cfg: SegTrainConfig, resume: bool = False, progre
 
     every = cfg.eval_every or max(1, cfg.epochs // 5)
     counter = {"epoch": 0}
+    ckpt = out.with_name(out.name + ".work") / "last.pt"
+    if resume and ckpt.is_file():  # epochs already done, so that evaluation keeps its schedule
+        counter["epoch"] = int(torch.load(ckpt, map_location="cpu", weights_only=False).get("epoch", 0))
     val_prepared = [load_case_arrays(c, cfg.sequences, cfg.spacing) for c in val_cases]
 
     def eval_fn():
@@ -223,6 +226,8 @@ def train_segmenter(data, out, cfg: SegTrainConfig, resume: bool = False, progre
         "intensity_normalisation": {"method": "z-score inside the brain mask (voxels differing from the corner "
                                               "background value) after clipping to the 0.5/99.5 percentiles",
                                     "crop": "foreground bounding box + 8 mm"},
+        "postprocess": "threshold 0.5 per region; keep the largest WT component and any of >= 20% of its size; "
+                       "TC and ET only inside the kept WT",
         "parameters": count_parameters(net), "trainable_parameters": count_parameters(net, True),
         "training_data": {"root": str(Path(data).resolve()), "train_cases": [c.case_id for c in train_cases],
                           "held_out_cases": [c.case_id for c in val_cases], "n_train": len(train_cases),
@@ -240,6 +245,8 @@ def train_segmenter(data, out, cfg: SegTrainConfig, resume: bool = False, progre
         from .seginference import evaluate_network
 
         card["metrics"]["held_out"] = evaluate_network(net, card, val_cases, device=fabric.device)
+        card["metrics"]["held_out_no_postprocess"] = evaluate_network(net, card, val_cases, device=fabric.device,
+                                                                      postprocess=False)
     return save_model(net, card, out)
 
 

@@ -132,3 +132,19 @@ def test_prepare_refuses_missing_sequences_and_nan(case1):
     nan.CopyInformation(flair)
     with pytest.raises(InputError, match=r"flair: volume contains 1 NaN"):
         prepare({"flair": nan, "t1ce": flair}, ["flair", "t1ce"], 4.0)
+
+
+def test_post_processing_keeps_the_main_tumour_components():
+    from brainspineai.segprep import keep_main_components
+
+    reg = np.zeros((3, 30, 30, 30), bool)
+    reg[0, 2:12, 2:12, 2:12] = True      # main tumour, 1000 voxels
+    reg[0, 20:26, 20:26, 20:26] = True   # second focus, 216 voxels (>= 20%): kept
+    reg[0, 28, 28, 28] = True            # speck: removed
+    reg[1, 4:8, 4:8, 4:8] = True
+    reg[1, 0, 29, 0] = True              # TC outside WT: removed
+    reg[2, 28, 28, 28] = True            # ET only in the speck: removed
+    out = keep_main_components(reg)
+    assert out[0].sum() == 1000 + 216 and not out[0, 28, 28, 28]
+    assert out[1].sum() == 64 and not out[2].any()
+    assert not keep_main_components(np.zeros((3, 4, 4, 4), bool)).any()

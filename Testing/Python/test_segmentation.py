@@ -13,6 +13,7 @@ from brainspineai.catalogue import read_card, sha256_file
 from brainspineai.errors import InputError
 from conftest import BRATS15, BRATS23, need, run_cli
 
+DEFAULT_MIN_WT_DICE = 0.6  # the shipped model measured 0.637 on pat0005 (card)
 TINY = dict(spacing=4.0, patch_size=32, channels=(8, 16, 32, 64), samples_per_epoch=4, batch_size=2, device="cpu",
             lr=3e-3)
 
@@ -109,8 +110,8 @@ def test_missing_sequence_and_nan_volume_exit_2_without_output(tiny_seg, tmp_pat
     arr[10:12, 100, 100] = np.nan
     bad = sitk.GetImageFromArray(arr)
     bad.CopyInformation(img)
-    sitk.WriteImage(bad, str(tmp_path / "nan.nii.gz"))
-    r = run_cli("segment", "--flair", case / "Flair_subtrMeanDivStd.nii.gz", "--t1ce", tmp_path / "nan.nii.gz",
+    sitk.WriteImage(bad, str(tmp_path / "nan.mha"))  # NIfTI writing drops NaN
+    r = run_cli("segment", "--flair", case / "Flair_subtrMeanDivStd.nii.gz", "--t1ce", tmp_path / "nan.mha",
                 "--out", out, "--model", folder)
     assert r.returncode == 2 and "NaN" in r.stderr and r.stderr.count("\n") == 1
     assert not out.exists()
@@ -192,7 +193,7 @@ def test_text_gate_follows_the_report_and_is_a_no_op_without_semantic_level():
     b = net.text_embedding("small non-enhancing low-grade glioma with oedema only")
     ga, gb = net.channel_gates(a[None]), net.channel_gates(b[None])
     assert len(ga) == 3 and all(((g > 0) & (g < 1)).all() for g in ga)
-    assert max(float((x - y).abs().max()) for x, y in zip(ga, gb)) > 1e-3
+    assert max(float((x - y).detach().abs().max()) for x, y in zip(ga, gb)) > 1e-3
     vol = np.random.default_rng(0).normal(size=(2, 32, 32, 32)).astype(np.float32)
     pa = predict_probabilities(net, vol, 32, report="large necrotic glioblastoma with ring enhancement")
     pb = predict_probabilities(net, vol, 32, report="small non-enhancing low-grade glioma with oedema only")
@@ -203,3 +204,30 @@ def test_text_gate_follows_the_report_and_is_a_no_op_without_semantic_level():
     pa = predict_probabilities(off, vol, 32, report="large necrotic glioblastoma with ring enhancement")
     pb = predict_probabilities(off, vol, 32, report="small non-enhancing low-grade glioma with oedema only")
     np.testing.assert_array_equal(pa, pb)
+
+
+def test_shipped_default_segmenter_on_a_held_apart_case(tmp_path):
+    """The zoo model (trained on pat0001-0004) needs no --model, and its card records the
+    held-apart Dice that it reproduces on pat0005."""
+    from brainspineai.catalogue import DEFAULT_SEGMENTER_ID, resolve_model
+
+    folder = resolve_model(DEFAULT_SEGMENTER_ID)
+    card = read_card(folder)
+    assert card["task"] == "segmentation-3d" and card["sequences"] == ["flair", "t1ce"]
+    assert card["training_data"]["held_out_cases"] == ["brats_2013_pat0005_1", "brats_2013_pat0006_1"]
+    assert (folder / "model.safetensors").stat().st_size < 25 * 2 ** 20
+    case = need(BRATS15) / "brats_2013_pat0005_1"
+    out, js = tmp_path / "seg.nii.gz", tmp_path / "seg.json"
+    r = run_cli("segment", "--flair", case / "Flair_subtrMeanDivStd.nii.gz", "--t1ce", case / "T1c_subtrMeanDivStd.nii.gz",
+                "--out", out, "--json", js, "--device", "cpu")
+    assert r.returncode == 0, r.stderr
+    assert json.loads(js.read_text())["model"] == DEFAULT_SEGMENTER_ID
+    from brainspineai.seginference import region_metrics
+    from brainspineai.segdata import discover_cases, read_labelmap
+
+    truth = read_labelmap(discover_cases(case)[0])
+    m = region_metrics(sitk.GetArrayFromImage(sitk.ReadImage(str(out))), sitk.GetArrayFromImage(truth), (1.0, 1.0, 1.0))
+    recorded = card["metrics"]["held_out"]["cases"]["brats_2013_pat0005_1"]
+    for r_ in ("WT", "TC", "ET"):
+        assert m[r_]["dice"] == pytest.approx(recorded[r_]["dice"], abs=1e-3)
+    assert m["WT"]["dice"] > DEFAULT_MIN_WT_DICE
