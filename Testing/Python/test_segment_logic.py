@@ -232,7 +232,7 @@ def test_real_case_segmented_in_a_background_process(scene, pat5, seg_models):
     voxels the CLI reported; the temporary folder is gone."""
     from brainspineai.catalogue import DEFAULT_SEGMENTER_ID
 
-    volumes, _ = pat5
+    volumes, labels = pat5
     logic = SegmentationLogic(scene)
     cards = logic.availableModels()
     ids = [c["id"] for c in cards]
@@ -267,6 +267,11 @@ def test_real_case_segmented_in_a_background_process(scene, pat5, seg_models):
     assert masks["WT"].sum() > 0
     assert not (masks["TC"] & ~masks["WT"]).any() and not (masks["ET"] & ~masks["TC"]).any()  # nested
     assert seg.ContainsRepresentation("Closed surface")
+    if model == DEFAULT_SEGMENTER_ID:  # pat0005 was held apart from its training: Dice against the expert
+        expert = region_masks(labels)
+        dice = {k: 2 * (masks[k] & expert[k]).sum() / (masks[k].sum() + expert[k].sum()) for k in expert}
+        print("Dice vs expert labels in the scene: " + ", ".join(f"{k} {v:.3f}" for k, v in dice.items()))
+        assert dice["WT"] > 0.5 and dice["ET"] > 0.4
 
 
 def test_four_sequences_found_by_name_cancel_leaves_the_scene_as_it_was(scene, seg_models):
