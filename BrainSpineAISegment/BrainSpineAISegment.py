@@ -9,6 +9,7 @@ SimpleITK) are never imported here.
 import html
 import logging
 import os
+import re
 import time
 from typing import Annotated, Optional
 
@@ -400,6 +401,11 @@ class BrainSpineAISegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixi
             model=result.get("model", ""), seconds=seconds)
         if output.referenceVolume is not None:
             slicer.util.setSliceViewerLayers(background=output.referenceVolume, fit=True)
+            if self._parameterNode and not self._parameterNode.caseId:  # a default id for "Add to training set"
+                self._parameterNode.caseId = re.sub(r"[^A-Za-z0-9_.-]+", "_", output.referenceVolume.GetName()).strip("_.-") or "case"
+        layoutManager = slicer.app.layoutManager()
+        if layoutManager is not None and layoutManager.threeDViewCount > 0:
+            layoutManager.threeDWidget(0).threeDView().resetFocalPoint()
 
     # -- training set ------------------------------------------------------------
 
