@@ -287,7 +287,12 @@ class SegmentationLogic(DependencyMixin):
             if not path.is_file():
                 path = job.workdir / "seg.nii.gz"
             t0 = time.perf_counter()
-            labelmap = sitk.GetArrayFromImage(sitk.ReadImage(str(path)))
+            image = sitk.ReadImage(str(path))
+            expected = mrml_utils.sitk_image_from_volume_node(reference)
+            if not _sameGeometry(image, expected, tol=1e-3):
+                raise RuntimeError(f"the segmentation's grid (size {image.GetSize()}, spacing {image.GetSpacing()}) "
+                                   f"is not the reference volume '{reference.GetName()}' grid")
+            labelmap = sitk.GetArrayFromImage(image)
             node = self.segmentationNodeFromLabelmap(labelmap, reference, job.context["name"], job.result)
             return SegmentationOutput(result=job.result, segmentationNode=node, referenceVolume=reference,
                                       seconds={"nodes": time.perf_counter() - t0})
