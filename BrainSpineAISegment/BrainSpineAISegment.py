@@ -1,17 +1,22 @@
-"""BrainSpineAI Segment: CLIP-guided segmentation of BraTS multi-sequence brain MRI (coming).
+"""BrainSpineAI Segment: CLIP-guided segmentation of BraTS multi-sequence brain MRI in 3D Slicer.
 
-Placeholder module of the BrainSpineAI extension: the widget tells what is coming.
-Heavy packages (torch, monai, SimpleITK) are never imported here.
+The computation lives in the Slicer-free package ``brainspineai`` (``brainspineai segment``,
+run in a background process) and in ``BrainSpineAISegmentLib.segment_logic``; this file is the
+Slicer shell (module, parameter node, widget, logic, test). Heavy packages (torch, monai,
+SimpleITK) are never imported here.
 """
 
+import html
+import logging
+import os
+import re
+import time
+from typing import Annotated, Optional
+
+import qt
+import vtk
+
 import slicer
-from slicer.ScriptedLoadableModule import (
-    ScriptedLoadableModule,
-    ScriptedLoadableModuleLogic,
-    ScriptedLoadableModuleTest,
-    ScriptedLoadableModuleWidget,
-)
-from slicer.util import VTKObservationMixin
 
 try:
     from slicer.i18n import tr as _
@@ -19,6 +24,20 @@ except ImportError:  # Slicer < 5.4: no translation support
 
     def _(text):
         return text
+
+from slicer.ScriptedLoadableModule import (
+    ScriptedLoadableModule,
+    ScriptedLoadableModuleLogic,
+    ScriptedLoadableModuleTest,
+    ScriptedLoadableModuleWidget,
+)
+from slicer.util import VTKObservationMixin
+from slicer.parameterNodeWrapper import Choice, parameterNodeWrapper
+
+from slicer import vtkMRMLScalarVolumeNode, vtkMRMLSegmentationNode
+
+from BrainSpineAISegmentLib.segment_logic import REGIONS, SegmentationLogic
+from BrainSpineAISegmentLib.sequences import SEQUENCE_LABELS, SEQUENCES
 
 
 #
@@ -35,18 +54,57 @@ class BrainSpineAISegment(ScriptedLoadableModule):
         ScriptedLoadableModule.__init__(self, parent)
         self.parent.title = _("BrainSpineAI Segment")
         self.parent.categories = ["BrainSpineAI"]
-        self.parent.dependencies = []
+        self.parent.dependencies = ["BrainSpineAI"]  # provides the brainspineai library and BrainSpineAILib
         self.parent.contributors = ["BrainSpineAI team"]
         self.parent.helpText = _("""
-Coming soon: CLIP-guided 3D U-Net segmentation of BraTS multi-sequence brain MRI
-(T1, T1 contrast-enhanced, T2, FLAIR) into whole tumour (WT), tumour core (TC) and
-enhancing tumour (ET).<br>
+Segments a brain tumour (glioma) in multi-sequence MRI (T1, T1 contrast-enhanced, T2, FLAIR)
+into the three BraTS regions: whole tumour (WT), tumour core (TC) and enhancing tumour (ET),
+with a CLIP-guided 3D U-Net.<br>
+Load the volumes of one patient; the sequence selectors are filled from the volume names
+(t1 / t1c / t2 / flair ...). The model card says which sequences are needed (the first is
+the reference grid). Optionally type the radiology report: it guides the model. Click
+<b>Segment</b>: the model runs in a separate process (Cancel stops it and leaves the scene
+as it was) and the result is one segmentation with overlapping WT, TC and ET segments on the
+reference volume's grid, shown in 2D and 3D.<br>
+Correct the segments in Segment Editor, then <b>Add to training set</b> and <b>Retrain</b>
+to fine-tune the model on your corrected cases.<br>
 <b>Research software: not for clinical use.</b><br>
 See the <a href="https://github.com/brainspineai/SlicerBrainSpineAI">project page</a>.
 """)
         self.parent.acknowledgementText = _("""
-Developed by the BrainSpineAI team. Built on 3D Slicer, PyTorch and MONAI.
+Developed by the BrainSpineAI team. Built on 3D Slicer, PyTorch, MONAI, open_clip and SimpleITK.
+The background-process design follows SlicerMONAIAuto3DSeg (A. Lasso et al.); the module
+structure follows the 3D Slicer scripted module template.
 """)
+
+
+#
+# BrainSpineAISegmentParameterNode
+#
+
+
+@parameterNodeWrapper
+class BrainSpineAISegmentParameterNode:
+    """
+    The parameters needed by the module.
+
+    t1Volume, t1ceVolume, t2Volume, flairVolume - the input sequences (those the model needs).
+    modelId - id of the selected segmentation model.
+    device - "auto", "cpu" or "cuda".
+    tta - flip test-time augmentation.
+    caseId - case id used by "Add to training set".
+    segmentation - the segmentation to add to the training set (the last result by default).
+    """
+
+    t1Volume: vtkMRMLScalarVolumeNode
+    t1ceVolume: vtkMRMLScalarVolumeNode
+    t2Volume: vtkMRMLScalarVolumeNode
+    flairVolume: vtkMRMLScalarVolumeNode
+    modelId: str = ""
+    device: Annotated[str, Choice(["auto", "cpu", "cuda"])] = "auto"
+    tta: bool = False
+    caseId: str = ""
+    segmentation: vtkMRMLSegmentationNode
 
 
 #
@@ -63,11 +121,17 @@ class BrainSpineAISegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixi
         ScriptedLoadableModuleWidget.__init__(self, parent)
         VTKObservationMixin.__init__(self)
         self.logic = None
+        self._parameterNode = None
+        self._parameterNodeGuiTag = None
+        self._cards = []
+        self._job = None  # running segmentation (BackgroundJob) or retraining run
+        self._jobKind = ""  # "segment" or "retrain"
+        self._jobStart = 0.0
+        self._timer = None
 
     def setup(self) -> None:
         ScriptedLoadableModuleWidget.setup(self)
 
-        # Load widget from .ui file (created by Qt Designer).
         uiWidget = slicer.util.loadUI(self.resourcePath("UI/BrainSpineAISegment.ui"))
         self.layout.addWidget(uiWidget)
         self.ui = slicer.util.childWidgetVariables(uiWidget)
@@ -75,8 +139,299 @@ class BrainSpineAISegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixi
 
         self.logic = BrainSpineAISegmentLogic()
 
+        self._timer = qt.QTimer()
+        self._timer.setInterval(250)
+        self._timer.connect("timeout()", self._pollJob)
+
+        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
+        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
+
+        self.ui.segmentButton.connect("clicked(bool)", self.onSegmentButton)
+        self.ui.cancelButton.connect("clicked(bool)", self.onCancelButton)
+        self.ui.refreshModelsButton.connect("clicked(bool)", self.refreshModels)
+        self.ui.guessButton.connect("clicked(bool)", lambda: self.fillVolumesFromNames(overwrite=True))
+        self.ui.modelSelector.connect("currentIndexChanged(int)", self.onModelSelected)
+        self.ui.addToTrainingSetButton.connect("clicked(bool)", self.onAddToTrainingSet)
+        self.ui.retrainButton.connect("clicked(bool)", self.onRetrain)
+        self.ui.datasetPathLineEdit.connect("currentPathChanged(QString)", lambda path: self._updateButtons())
+        self.ui.progressBar.setRange(0, 100)
+        self.ui.progressBar.setValue(0)
+
+        self.refreshModels()
+        self.initializeParameterNode()
+
     def cleanup(self) -> None:
+        if self._job is not None:
+            self.onCancelButton()
         self.removeObservers()
+
+    def enter(self) -> None:
+        self.initializeParameterNode()
+
+    def exit(self) -> None:
+        if self._parameterNode:
+            self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
+            self._parameterNodeGuiTag = None
+            self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._updateButtons)
+
+    def onSceneStartClose(self, caller, event) -> None:
+        if self._job is not None:
+            self.onCancelButton()
+        self.setParameterNode(None)
+
+    def onSceneEndClose(self, caller, event) -> None:
+        if self.parent.isEntered:
+            self.initializeParameterNode()
+
+    def initializeParameterNode(self) -> None:
+        self.setParameterNode(self.logic.getParameterNode())
+        self.fillVolumesFromNames(overwrite=False)
+
+    def setParameterNode(self, inputParameterNode: Optional[BrainSpineAISegmentParameterNode]) -> None:
+        if self._parameterNode:
+            self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
+            self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._updateButtons)
+        self._parameterNode = inputParameterNode
+        if self._parameterNode:
+            self._parameterNodeGuiTag = self._parameterNode.connectGui(self.ui)
+            self.addObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._updateButtons)
+            self._selectModel(self._parameterNode.modelId)
+        self._updateButtons()
+
+    # -- inputs --------------------------------------------------------------------
+
+    def _volumes(self) -> dict:
+        """{sequence: node} of the sequence selectors (empty ones left out)."""
+        if not self._parameterNode:
+            return {}
+        out = {seq: getattr(self._parameterNode, f"{seq}Volume") for seq in SEQUENCES}
+        return {seq: node for seq, node in out.items() if node}
+
+    def fillVolumesFromNames(self, overwrite: bool = False) -> None:
+        """Fill the sequence selectors from the volume names (only empty ones unless overwrite)."""
+        if not self._parameterNode:
+            return
+        for seq, node in self.logic.guessVolumes().items():
+            if overwrite or not getattr(self._parameterNode, f"{seq}Volume"):
+                setattr(self._parameterNode, f"{seq}Volume", node)
+
+    # -- models ------------------------------------------------------------------
+
+    def refreshModels(self) -> None:
+        previousId = self._parameterNode.modelId if self._parameterNode else ""
+        ok, cards = self._tryRun(_("Could not list the models."), self.logic.availableModels)
+        self._cards = list(cards) if ok and cards else []
+        wasBlocked = self.ui.modelSelector.blockSignals(True)
+        self.ui.modelSelector.clear()
+        for card in self._cards:
+            self.ui.modelSelector.addItem(str(card.get("id", "?")), card.get("path", ""))
+        self.ui.modelSelector.blockSignals(wasBlocked)
+        if ok and not self._cards:
+            self.ui.statusLabel.text = _("No segmentation model found. Install a model in "
+                                         "~/.brainspineai/models or set BRAINSPINEAI_MODEL_PATH, then click Refresh.")
+        self._selectModel(previousId)
+
+    def _selectModel(self, modelId: str) -> None:
+        ids = [str(card.get("id", "")) for card in self._cards]
+        index = ids.index(modelId) if modelId in ids else (0 if ids else -1)
+        wasBlocked = self.ui.modelSelector.blockSignals(True)
+        self.ui.modelSelector.setCurrentIndex(index)
+        self.ui.modelSelector.blockSignals(wasBlocked)
+        self.onModelSelected(index)
+
+    def _currentCard(self):
+        index = self.ui.modelSelector.currentIndex
+        return self._cards[index] if 0 <= index < len(self._cards) else None
+
+    def onModelSelected(self, index: int) -> None:
+        card = self._cards[index] if 0 <= index < len(self._cards) else None
+        if self._parameterNode and card is not None and self._parameterNode.modelId != card.get("id"):
+            self._parameterNode.modelId = str(card.get("id", ""))
+        required = [str(s) for s in (card or {}).get("sequences") or []]
+        for seq in SEQUENCES:
+            label = getattr(self.ui, f"{seq}Label")
+            text = SEQUENCE_LABELS[seq] + ":"
+            if seq in required:
+                text = f"<b>{SEQUENCE_LABELS[seq]}</b>" + (_(" (reference)") if seq == required[0] else "") + ":"
+            label.text = text
+        self.ui.modelCardLabel.text = self._cardHtml(card) if card else ""
+        self._updateButtons()
+
+    @staticmethod
+    def _cardHtml(card: dict) -> str:
+        lines = [f"<b>{html.escape(str(card.get('id', '')))}</b>"]
+        if card.get("description"):
+            lines.append(html.escape(str(card["description"])))
+        sequences = card.get("sequences") or []
+        lines.append(_("Needs: {names}").format(names=html.escape(", ".join(SEQUENCE_LABELS.get(s, s) for s in sequences))))
+        held = ((card.get("metrics") or {}).get("held_out") or {}).get("mean") or {}  # region -> {dice, hd95_mm}
+        parts = []
+        for region in ("WT", "TC", "ET"):
+            value = (held.get(region) or {}).get("dice") if isinstance(held, dict) else None
+            if isinstance(value, (int, float)):
+                parts.append(f"{region} {value:.3f}")
+        if parts:
+            lines.append(_("Held-out Dice: {values}").format(values=", ".join(parts)))
+        return "<br>".join(lines)
+
+    # -- segmentation ------------------------------------------------------------
+
+    def _updateButtons(self, caller=None, event=None) -> None:
+        running = self._job is not None
+        card = self._currentCard()
+        volumes = self._volumes()
+        required = [str(s) for s in (card or {}).get("sequences") or []]
+        missing = [s for s in required if s not in volumes]
+        self.ui.segmentButton.enabled = bool(card) and not missing and not running
+        self.ui.segmentButton.toolTip = (
+            _("Segment the tumour.") if card and not missing
+            else _("Select the volumes the model needs: {names}.").format(
+                names=", ".join(SEQUENCE_LABELS[s] for s in missing)) if card else _("No segmentation model."))
+        self.ui.cancelButton.enabled = running
+        hasSegmentation = bool(self._parameterNode and self._parameterNode.segmentation)
+        self.ui.addToTrainingSetButton.enabled = (hasSegmentation and not running and bool(volumes)
+                                                  and bool(self.ui.datasetPathLineEdit.currentPath))
+        self.ui.retrainButton.enabled = bool(card) and not running and bool(self.ui.datasetPathLineEdit.currentPath)
+
+    def _installTorch(self):
+        try:
+            import PyTorchUtils
+        except ImportError:
+            return None
+        torch = PyTorchUtils.PyTorchUtilsLogic().installTorch(askConfirmation=True)
+        if torch is None:
+            raise RuntimeError(_("PyTorch is required; its installation was cancelled."))
+        return torch
+
+    def _tryRun(self, message: str, function, *args, waitCursor: bool = True, **kwargs):
+        """Call function; any error is shown in a dialog and in the status line. Returns (ok, result)."""
+        error = _("see the error message")
+        try:
+            with slicer.util.tryWithErrorDisplay(message, waitCursor=waitCursor):
+                return True, function(*args, **kwargs)
+        except Exception as exc:  # already displayed by tryWithErrorDisplay
+            error = exc
+        logging.error("%s %s", message, error)
+        self.ui.statusLabel.text = f"{message} {error}"
+        return False, None
+
+    def _dependenciesReady(self) -> bool:
+        ok, ready = self._tryRun(
+            _("Could not install the required Python packages."), self.logic.ensureDependencies,
+            confirm=lambda msg: slicer.util.confirmOkCancelDisplay(msg),
+            installTorch=self._installTorch, pipInstall=slicer.util.pip_install, waitCursor=False)
+        if ok and not ready:
+            self.ui.statusLabel.text = _("Required Python packages are missing.")
+        return bool(ok and ready)
+
+    def onSegmentButton(self) -> None:
+        if not self._dependenciesReady():
+            return
+        card = self._currentCard()
+        ok, job = self._tryRun(_("Segmentation failed."), self.logic.startSegmentation, self._volumes(),
+                               modelRef=card.get("path") if card else None, device=self._parameterNode.device,
+                               report=self.ui.reportTextEdit.toPlainText(), tta=self._parameterNode.tta)
+        if not ok:
+            return
+        self._startPolling(job, "segment")
+        self.ui.statusLabel.text = _("Segmentation started...")
+
+    def _startPolling(self, job, kind: str) -> None:
+        self._job, self._jobKind, self._jobStart = job, kind, time.perf_counter()
+        self.ui.progressBar.setValue(0)
+        self._updateButtons()
+        self._timer.start()
+
+    def _pollJob(self) -> None:
+        job = self._job
+        if job is None:
+            self._timer.stop()
+            return
+        ok, finished = self._tryRun(_("The background process failed."), job.poll, waitCursor=False)
+        if not ok:
+            self._endJob()
+            return
+        self.ui.progressBar.setValue(int(round(100 * float(job.fraction or 0.0))))
+        if not finished:
+            eta = getattr(job, "etaSeconds", None)
+            text = job.progressText or ""
+            if isinstance(eta, (int, float)):
+                text += " " + _("({seconds:.0f} s left)").format(seconds=eta)
+            self.ui.statusLabel.text = text
+            return
+        kind, seconds = self._jobKind, time.perf_counter() - self._jobStart
+        self._endJob()
+        if kind == "segment":
+            ok, output = self._tryRun(_("Segmentation failed."), self.logic.finishSegmentation, job)
+            if ok:
+                self._showOutput(output, seconds)
+        else:
+            succeeded = getattr(job, "state", None) == "succeeded" or getattr(job, "succeeded", False) is True
+            if succeeded:
+                self.ui.statusLabel.text = _("Retraining finished in {seconds:.0f} s.").format(seconds=seconds)
+                self.refreshModels()
+            else:
+                self.ui.statusLabel.text = _("Retraining failed: {error}").format(error=job.errorText or "")
+
+    def onCancelButton(self) -> None:
+        job = self._job
+        self._endJob()
+        if job is not None:
+            self._tryRun(_("Could not cancel."), job.cancel)
+            self.ui.progressBar.setValue(0)
+            self.ui.statusLabel.text = _("Cancelled.")
+
+    def _endJob(self) -> None:
+        self._timer.stop()
+        self._job, self._jobKind = None, ""
+        self._updateButtons()
+
+    def _showOutput(self, output, seconds: float) -> None:
+        result = output.result
+        node = output.segmentationNode
+        if self._parameterNode:
+            self._parameterNode.segmentation = node
+        rows = []
+        for region in REGIONS:
+            info = (result.get("regions") or {}).get(region.key) or {}
+            ml = info.get("volume_ml")
+            rows.append(f"{html.escape(region.name)}: " + (f"{ml:.1f} ml" if isinstance(ml, (int, float)) else "-"))
+        self.ui.resultsLabel.text = "<br>".join(rows)
+        self.ui.statusLabel.text = _("Model {model}: done in {seconds:.1f} s.").format(
+            model=result.get("model", ""), seconds=seconds)
+        if output.referenceVolume is not None:
+            slicer.util.setSliceViewerLayers(background=output.referenceVolume, fit=True)
+            if self._parameterNode and not self._parameterNode.caseId:  # a default id for "Add to training set"
+                self._parameterNode.caseId = re.sub(r"[^A-Za-z0-9_.-]+", "_", output.referenceVolume.GetName()).strip("_.-") or "case"
+        layoutManager = slicer.app.layoutManager()
+        if layoutManager is not None and layoutManager.threeDViewCount > 0:
+            layoutManager.threeDWidget(0).threeDView().resetFocalPoint()
+
+    # -- training set ------------------------------------------------------------
+
+    def onAddToTrainingSet(self) -> None:
+        datasetDir = self.ui.datasetPathLineEdit.currentPath
+        caseId = self._parameterNode.caseId or ""
+        card = self._currentCard()
+        volumes = self._volumes()
+        required = [str(s) for s in (card or {}).get("sequences") or []]
+        ordered = {s: volumes[s] for s in required if s in volumes}
+        ordered.update({s: n for s, n in volumes.items() if s not in ordered})
+        ok, folder = self._tryRun(_("Could not add the case to the training set."), self.logic.exportTrainingCase,
+                                  datasetDir, caseId, ordered, self._parameterNode.segmentation)
+        if ok:
+            self.ui.statusLabel.text = _("Case added: {folder}").format(folder=str(folder))
+
+    def onRetrain(self) -> None:
+        if not self._dependenciesReady():
+            return
+        card = self._currentCard()
+        ok, run = self._tryRun(_("Could not start retraining."), self.logic.requestRetrain,
+                               self.ui.datasetPathLineEdit.currentPath, card.get("path") if card else None,
+                               device=self._parameterNode.device)
+        if ok:
+            self._startPolling(run, "retrain")
+            self.ui.statusLabel.text = _("Retraining started (see also the BrainSpineAI Train module)...")
 
 
 #
@@ -84,8 +439,8 @@ class BrainSpineAISegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixi
 #
 
 
-class BrainSpineAISegmentLogic(ScriptedLoadableModuleLogic):
-    """Segmentation logic (placeholder: the segmentation pipeline is coming).
+class BrainSpineAISegmentLogic(ScriptedLoadableModuleLogic, SegmentationLogic):
+    """Segmentation logic usable without the GUI (see BrainSpineAISegmentLib.segment_logic).
 
     Uses ScriptedLoadableModuleLogic base class, available at:
     https://github.com/Slicer/Slicer/blob/main/Base/Python/slicer/ScriptedLoadableModule.py
@@ -93,6 +448,10 @@ class BrainSpineAISegmentLogic(ScriptedLoadableModuleLogic):
 
     def __init__(self) -> None:
         ScriptedLoadableModuleLogic.__init__(self)
+        SegmentationLogic.__init__(self, slicer.mrmlScene)
+
+    def getParameterNode(self):
+        return BrainSpineAISegmentParameterNode(super().getParameterNode())
 
 
 #
@@ -101,21 +460,58 @@ class BrainSpineAISegmentLogic(ScriptedLoadableModuleLogic):
 
 
 class BrainSpineAISegmentTest(ScriptedLoadableModuleTest):
-    """Uses ScriptedLoadableModuleTest base class, available at:
-    https://github.com/Slicer/Slicer/blob/main/Base/Python/slicer/ScriptedLoadableModule.py
-    """
+    """Runs inside 3D Slicer on a real BraTS case when the shared data folder is found
+    ($BRAINSPINEAI_TEST_DATA, or ../../shared/data beside the source tree)."""
 
     def setUp(self):
-        """Reset the state: clear the scene."""
         slicer.mrmlScene.Clear()
 
     def runTest(self):
-        """Run as few or as many tests as needed here."""
         self.setUp()
-        self.test_LogicInstantiation()
+        self.test_SegmentRealCase()
 
-    def test_LogicInstantiation(self):
-        """The module's logic can be instantiated."""
+    @staticmethod
+    def _findTestData():
+        env = os.environ.get("BRAINSPINEAI_TEST_DATA")
+        if env:
+            if not os.path.isdir(env):
+                raise FileNotFoundError(f"BRAINSPINEAI_TEST_DATA={env} is not a folder")
+            return env
+        here = os.path.dirname(os.path.abspath(__file__))
+        for relative in (("..", "..", "shared", "data"), ("..", "..", "..", "shared", "data")):
+            candidate = os.path.normpath(os.path.join(here, *relative))
+            if os.path.isdir(candidate):
+                return candidate
+        return None
+
+    def test_SegmentRealCase(self):
+        """Segment BraTS 2013 patient 5 (FLAIR + T1c) with the first segmentation model."""
+        dataDir = self._findTestData()
+        if dataDir is None:
+            self.delayDisplay("shared data not found, skipping")
+            return
+        case = os.path.join(dataDir, "volumes", "brats2015-flair-t1c", "brats_2013_pat0005_1")
+        flair = slicer.util.loadVolume(os.path.join(case, "Flair_subtrMeanDivStd.nii.gz"))
+        t1c = slicer.util.loadVolume(os.path.join(case, "T1c_subtrMeanDivStd.nii.gz"))
         logic = BrainSpineAISegmentLogic()
-        self.assertIsInstance(logic, ScriptedLoadableModuleLogic)
+        volumes = logic.guessVolumes()
+        self.assertEqual(volumes.get("flair"), flair)
+        self.assertEqual(volumes.get("t1ce"), t1c)
+        if not logic.availableModels():
+            self.delayDisplay("no segmentation model installed, skipping")
+            return
+        reference = volumes[logic.requiredSequences()[0]]
+        job = logic.startSegmentation(volumes, device="cpu")
+        while not job.poll():
+            slicer.app.processEvents()
+            time.sleep(0.2)
+        output = logic.finishSegmentation(job)
+        node = output.segmentationNode
+        self.assertEqual([node.GetSegmentation().GetNthSegment(i).GetName() for i in range(3)],
+                         [region.name for region in REGIONS])
+        geometry = node.GetSegmentation().GetConversionParameter("Reference image geometry")
+        self.assertTrue(geometry)
+        labelmap = slicer.util.arrayFromSegmentBinaryLabelmap(node, "WT", reference)
+        self.assertEqual(labelmap.shape, slicer.util.arrayFromVolume(reference).shape)
+        self.assertGreater(int(labelmap.sum()), 0)
         self.delayDisplay("Test passed")

@@ -54,7 +54,8 @@ def main() -> None:
             lines.append(f"| {label} | {cid} | " + " | ".join(f"{r[k]['dice']:.3f}" for k in ("WT", "TC", "ET")) + " | "
                          + " | ".join(f"{r[k]['hd95_mm']}" for k in ("WT", "TC", "ET"))
                          + f" | {card['training']['train_seconds']} |")
-    lines += ["", "Two held-apart cases and one seed: differences of a few Dice points are within run-to-run noise."]
+    lines += ["", "Two held-apart cases and one seed: differences of a few Dice points are within run-to-run noise. "
+                  "Training seconds were measured on a 2-core CPU shared with other jobs at different loads: not comparable."]
     text = "\n".join(lines) + "\n"
     dest = ROOT / "Testing" / "Benchmarks" / "results" / "segmentation_ablation.md"
     dest.write_text(text)

@@ -35,7 +35,7 @@ def _segresnet(target_params: int):
     from brainspineai.segmenter import count_parameters
 
     best = None
-    for f in range(8, 40, 2):
+    for f in range(8, 65, 8):  # GroupNorm(8) needs multiples of 8
         net = SegResNet(spatial_dims=3, in_channels=2, out_channels=3, init_filters=f)
         n = count_parameters(net)
         if best is None or abs(n - target_params) < abs(best[1] - target_params):
@@ -111,7 +111,9 @@ def main() -> None:
     rows = []
     for name in ("ours", "segresnet"):
         r = subprocess.run([sys.executable, __file__, "--one", name, "--device", a.device, "--repeat", str(a.repeat)],
-                           capture_output=True, text=True, check=True)
+                           capture_output=True, text=True)
+        if r.returncode:
+            sys.exit(f"{name} failed:\n{r.stderr[-3000:]}")
         rows.append(json.loads(r.stdout.strip().splitlines()[-1]))
     ours, seg = rows
     import torch
