@@ -264,25 +264,21 @@ def load_model(ref=None, device="auto", task: str = "classification-2d") -> Load
     return LoadedModel(card=card, folder=folder, network=net, device=dev, class_names=list(card["class_names"]))
 
 
-def save_model(network, card: dict, out_dir, extra_files: dict | None = None) -> Path:
-    """Write a model folder atomically: weights and card go to a temporary sibling folder
-    which then replaces ``out_dir``; an existing model there stays intact until the new
-    one is complete. Fills ``sha256``, ``weights`` and ``created`` in the card.
-    ``extra_files`` maps file names to text written beside them (e.g. ``split.json``).
+def write_model_folder(out_dir, card: dict, write_files, extra_files: dict | None = None) -> Path:
+    """Write a model folder atomically: ``write_files(tmp)`` writes the model's files into a
+    temporary sibling folder and returns the card fields they determine (e.g. ``weights``,
+    ``sha256``); the card (``created`` filled in) and ``extra_files`` (file name -> text, e.g.
+    ``split.json``) are written beside them, then the folder replaces ``out_dir``. An existing
+    model there stays intact until the new one is complete; on any error nothing is left.
 
     :returns: the model folder.
     """
-    from safetensors.torch import save_file
-
     out_dir = Path(out_dir)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = _make_temp_dir(f".{out_dir.name}.", out_dir.parent)
     try:
-        state = {k: v.detach().cpu().contiguous() for k, v in network.state_dict().items()}
-        save_file(state, str(tmp / WEIGHTS_NAME))
         card = dict(card)
-        card["weights"] = WEIGHTS_NAME
-        card["sha256"] = sha256_file(tmp / WEIGHTS_NAME)
+        card.update(write_files(tmp))
         card.setdefault("created", _dt.datetime.now(_dt.timezone.utc).replace(microsecond=0).isoformat())
         (tmp / CARD_NAME).write_text(json.dumps(card, indent=2) + "\n", encoding="utf-8")
         for name, text in (extra_files or {}).items():
@@ -302,3 +298,20 @@ def save_model(network, card: dict, out_dir, extra_files: dict | None = None) ->
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
+
+
+def save_model(network, card: dict, out_dir, extra_files: dict | None = None) -> Path:
+    """Write a model folder atomically (:func:`write_model_folder`): ``model.safetensors``
+    and the card, with ``sha256``, ``weights`` and ``created`` filled in.
+    ``extra_files`` maps file names to text written beside them (e.g. ``split.json``).
+
+    :returns: the model folder.
+    """
+    from safetensors.torch import save_file
+
+    def write_weights(tmp: Path) -> dict:
+        state = {k: v.detach().cpu().contiguous() for k, v in network.state_dict().items()}
+        save_file(state, str(tmp / WEIGHTS_NAME))
+        return {"weights": WEIGHTS_NAME, "sha256": sha256_file(tmp / WEIGHTS_NAME)}
+
+    return write_model_folder(out_dir, card, write_weights, extra_files)

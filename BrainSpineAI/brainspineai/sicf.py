@@ -621,49 +621,25 @@ def _file_digests(folder: Path, names) -> dict:
 
 
 def save_sicf_model(out_dir, card: dict, forest, codebook, mask, extra_files: dict | None = None) -> Path:
-    """Write an SICF model folder atomically (temporary sibling folder, then rename; an
-    existing folder stays intact until the new one is complete). Fills ``weights``,
-    ``sha256`` (of ``forest.joblib``), ``files`` (sha256 of every file) and ``created``."""
-    import datetime as _dt
+    """Write an SICF model folder atomically (:func:`brainspineai.catalogue.write_model_folder`).
+    Fills ``weights``, ``sha256`` (of ``forest.joblib``), ``files`` (sha256 of every file) and
+    ``created``."""
     import io as _io
-    import shutil
-    import tempfile
 
     import joblib
 
-    from .catalogue import CARD_NAME, _make_temp_dir, _umask, sha256_file
+    from .catalogue import sha256_file, write_model_folder
 
-    out_dir = Path(out_dir)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = _make_temp_dir(f".{out_dir.name}.", out_dir.parent)
-    try:
+    def write_files(tmp: Path) -> dict:
         buf = _io.BytesIO()
         joblib.dump(forest, buf, compress=3)
         (tmp / FOREST_NAME).write_bytes(buf.getvalue())
         np.save(tmp / CODEBOOK_NAME, np.asarray(codebook, np.float32), allow_pickle=False)
         np.save(tmp / MASK_NAME, np.asarray(mask, bool), allow_pickle=False)
-        card = dict(card)
-        card.update(weights=FOREST_NAME, sha256=sha256_file(tmp / FOREST_NAME),
-                    files=_file_digests(tmp, [FOREST_NAME, CODEBOOK_NAME, MASK_NAME]))
-        card.setdefault("created", _dt.datetime.now(_dt.timezone.utc).replace(microsecond=0).isoformat())
-        (tmp / CARD_NAME).write_text(json.dumps(card, indent=2) + "\n", encoding="utf-8")
-        for name, text in (extra_files or {}).items():
-            (tmp / name).write_text(text, encoding="utf-8")
-        mode = 0o666 & ~_umask()
-        for f in tmp.iterdir():
-            os.chmod(f, mode)
-        if out_dir.exists():
-            old = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.old.", dir=out_dir.parent))
-            os.rmdir(old)
-            os.replace(out_dir, old)
-            os.replace(tmp, out_dir)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, out_dir)
-        return out_dir
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
+        return {"weights": FOREST_NAME, "sha256": sha256_file(tmp / FOREST_NAME),
+                "files": _file_digests(tmp, [FOREST_NAME, CODEBOOK_NAME, MASK_NAME])}
+
+    return write_model_folder(out_dir, card, write_files, extra_files)
 
 
 def load_sicf_model(folder, card: dict | None = None, device: str = "cpu", vgg_weights: str = "") -> SICFModel:
