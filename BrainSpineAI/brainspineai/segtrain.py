@@ -108,7 +108,8 @@ def train_segmenter(data, out, cfg: SegTrainConfig, resume: bool = False, progre
     from monai.data import CacheDataset
     from monai.losses import DiceCELoss
 
-    from .catalogue import read_card, resolve_model, save_model, verify_weights
+    from .catalogue import save_model
+    from .retrain import init_weights, load_parent, version_card
     from .engine import fit, make_fabric, one_cycle, seed_everything, steps_per_epoch
     from .segdata import LABELS, REGIONS, discover_cases, label_to_regions
     from .segmenter import ARCHITECTURE, TRAIN_TEXTS, SegmenterConfig, build_segmenter, count_parameters
@@ -119,21 +120,24 @@ def train_segmenter(data, out, cfg: SegTrainConfig, resume: bool = False, progre
     if len(cases) < cfg.val_cases + 1:
         raise InputError(f"{data}: {len(cases)} labelled case(s); need at least {cfg.val_cases + 1} "
                          f"(--val-cases {cfg.val_cases} held out)")
-    train_cases = cases[:len(cases) - cfg.val_cases]
-    val_cases = cases[len(cases) - cfg.val_cases:] if cfg.val_cases else []
-    parent = None
+    parent = load_parent(cfg.init_model, "segmentation-3d") if cfg.init_model else None
+    # a parent's held-out cases stay held out, so the new version is not measured on cases it was trained on
+    held = set((parent.card.get("training_data") or {}).get("held_out_cases") or []) if parent else set()
+    kept = [c for c in cases if c.case_id in held]
+    rest = [c for c in cases if c.case_id not in held]
+    n_new_val = max(cfg.val_cases - len(kept), 0)
+    if len(rest) <= n_new_val:
+        raise InputError(f"{data}: no labelled case left for training once {len(kept) + n_new_val} are held out")
+    train_cases = rest[:len(rest) - n_new_val]
+    val_cases = kept + rest[len(rest) - n_new_val:]
     net_cfg = SegmenterConfig(in_channels=len(cfg.sequences), channels=tuple(cfg.channels), semantic=cfg.semantic,
                               image_bridge=cfg.image_bridge, text_gate=cfg.text_gate, attention=cfg.attention,
                               clip=cfg.clip_model)
-    if cfg.init_model:
-        pfolder = resolve_model(cfg.init_model)
-        parent = read_card(pfolder)
-        if parent["task"] != "segmentation-3d":
-            raise InputError(f"--init-model {cfg.init_model}: a {parent['task']} model, not a 3D segmenter")
-        if list(parent["sequences"]) != list(cfg.sequences):
-            raise InputError(f"--init-model {cfg.init_model}: trained on {', '.join(parent['sequences'])}, "
-                             f"not {', '.join(cfg.sequences)}; use --sequences {' '.join(parent['sequences'])}")
-        net_cfg = SegmenterConfig.from_json(parent["network"])
+    if parent is not None:
+        if list(parent.card["sequences"]) != list(cfg.sequences):
+            raise InputError(f"--init-model {cfg.init_model}: trained on {', '.join(parent.card['sequences'])}, "
+                             f"not {', '.join(cfg.sequences)}; use --sequences {' '.join(parent.card['sequences'])}")
+        net_cfg = SegmenterConfig.from_json(parent.card["network"])
     seed_everything(cfg.seed)
     fabric = make_fabric(cfg.device)
     t0 = time.time()
@@ -145,9 +149,7 @@ def train_segmenter(data, out, cfg: SegTrainConfig, resume: bool = False, progre
 
     net = build_segmenter(net_cfg, load_clip_weights=parent is None)
     if parent is not None:
-        from safetensors.torch import load_file
-
-        net.load_state_dict(load_file(str(verify_weights(pfolder, parent))))
+        init_weights(net, parent)
     dev = fabric.device
     with torch.no_grad():
         net.to(dev)
@@ -216,7 +218,7 @@ def train_segmenter(data, out, cfg: SegTrainConfig, resume: bool = False, progre
         return out
     net.eval()
     card = {
-        "id": cfg.model_id or out.name, "version": (int(parent.get("version", 1)) + 1) if parent else 1,
+        "id": cfg.model_id or out.name, "version": 1,
         "task": "segmentation-3d", "architecture": ARCHITECTURE, "class_names": list(REGIONS),
         "regions": {"WT": "label > 0", "TC": "label in {1, 4}", "ET": "label == 4"},
         "labels": {str(k): v for k, v in LABELS.items()}, "sequences": list(cfg.sequences),
@@ -238,8 +240,7 @@ def train_segmenter(data, out, cfg: SegTrainConfig, resume: bool = False, progre
                      "prepare_seconds": round(prep_seconds, 1), "history": result["history"]},
         "metrics": {},
     }
-    if parent is not None:
-        card["parent"] = parent["id"]
+    card = version_card(card, parent, explicit_id=cfg.model_id, parent_validation_kept=len(kept))
     card.update(cfg.extra_card)
     if val_cases:
         from .seginference import evaluate_network

@@ -175,7 +175,12 @@ def test_init_model_fine_tunes_with_version_and_parent(tiny_seg, tmp_path):
                 "--val-cases", "0", "--device", "cpu")
     assert r.returncode == 0, r.stderr
     card = read_card(out)
-    assert card["version"] == 2 and card["parent"] == "tiny-seg"
+    assert card["version"] == 2 and card["parent"] == "tiny-seg" and card["id"] == "tiny-seg-v2"
+    assert card["lineage"] == ["tiny-seg"] and card["parent_sha256"] == read_card(folder)["sha256"]
+    # the parent's held-out case stays held out even with --val-cases 0
+    assert card["training_data"]["held_out_cases"] == ["brats_2013_pat0003_1"]
+    assert card["training_data"]["train_cases"] == ["brats_2013_pat0001_1", "brats_2013_pat0002_1"]
+    assert card["training_data"]["parent_validation_kept"] == 1
     r = run_cli("train", "segmenter", "--data", data, "--out", tmp_path / "x", "--init-model", folder,
                 "--sequences", "flair", "--device", "cpu")
     assert r.returncode == 2 and "trained on flair, t1ce" in r.stderr
