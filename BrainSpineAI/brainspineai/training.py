@@ -248,8 +248,6 @@ def train_classifier(data_dir, out_dir, config: TrainConfig, resume: bool = Fals
         rec = {"epoch": epoch + 1, "loss": float(np.mean(losses)), "val_accuracy": val_acc,
                "lr": float(sched.get_last_lr()[0])}
         history.append(rec)
-        events.emit(event="epoch", epoch=epoch + 1, epochs=cfg.epochs, step=step, loss=rec["loss"],
-                    metrics={"val_accuracy": val_acc, "best_val_accuracy": best_acc}, eta_s=round(eta, 1))
         tmp = ckpt_path.with_suffix(".tmp")
         torch.save({"model": net.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
                     "generator": gen.get_state(), "torch_rng": torch.get_rng_state(), "epoch": epoch + 1,
@@ -257,6 +255,9 @@ def train_classifier(data_dir, out_dir, config: TrainConfig, resume: bool = Fals
                     "config": asdict(cfg), "class_names": class_names,
                     "train_seconds": seconds_before + time.time() - t_start}, tmp)
         os.replace(tmp, ckpt_path)
+        # after the checkpoint, as in engine.fit: an epoch event means the epoch is saved (Cancel, then Resume)
+        events.emit(event="epoch", epoch=epoch + 1, epochs=cfg.epochs, step=step, loss=rec["loss"],
+                    metrics={"val_accuracy": val_acc, "best_val_accuracy": best_acc}, eta_s=round(eta, 1))
 
     if cfg.keep == "best":
         net.load_state_dict(best_state)
