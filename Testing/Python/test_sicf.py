@@ -202,5 +202,5 @@ def test_ablation_table(tmp_path):
     assert 0 < by["SIFT+VGG16->LO-RF"]["n_features_kept"] < 4128
     for r in doc["rows"]:
         assert 0 <= r["accuracy"]["value"] <= 1 and r["f1"]["ci95"] is not None
-    md = (tmp_path / "ab" / "ablation.md").read_text()
+    md = (tmp_path / "ab" / "ablation.md").read_text(encoding="utf-8")
     assert md.count("\n| ") == 6 and "RANDOM-INIT" in md
