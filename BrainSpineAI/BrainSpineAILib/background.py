@@ -39,6 +39,7 @@ def pythonExecutable() -> str:
 def libraryEnvironment(extra: dict | None = None) -> dict:
     """This process's environment with the ``brainspineai`` package first on ``PYTHONPATH``."""
     env = dict(os.environ)
+    env["PYTHONIOENCODING"] = "utf-8"  # the job's stdout / stderr, read back as UTF-8 by BackgroundJob
     env["PYTHONPATH"] = os.pathsep.join([str(LIBRARY_PARENT)] + ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else []))
     env.update(extra or {})
     return env
@@ -81,7 +82,10 @@ class BackgroundJob:
             kwargs["start_new_session"] = True
         else:
             kwargs["creationflags"] = subprocess.CREATE_NEW_PROCESS_GROUP
+        # UTF-8 both ways whatever the locale (VTK / Slicer may set the C locale in this process;
+        # progress bars and messages are not ASCII)
         self.process = subprocess.Popen(self.command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                        encoding="utf-8", errors="replace",
                                         env=env if env is not None else libraryEnvironment(), **kwargs)
         self._readers = [threading.Thread(target=self._pump, args=(s, tag), daemon=True)
                          for s, tag in ((self.process.stdout, "out"), (self.process.stderr, "err"))]
