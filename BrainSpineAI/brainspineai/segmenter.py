@@ -28,7 +28,7 @@ logits at 1/2 and 1/4 resolution.
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 
 import numpy as np
 

@@ -16,9 +16,8 @@ go into the model card (``metrics.held_out``).
 """
 from __future__ import annotations
 
-import json
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np

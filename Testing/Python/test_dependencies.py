@@ -38,3 +38,16 @@ def test_without_the_helper_pip_installs_torch_too(monkeypatch):
     got = []
     cl.ClassificationLogic(scene=None).ensureDependencies(lambda m: True, lambda: None, got.append)
     assert got == ["torch torchvision"]
+
+
+def test_slicer_installs_every_package_the_library_declares():
+    """What Slicer offers to install covers pyproject's dependencies (numpy ships with Slicer)."""
+    import re
+    import tomllib
+    from pathlib import Path
+
+    declared = tomllib.loads((Path(__file__).resolve().parents[2] / "pyproject.toml").read_text(encoding="utf-8"))
+    name = lambda req: re.split(r"[<>=!~ \[;]", req, maxsplit=1)[0].lower().replace("_", "-")  # noqa: E731
+    wanted = {name(r) for r in declared["project"]["dependencies"]} - {"numpy"}
+    offered = {name(r) for r in cl.REQUIRED_PACKAGES.values()}
+    assert wanted - offered == set()
