@@ -235,7 +235,8 @@ def train_segmenter(data, out, cfg: SegTrainConfig, resume: bool = False, progre
                           "n_held_out": len(val_cases)},
         "training": {"epochs": cfg.epochs, "batch_size": cfg.batch_size, "lr": cfg.lr, "patch_size": cfg.patch_size,
                      "samples_per_epoch": n_train, "loss": "DiceCE (sigmoid) + deep supervision (1, 0.5, 0.25)",
-                     "seed": cfg.seed, "device": str(fabric.device), "train_seconds": result["train_seconds"],
+                     "seed": cfg.seed, "device": str(fabric.device), "processes": fabric.world_size,
+                     "train_seconds": result["train_seconds"],
                      "prepare_seconds": round(prep_seconds, 1), "history": result["history"]},
         "metrics": {},
     }

@@ -236,3 +236,32 @@ def test_shipped_default_segmenter_on_a_held_apart_case(tmp_path):
     for r_ in ("WT", "TC", "ET"):
         assert m[r_]["dice"] == pytest.approx(recorded[r_]["dice"], abs=1e-3)
     assert m["WT"]["dice"] > DEFAULT_MIN_WT_DICE
+
+
+def test_segmenter_trains_in_two_ddp_processes_under_torchrun(tiny_seg, tmp_path):
+    """`torchrun --nproc_per_node 2 -m brainspineai train segmenter` (DDP; gloo on the CPU here):
+    one model, one reporter, the card says two processes."""
+    import socket
+    import subprocess
+    import sys
+
+    from conftest import LIB_PARENT
+
+    _, _, data = tiny_seg
+    with socket.socket() as sock:  # a free port for the rendezvous
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(LIB_PARENT))
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(port),
+           "-m", "brainspineai", "train", "segmenter", "--data", str(data), "--out", str(tmp_path / "m"),
+           "--epochs", "2", "--spacing", "4", "--patch-size", "32", "--channels", "8", "16", "32", "64",
+           "--samples-per-epoch", "4", "--val-cases", "1", "--no-semantic",
+           "--device", "cpu", "--events", str(tmp_path / "ev.jsonl")]
+    r = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    card = read_card(tmp_path / "m")
+    assert card["training"]["processes"] == 2 and len(card["training"]["history"]) == 2
+    events = [json.loads(line) for line in (tmp_path / "ev.jsonl").read_text().splitlines()]
+    assert [e["epoch"] for e in events if e["event"] == "epoch"] == [1, 2]  # one reporter, not two
+    assert r.stdout.count("segmenter written to") == 1
+    assert card["metrics"]["held_out"]["cases"].keys() == {"brats_2013_pat0003_1"}
