@@ -164,6 +164,21 @@ class BackgroundJob:
     def succeeded(self) -> bool:
         return self.process.poll() == 0 and not self.cancelled
 
+    def checkFinished(self, what: str) -> dict:
+        """The ``done`` event's result of a job that ended well.
+
+        :param what: the job's name in messages (e.g. ``"segmentation"``).
+        :raises RuntimeError: the job is still running, was cancelled, or failed (message: the
+            CLI's ``brainspineai: error: ...`` line when there is one).
+        """
+        if not self.poll():
+            raise RuntimeError(f"{what} is still running")
+        if self.cancelled:
+            raise RuntimeError(f"{what} was cancelled")
+        if self.process.returncode != 0 or self.result is None:
+            raise RuntimeError(self.errorText or f"{what} process failed (exit code {self.process.returncode})")
+        return self.result
+
     def cancel(self) -> None:
         """Kill the process and everything it started; remove the temporary files."""
         self.cancelled = True

@@ -128,12 +128,7 @@ class ClassificationLogic(DependencyMixin):
         import SimpleITK as sitk
 
         try:
-            if not job.poll():
-                raise RuntimeError("classification is still running")
-            if job.cancelled:
-                raise RuntimeError("classification was cancelled")
-            if job.process.returncode != 0 or job.result is None:
-                raise RuntimeError(job.errorText or f"classification process failed (exit code {job.process.returncode})")
+            job.checkFinished("classification")
             volumeNode = self.scene.GetNodeByID(job.context["inputNodeID"])
             if volumeNode is None:
                 raise RuntimeError("the input volume was removed from the scene while it was being classified")

@@ -274,12 +274,7 @@ class SegmentationLogic(DependencyMixin):
         import SimpleITK as sitk
 
         try:
-            if not job.poll():
-                raise RuntimeError("segmentation is still running")
-            if job.cancelled:
-                raise RuntimeError("segmentation was cancelled")
-            if job.process.returncode != 0 or job.result is None:
-                raise RuntimeError(job.errorText or f"segmentation process failed (exit code {job.process.returncode})")
+            job.checkFinished("segmentation")
             reference = self.scene.GetNodeByID(job.context["referenceNodeID"])
             if reference is None:
                 raise RuntimeError("the reference volume was removed from the scene while it was being segmented")
