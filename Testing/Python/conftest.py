@@ -95,3 +95,14 @@ def tiny_encoder(tmp_path_factory):
     cfg = SimCLRConfig(backbone="resnet10-w32", image_size=64, batch_size=16, limit_per_class=12, epochs=8, lr=3e-3,
                        device="cpu")
     return train_simclr(need(KAGGLE), out, cfg, progress=events.append), events
+
+
+def load_volume(scene, path, name, labelmap: bool = False):
+    """Load a volume file into ``scene`` the way Slicer does (volumes logic of slicer-core)."""
+    import slicer
+
+    logic = slicer.vtkSlicerVolumesLogic()
+    logic.SetMRMLScene(scene)
+    node = logic.AddArchetypeVolume(str(path), name, 1 if labelmap else 0)
+    assert node is not None, f"Slicer could not load {path}"
+    return node

@@ -13,7 +13,7 @@ import SimpleITK as sitk
 
 slicer = pytest.importorskip("slicer", reason="slicer-core is not installed")
 
-from conftest import BRATS15, BRATS23, ROOT, need  # noqa: E402
+from conftest import BRATS15, BRATS23, ROOT, need, load_volume as load  # noqa: E402
 
 if str(ROOT / "BrainSpineAISegment") not in sys.path:
     sys.path.insert(0, str(ROOT / "BrainSpineAISegment"))
@@ -34,14 +34,6 @@ CASE = BRATS15 / "brats_2013_pat0005_1"
 @pytest.fixture
 def scene():
     return slicer.vtkMRMLScene()
-
-
-def load(scene, path, name):
-    logic = slicer.vtkSlicerVolumesLogic()
-    logic.SetMRMLScene(scene)
-    node = logic.AddArchetypeVolume(str(path), name)
-    assert node is not None, f"Slicer could not load {path}"
-    return node
 
 
 @pytest.fixture

@@ -9,15 +9,7 @@ import SimpleITK as sitk
 slicer = pytest.importorskip("slicer", reason="slicer-core is not installed")
 
 from BrainSpineAILib import mrml_utils, sicf_logic  # noqa: E402
-from conftest import SPINE, need  # noqa: E402
-
-
-def load(scene, path, name, labelmap=False):
-    logic = slicer.vtkSlicerVolumesLogic()
-    logic.SetMRMLScene(scene)
-    node = logic.AddArchetypeVolume(str(path), name, 1 if labelmap else 0)
-    assert node is not None, f"Slicer could not load {path}"
-    return node
+from conftest import SPINE, need, load_volume as load  # noqa: E402
 
 
 def sicf_result_for(node, k):

@@ -10,7 +10,7 @@ slicer = pytest.importorskip("slicer", reason="slicer-core is not installed")
 
 from BrainSpineAILib import mrml_utils  # noqa: E402
 from BrainSpineAILib.classification_logic import ClassificationLogic  # noqa: E402
-from conftest import BRATS15, need  # noqa: E402
+from conftest import BRATS15, need, load_volume as load  # noqa: E402
 
 CASE = BRATS15 / "brats_2013_pat0003_1"
 GLIOMA_T1C = BRATS15 / "brats_2013_pat0004_1" / "T1c_subtrMeanDivStd.nii.gz"
@@ -22,14 +22,6 @@ def scene():
     s.AddNewNodeByClass("vtkMRMLSliceCompositeNode")
     s.AddNewNodeByClass("vtkMRMLSliceCompositeNode")
     return s
-
-
-def load(scene, path, name):
-    logic = slicer.vtkSlicerVolumesLogic()
-    logic.SetMRMLScene(scene)
-    node = logic.AddArchetypeVolume(str(path), name)
-    assert node is not None, f"Slicer could not load {path}"
-    return node
 
 
 def slice_as_nrrd(jpg, tmp_path, rgb=False):
