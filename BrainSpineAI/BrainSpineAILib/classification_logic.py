@@ -1,7 +1,7 @@
 """Logic of the BrainSpineAI (classification) module, independent of Qt.
 
 :class:`ClassificationLogic` turns a volume node into a SimpleITK image, runs
-:func:`brainspineai.inference.classify_image` (in this process for a single slice, or in
+:func:`brainspineai.classification.inference.classify_image` (in this process for a single slice, or in
 a background ``brainspineai classify`` process for a volume, so the GUI never waits), and
 puts the answer back in the scene: a table of class probabilities, a per-slice
 probability plot for volumes, and the Grad-CAM heatmap as a volume node with the input's
@@ -83,13 +83,13 @@ class ClassificationLogic(DependencyMixin):
         :raises ValueError: no or unsuitable input node.
         :raises brainspineai.errors.BrainSpineAIError: unusable image or model.
         """
-        from brainspineai.inference import classify_image
+        from brainspineai.classification.inference import classify_image
 
         self._checkInput(volumeNode)
         image = mrml_utils.sitk_image_from_volume_node(volumeNode)
         model = self.loadModel(modelRef, device)
         if getattr(model, "kind", "") == "sicf":  # random forest on SIFT + VGG16 features: no Grad-CAM
-            from brainspineai.sicf import classify_sicf
+            from brainspineai.sicf.pipeline.pipeline import classify_sicf
 
             res = classify_sicf(image, model)
             return self._toScene(volumeNode, {**res.to_json(), "sicf": res.extra["sicf"]}, None)

@@ -1,11 +1,11 @@
 """Scene display of an SICF classification (no Qt): the ROI as a markups ROI node and the
 SIFT keypoints as a markups point list, in RAS.
 
-The CLI / library (:func:`brainspineai.sicf.classify_sicf`) reports, under ``"sicf"``,
+The CLI / library (:func:`brainspineai.sicf.pipeline.classify_sicf`) reports, under ``"sicf"``,
 ``roi_box`` = (row0, col0, row1, col1) half-open pixel box and ``keypoints`` = (row, col)
 pixels of one slice: for a 2D input the slice's own array (``slice_array``: the image
 array with its one-voxel axis removed), for a volume the LPS axial slice ``slice_index``
-of the volume reoriented to LPS (:func:`brainspineai.preprocess.to_lps_axial`). Pixel
+of the volume reoriented to LPS (:func:`brainspineai.classification.preprocess.to_lps_axial`). Pixel
 (row, col) maps to the continuous image index (col, row[, slice]) of that image; ITK's
 index-to-physical mapping gives LPS millimetres, and RAS = diag(-1, -1, 1) LPS. This is
 the same point as the volume node's IJK-to-RAS matrix applied to the node's IJK (the
@@ -26,7 +26,7 @@ def pixelsToRAS(volumeNode, rowsCols, sliceIndex=None) -> np.ndarray:
 
     :param sliceIndex: LPS axial slice index for a volume; None for a single-slice image.
     """
-    from brainspineai.preprocess import to_lps_axial
+    from brainspineai.classification.preprocess import to_lps_axial
 
     image = mrml_utils.sitk_image_from_volume_node(volumeNode)
     pts = np.asarray(rowsCols, dtype=float).reshape(-1, 2)

@@ -6,7 +6,7 @@ dataset (ImageFolder layout ``<dataset>/<class>/<name>``), for Retrain.
   luma), the format the dataset's other slices have;
 - a 3D volume node is saved as a NIfTI volume (``.nii.gz``, LPS geometry kept, see
   :func:`mrml_utils.sitk_image_from_volume_node`); training uses its middle axial slice
-  (see :func:`brainspineai.data.load_slice_batch`), or
+  (see :func:`brainspineai.classification.data.load_slice_batch`), or
 - with ``sliceIndex`` (K, the axial IJK index), that one slice of a 3D volume as PNG.
 
 Each file is written to a temporary name in the class folder and renamed (atomic); the name

@@ -3,9 +3,9 @@ and ``model.json`` (the model card).
 
 Model card fields (JSON object):
   ``id`` (str), ``version`` (int), ``task`` (``"classification-2d"``), ``architecture``
-  (name in :data:`brainspineai.networks.ARCHITECTURES`), ``class_names`` (list of str, in
+  (name in :data:`brainspineai.classification.networks.ARCHITECTURES`), ``class_names`` (list of str, in
   logit order), ``input_size`` ([rows, cols] pixels), ``in_channels`` (int),
-  ``intensity_normalisation`` (dict, see :mod:`brainspineai.preprocess`), ``gradcam_layer``,
+  ``intensity_normalisation`` (dict, see :mod:`brainspineai.classification.preprocess`), ``gradcam_layer``,
   ``training_data`` (dict), ``metrics`` (dict, measured on data the training never saw),
   ``weights`` (file name), ``sha256`` (hex digest of the weights file), ``created`` (ISO 8601).
 
@@ -32,7 +32,7 @@ from .errors import ChecksumError, ModelError
 CARD_NAME = "model.json"
 WEIGHTS_NAME = "model.safetensors"
 DEFAULT_MODEL_ID = "brain-tumor-4class-resnet18w32"
-DEFAULT_SEGMENTER_ID = "brats-flair-t1ce-clipunet3d"  # task "segmentation-3d", see brainspineai.seginference
+DEFAULT_SEGMENTER_ID = "brats-flair-t1ce-clipunet3d"  # task "segmentation-3d", see brainspineai.segmentation.inference
 REQUIRED_FIELDS = ("id", "task", "architecture", "class_names", "input_size", "sha256", "weights")
 ZOO_DIR = Path(__file__).resolve().parent / "zoo"
 
@@ -223,45 +223,56 @@ class LoadedModel:
         return int(self.card["input_size"][0])
 
 
-def load_model(ref=None, device="auto", task: str = "classification-2d") -> LoadedModel:
-    """Resolve, verify (sha256) and load a model.
+# Model loaders by card task, filled by the capability packages when they are imported
+# (``brainspineai.classification`` registers "classification-2d" and "encoder-2d",
+# ``brainspineai.sicf`` "sicf-2d", ``brainspineai.segmentation`` "segmentation-3d"): the
+# catalogue itself imports no pipeline.
+_LOADERS: dict = {}
+
+
+def register_loader(task: str, loader, serves=()) -> None:
+    """Register ``loader(folder: Path, card: dict, device: str)`` for model cards of ``task``.
+
+    :param serves: other requested tasks this kind of model can stand in for (an SICF model
+        of task ``sicf-2d`` serves a request for a ``classification-2d`` classifier).
+    """
+    _LOADERS[task] = (loader, (task, *serves))
+
+
+def _discover_capabilities() -> None:
+    """Import every capability package of ``brainspineai`` (the sub-packages), so each
+    registers its loaders. Their ``__init__`` modules are light (no torch)."""
+    import importlib
+    import pkgutil
+
+    package = __name__.rpartition(".")[0]
+    for info in pkgutil.iter_modules([str(Path(__file__).resolve().parent)]):
+        if info.ispkg and info.name not in ("cli", "zoo"):
+            importlib.import_module(f"{package}.{info.name}")
+
+
+def load_model(ref=None, device="auto", task: str = "classification-2d"):
+    """Resolve, verify and load a model with the loader its card's task registered.
 
     :param ref: model id, model folder, URL, or ``None`` for :data:`DEFAULT_MODEL_ID`.
     :param device: ``auto``, ``cpu``, ``cuda`` or ``mps`` (see :func:`brainspineai.device.resolve_device`).
     :param task: the card's task that the caller needs: ``classification-2d`` (a classifier)
-        or ``encoder-2d`` (a self-supervised encoder, see :mod:`brainspineai.simclr`). A
-        classifier of task ``sicf-2d`` loads as a :class:`brainspineai.sicf.SICFModel`
+        or ``encoder-2d`` (a self-supervised encoder, see :mod:`brainspineai.classification.simclr`).
+        A classifier of task ``sicf-2d`` loads as a :class:`brainspineai.sicf.model.SICFModel`
         (``kind == "sicf"``, no ``network``), which callers dispatch on.
+    :returns: a :class:`LoadedModel` (networks) or the capability's own model object.
     :raises ModelError, ChecksumError: unknown, incomplete, corrupted or incompatible model,
         or a model of another task.
     """
-    from safetensors.torch import load_file
-
-    from .device import resolve_device
-    from .networks import build_network
-
     folder = resolve_model(ref)
     card = read_card(folder)
-    if card["task"] == "sicf-2d" and task in ("classification-2d", "sicf-2d"):
-        from .sicf import load_sicf_model  # an SICF classifier (random forest), see brainspineai.sicf
-
-        return load_sicf_model(folder, card, device)
-    if card["task"] != task:
+    if card["task"] not in _LOADERS:
+        _discover_capabilities()
+    entry = _LOADERS.get(card["task"])
+    if entry is None or task not in entry[1]:
         kinds = {"classification-2d": "a 2D classifier", "encoder-2d": "a self-supervised 2D encoder"}
         raise ModelError(f"model '{card['id']}' is a {card['task']} model, not {kinds.get(task, task)}")
-    weights = verify_weights(folder, card)
-    dev = resolve_device(device)
-    try:
-        net = build_network(card)
-    except (KeyError, ValueError, TypeError) as exc:
-        raise ModelError(f"model '{card['id']}': its card does not describe a network this version builds ({exc})") from None
-    try:
-        state = load_file(str(weights))
-        net.load_state_dict(state)
-    except Exception as exc:  # safetensors / torch raise several types
-        raise ModelError(f"model '{card['id']}': weights do not fit architecture {card['architecture']} ({exc})") from None
-    net.to(dev).eval()
-    return LoadedModel(card=card, folder=folder, network=net, device=dev, class_names=list(card["class_names"]))
+    return entry[0](folder, card, device)
 
 
 def write_model_folder(out_dir, card: dict, write_files, extra_files: dict | None = None) -> Path:

@@ -9,7 +9,7 @@ Two kinds of dataset folder are recognised:
   ``_t1``, ``_t1ce``, ``_t2``, ``_seg``), BraTS 2023 (``-t2f``, ``-t1n``, ``-t1c``, ``-t2w``,
   ``-seg``), the BraTS 2015 files shipped with DeepMedic (``Flair_subtrMeanDivStd``,
   ``T1c_subtrMeanDivStd``, ``OTMultiClass``) or a ``dataset.json`` at the root (see
-  ``brainspineai.segdata`` where installed; the same rules are read here otherwise).
+  :mod:`brainspineai.cases`).
 
 Problems reported (``kind``): ``unreadable`` (the file cannot be decoded completely, e.g.
 a truncated JPEG: the slice is read with Pillow and fully decoded, because SimpleITK
@@ -24,7 +24,6 @@ Training uses the same test: the 2D pipelines skip the slices reported ``unreada
 """
 from __future__ import annotations
 
-import json
 import sys
 import time
 from pathlib import Path
@@ -98,41 +97,14 @@ def _sequence_of(path: Path) -> str | None:
 
 
 def discover_volume_cases(root) -> list[dict]:
-    """Cases of a volume dataset: ``[{"case", "images": {seq: Path}, "label": Path | None}]``.
+    """Cases of a volume dataset: ``[{"case", "images": {seq: Path}, "label": Path | None}]``,
+    read by :func:`brainspineai.cases.discover_cases` (BraTS layouts or ``dataset.json``).
 
-    Uses ``brainspineai.segdata.discover_cases`` where that module exists, else reads
-    ``dataset.json`` (``training`` entries with ``case``, ``image`` {seq: relative path},
-    ``label``) or the BraTS case-folder names.
-
-    :raises InputError: an unreadable ``dataset.json``.
+    :raises InputError: no cases, or an unreadable ``dataset.json``.
     """
-    root = Path(root)
-    try:
-        from . import segdata  # the segmentation library, where installed
-    except ImportError:
-        segdata = None
-    if segdata is not None and hasattr(segdata, "discover_cases"):
-        return [{"case": c.case_id, "images": dict(c.images), "label": c.label} for c in segdata.discover_cases(root)]
-    if (root / "dataset.json").is_file():
-        try:
-            doc = json.loads((root / "dataset.json").read_text(encoding="utf-8"))
-            return [{"case": e["case"], "images": {k: root / v for k, v in e["image"].items()},
-                     "label": root / e["label"] if e.get("label") else None} for e in doc["training"]]
-        except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
-            raise InputError(f"{root / 'dataset.json'}: not a dataset description with a 'training' list "
-                             f"of case / image / label entries ({exc})") from None
-    cases = []
-    for sub in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
-        images, label = {}, None
-        for f in sorted(sub.iterdir()):
-            seq = _sequence_of(f) if _suffix(f) in VOLUME_SUFFIXES else None
-            if seq == "label":
-                label = f
-            elif seq is not None:
-                images[seq] = f
-        if images or label:
-            cases.append({"case": sub.name, "images": images, "label": label})
-    return cases
+    from .cases import discover_cases
+
+    return [{"case": c.case_id, "images": dict(c.images), "label": c.label} for c in discover_cases(root)]
 
 
 def _geometry(path):

@@ -23,7 +23,7 @@ process has succeeded, so a cancelled or failed job leaves the scene as it was.
 
 :meth:`SegmentationLogic.exportTrainingCase` turns a (corrected) segmentation back into a
 BraTS labelmap (ET -> 4, TC minus ET -> 1, WT minus TC -> 2) on the reference geometry and
-adds it with its sequences to a training set through :func:`brainspineai.segdata.add_case`;
+adds it with its sequences to a training set through :func:`brainspineai.segmentation.data.add_case`;
 :meth:`SegmentationLogic.requestRetrain` builds (and optionally starts) the
 ``brainspineai train segmenter`` run that fine-tunes the current model on that set.
 """
@@ -458,7 +458,7 @@ class SegmentationLogic(DependencyMixin):
 
     def exportTrainingCase(self, datasetDir, caseId: str, volumeNodesBySequence: dict, segmentationNode,
                            overwrite: bool = False, referenceSequence: str | None = None) -> Path:
-        """Add a (corrected) case to a training set through :func:`brainspineai.segdata.add_case`.
+        """Add a (corrected) case to a training set through :func:`brainspineai.segmentation.data.add_case`.
 
         The segmentation becomes a BraTS labelmap (uint8: ET -> 4, TC minus ET -> 1, WT minus TC
         -> 2) on the reference volume's grid (``referenceSequence``, default the first key of
@@ -471,7 +471,7 @@ class SegmentationLogic(DependencyMixin):
             and ``overwrite`` is False (from ``add_case``); nothing is written then.
         """
         import SimpleITK as sitk
-        from brainspineai import segdata
+        from brainspineai.segmentation import data as segdata
 
         caseId = str(caseId or "").strip()
         if not _CASE_ID.match(caseId):

@@ -34,8 +34,8 @@ def main() -> None:
     off = json.loads((OUT / "model.json").read_text())
     # both measured now by the same code (the cards may predate a change of post-processing)
     sys.path.insert(0, str(ROOT / "BrainSpineAI"))
-    from brainspineai.segdata import discover_cases
-    from brainspineai.seginference import evaluate_network, load_segmenter
+    from brainspineai.segmentation.data import discover_cases
+    from brainspineai.segmentation.inference import evaluate_network, load_segmenter
 
     for card, ref in ((on, ZOO), (off, OUT)):
         model = load_segmenter(str(ref), "auto")

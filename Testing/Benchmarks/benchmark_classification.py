@@ -43,7 +43,7 @@ def main() -> None:
     import torchvision
 
     from brainspineai.catalogue import load_model
-    from brainspineai.inference import classify_image
+    from brainspineai.classification.inference import classify_image
     from brainspineai.io import read_image
 
     ap = argparse.ArgumentParser()

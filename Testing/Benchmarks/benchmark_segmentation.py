@@ -1,5 +1,5 @@
 """Seconds and peak memory to segment one 240x240x155 case: the CLIP-guided 3D U-Net
-(brainspineai.segmenter) beside MONAI SegResNet of similar parameter count, with the same
+(brainspineai.segmentation.network) beside MONAI SegResNet of similar parameter count, with the same
 preparation (2 mm, FLAIR + T1ce) and the same MONAI sliding window (48^3 windows, overlap
 0.5, Gaussian weighting, 2 windows per batch).
 
@@ -32,7 +32,7 @@ CASE = DATA / "volumes" / "brats2015-flair-t1c" / "brats_2013_pat0005_1"
 def _segresnet(target_params: int):
     from monai.networks.nets import SegResNet
 
-    from brainspineai.segmenter import count_parameters
+    from brainspineai.segmentation.network import count_parameters
 
     best = None
     for f in range(8, 65, 8):  # GroupNorm(8) needs multiples of 8
@@ -49,9 +49,9 @@ def run_one(name: str, device: str, repeat: int) -> dict:
     from monai.inferers import sliding_window_inference
 
     from brainspineai.device import resolve_device
-    from brainspineai.seginference import LoadedSegmenter, load_segmenter, predict_probabilities
-    from brainspineai.segmenter import SegmenterConfig, build_segmenter, count_parameters
-    from brainspineai.segprep import prepare, restore
+    from brainspineai.segmentation.inference import LoadedSegmenter, load_segmenter, predict_probabilities
+    from brainspineai.segmentation.network import SegmenterConfig, build_segmenter, count_parameters
+    from brainspineai.segmentation.prepare import prepare, restore
 
     dev = resolve_device(device)
     try:

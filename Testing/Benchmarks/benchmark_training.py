@@ -28,7 +28,7 @@ def bare_ce(x, y, backbone, size, batch, steps, device):
     import torch
     import torch.nn.functional as F
 
-    from brainspineai.networks import SingleBranchNet
+    from brainspineai.classification.networks import SingleBranchNet
 
     torch.manual_seed(0)
     net = SingleBranchNet(backbone, 4, size).to(device).train()
@@ -66,10 +66,10 @@ def main():
 
     import torch
 
-    from brainspineai.affcl import AFFCLConfig, train_affcl
-    from brainspineai.data import load_labelled_split
+    from brainspineai.classification.affcl import AFFCLConfig, train_affcl
+    from brainspineai.classification.data import load_labelled_split
     from brainspineai.device import resolve_device
-    from brainspineai.simclr import FinetuneConfig, SimCLRConfig, train_finetune, train_simclr
+    from brainspineai.classification.simclr import FinetuneConfig, SimCLRConfig, train_finetune, train_simclr
 
     device = resolve_device(args.device)
     common = dict(image_size=args.image_size, epochs=args.epochs, batch_size=args.batch_size,

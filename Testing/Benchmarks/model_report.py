@@ -31,11 +31,11 @@ def main() -> None:
     import SimpleITK as sitk
 
     from brainspineai.catalogue import load_model
-    from brainspineai.explain import gradcam_batch
-    from brainspineai.inference import classify_image
+    from brainspineai.classification.explain import gradcam_batch
+    from brainspineai.classification.inference import classify_image
     from brainspineai.io import read_image
-    from brainspineai.preprocess import crop_mode, prepare_slices, slice_array
-    from brainspineai.training import predict_batches
+    from brainspineai.classification.preprocess import crop_mode, prepare_slices, slice_array
+    from brainspineai.classification.training import predict_batches
 
     ap = argparse.ArgumentParser()
     ap.add_argument("--model")

@@ -77,7 +77,7 @@ TINY = dict(image_size=64, batch_size=16, limit_per_class=16, device="cpu", back
 @pytest.fixture(scope="session")
 def tiny_affcl(tmp_path_factory):
     """A two-branch AFF-CL model trained for 6 short epochs on 64 real slices, with its events."""
-    from brainspineai.affcl import AFFCLConfig, train_affcl
+    from brainspineai.classification.affcl import AFFCLConfig, train_affcl
 
     out = tmp_path_factory.mktemp("affcl") / "tiny-affcl"
     events = []
@@ -88,7 +88,7 @@ def tiny_affcl(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def tiny_encoder(tmp_path_factory):
-    from brainspineai.simclr import SimCLRConfig, train_simclr
+    from brainspineai.classification.simclr import SimCLRConfig, train_simclr
 
     out = tmp_path_factory.mktemp("simclr") / "tiny-simclr"
     events = []

@@ -12,7 +12,7 @@ from conftest import FIGSHARE, KAGGLE, need, run_cli
 
 
 def real_batch(n_per_class=4, size=64):
-    from brainspineai.data import load_slice_batch, scan_image_folder
+    from brainspineai.classification.data import load_slice_batch, scan_image_folder
 
     paths, labels, classes = scan_image_folder(need(KAGGLE))
     pick = np.concatenate([np.flatnonzero(labels == c)[:n_per_class] for c in range(len(classes))])
@@ -24,7 +24,7 @@ def real_batch(n_per_class=4, size=64):
 
 @pytest.mark.parametrize("kind", ["aff", "iaff"])
 def test_fusion_is_a_convex_position_wise_mix(kind):
-    from brainspineai.fusion import build_fusion
+    from brainspineai.classification.fusion import build_fusion
 
     torch.manual_seed(0)
     fuse = build_fusion(kind, 16).eval()
@@ -37,7 +37,7 @@ def test_fusion_is_a_convex_position_wise_mix(kind):
 
 
 def test_fused_model_gradients_reach_both_branches_on_real_slices():
-    from brainspineai.networks import TwoBranchNet
+    from brainspineai.classification.networks import TwoBranchNet
 
     x, y = real_batch()
     torch.manual_seed(0)
@@ -54,7 +54,7 @@ def test_fused_model_gradients_reach_both_branches_on_real_slices():
 
 
 def test_known_boxes_set_the_local_crop():
-    from brainspineai.networks import TwoBranchNet
+    from brainspineai.classification.networks import TwoBranchNet
 
     x, _ = real_batch(1)
     net = TwoBranchNet("resnet10-w32", 4, 64).eval()
@@ -69,7 +69,7 @@ def test_known_boxes_set_the_local_crop():
 
 
 def test_tumour_boxes_are_mapped_into_the_prepared_slice():
-    from brainspineai.data import load_labelled_split
+    from brainspineai.classification.data import load_labelled_split
 
     need(FIGSHARE)
     data = load_labelled_split(FIGSHARE, 64, 0.2, 0, limit_per_class=5, boxes_csv=FIGSHARE / "tumor_boxes.csv")
@@ -85,7 +85,7 @@ def test_tumour_boxes_are_mapped_into_the_prepared_slice():
 
 
 def test_box_masks_survive_augmentation_as_boxes():
-    from brainspineai.affcl import box_masks, boxes_from_masks
+    from brainspineai.classification.affcl import box_masks, boxes_from_masks
 
     boxes = torch.tensor([[0.25, 0.5, 0.75, 0.875], [float("nan")] * 4])
     back = boxes_from_masks(box_masks(boxes, 64))
@@ -96,7 +96,7 @@ def test_box_masks_survive_augmentation_as_boxes():
 
 
 def test_queue_fills_and_holds_labels():
-    from brainspineai.affcl import supcon_queue
+    from brainspineai.classification.affcl import supcon_queue
 
     q = supcon_queue(proj_dim=8, queue_size=12, temperature=0.1)
     torch.manual_seed(0)
@@ -115,7 +115,7 @@ def test_queue_fills_and_holds_labels():
 
 def test_supcon_queue_pulls_same_class_together():
     """The loss is lower when embeddings cluster by label than when they are shuffled."""
-    from brainspineai.affcl import supcon_queue
+    from brainspineai.classification.affcl import supcon_queue
 
     torch.manual_seed(0)
     centres = torch.nn.functional.normalize(torch.randn(4, 16), dim=1)
@@ -151,7 +151,7 @@ class Stop(Exception):
 
 
 def test_affcl_checkpoint_resumes_to_the_same_state(tmp_path):
-    from brainspineai.affcl import AFFCLConfig, train_affcl
+    from brainspineai.classification.affcl import AFFCLConfig, train_affcl
     from safetensors.torch import load_file
 
     cfg = AFFCLConfig(epochs=2, queue_size=32, limit_per_class=8, image_size=64, batch_size=8, device="cpu",
@@ -179,7 +179,7 @@ def test_affcl_checkpoint_resumes_to_the_same_state(tmp_path):
 
 
 def test_resume_with_other_settings_is_refused(tmp_path):
-    from brainspineai.affcl import AFFCLConfig, train_affcl
+    from brainspineai.classification.affcl import AFFCLConfig, train_affcl
     from brainspineai.errors import InputError
 
     cfg = AFFCLConfig(epochs=1, queue_size=16, limit_per_class=4, image_size=64, batch_size=8, device="cpu",
@@ -191,7 +191,7 @@ def test_resume_with_other_settings_is_refused(tmp_path):
 
 @pytest.mark.parametrize("backbone", ["resnet18-w32", "mobilenet_v3_small", "efficientnet_b0", "vit-tiny"])
 def test_every_backbone_builds_a_two_branch_model(backbone):
-    from brainspineai.networks import TwoBranchNet
+    from brainspineai.classification.networks import TwoBranchNet
 
     x, _ = real_batch(1)
     net = TwoBranchNet(backbone, 4, 64, proj_dim=16).eval()
@@ -202,7 +202,7 @@ def test_every_backbone_builds_a_two_branch_model(backbone):
 
 
 def test_unknown_backbone_and_bad_vit_size():
-    from brainspineai.backbones import build_backbone
+    from brainspineai.classification.backbones import build_backbone
     from brainspineai.errors import ModelError
 
     with pytest.raises(ModelError, match="unknown backbone 'resnet99'"):
@@ -226,7 +226,7 @@ def test_affcl_model_classifies_with_gradcam_through_the_cli(tiny_affcl, tmp_pat
 
 def test_affcl_gradcam_maps_on_the_global_branch(tiny_affcl):
     from brainspineai.catalogue import load_model
-    from brainspineai.explain import gradcam_batch
+    from brainspineai.classification.explain import gradcam_batch
 
     model = load_model(tiny_affcl[0], "cpu")
     x, _ = real_batch(1)
@@ -239,7 +239,7 @@ def test_affcl_gradcam_maps_on_the_global_branch(tiny_affcl):
 
 
 def test_simclr_views_are_random_and_keep_shape():
-    from brainspineai.simclr import simclr_views
+    from brainspineai.classification.simclr import simclr_views
 
     x, _ = real_batch(2)
     g = torch.Generator().manual_seed(0)
@@ -266,7 +266,7 @@ def test_simclr_loss_decreases_and_saves_an_encoder(tiny_encoder):
 
 def test_finetune_from_encoder_frozen_keeps_the_encoder(tiny_encoder, tmp_path):
     from brainspineai.catalogue import load_model
-    from brainspineai.simclr import FinetuneConfig, train_finetune
+    from brainspineai.classification.simclr import FinetuneConfig, train_finetune
     from safetensors.torch import load_file
 
     enc_folder, _ = tiny_encoder
@@ -285,7 +285,7 @@ def test_finetune_from_encoder_frozen_keeps_the_encoder(tiny_encoder, tmp_path):
 
 
 def test_labelled_subset_is_stratified_and_seeded():
-    from brainspineai.simclr import labelled_subset
+    from brainspineai.classification.simclr import labelled_subset
 
     labels = np.repeat(np.arange(4), 100)
     idx = np.arange(400)
@@ -307,7 +307,7 @@ def test_encoder_and_classifier_are_not_interchangeable(tiny_encoder, tmp_path):
 
 def test_encoder_pretrained_on_validation_images_is_refused(tiny_encoder, tmp_path):
     from brainspineai.errors import InputError
-    from brainspineai.simclr import FinetuneConfig, train_finetune
+    from brainspineai.classification.simclr import FinetuneConfig, train_finetune
 
     cfg = FinetuneConfig(encoder=str(tiny_encoder[0]), epochs=1, limit_per_class=12, val_fraction=0.3, seed=1,
                          device="cpu")

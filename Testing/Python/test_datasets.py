@@ -42,7 +42,7 @@ def test_summary_flags_truncated_jpeg_and_empty_class(slice_folder, tmp_path):
     assert doc["skipped_by_training"] == [f"glioma/{victim.name}"]
     assert doc["image_size"]["max"] == [256, 256]
     # training's scan leaves out exactly what the summary flags
-    from brainspineai.data import scan_image_folder
+    from brainspineai.classification.data import scan_image_folder
 
     paths, labels, classes = scan_image_folder(root)
     assert victim not in paths and len(paths) == 11 and classes == ["glioma", "meningioma", "pituitary"]
@@ -111,7 +111,7 @@ def test_one_cycle_survives_every_short_run():
 def test_flat_folder_of_unlabelled_slices(tmp_path):
     """SimCLR's unlabelled folder: summarised, and its truncated slice left out by training."""
     from brainspineai.datasets import summarise
-    from brainspineai.simclr import scan_unlabelled
+    from brainspineai.classification.simclr import scan_unlabelled
 
     for f in sorted((need(KAGGLE) / "notumor").iterdir())[:5]:
         shutil.copy(f, tmp_path / f.name)

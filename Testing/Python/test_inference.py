@@ -6,7 +6,7 @@ import pytest
 import SimpleITK as sitk
 
 from brainspineai.errors import InputError
-from brainspineai.inference import classify_image, volume_rule
+from brainspineai.classification.inference import classify_image, volume_rule
 from brainspineai.io import read_image
 from conftest import BRATS23, need
 
@@ -44,9 +44,9 @@ def test_gradcam_depends_on_the_learned_weights(default_model, validation_images
     from scipy.stats import spearmanr
 
     from brainspineai.catalogue import LoadedModel
-    from brainspineai.explain import gradcam_batch
-    from brainspineai.networks import build_classifier
-    from brainspineai.preprocess import crop_mode, prepare_slices, slice_array
+    from brainspineai.classification.explain import gradcam_batch
+    from brainspineai.classification.networks import build_classifier
+    from brainspineai.classification.preprocess import crop_mode, prepare_slices, slice_array
 
     torch.manual_seed(0)
     random_net = build_classifier(default_model.card["architecture"], len(default_model.class_names)).eval()

@@ -41,9 +41,9 @@ def _stats(pm):
 @pytest.fixture(scope="module")
 def held_out(default_model, validation_images):
     """The default model's softmax on its whole held-out validation split (666 kaggle4 slices)."""
-    from brainspineai.data import load_slice_batch
-    from brainspineai.preprocess import crop_mode
-    from brainspineai.training import predict_batches
+    from brainspineai.classification.data import load_slice_batch
+    from brainspineai.classification.preprocess import crop_mode
+    from brainspineai.classification.training import predict_batches
 
     names = default_model.class_names
     paths = [p for c in names for p in validation_images[c]]
@@ -175,8 +175,8 @@ def test_probability_metrics_refuses_bad_input(case, message):
 @pytest.fixture(scope="module")
 def real_slices(default_model, validation_images):
     """32 held-out slices (the last 8 of each class in the split) as a prepared batch."""
-    from brainspineai.data import load_slice_batch
-    from brainspineai.preprocess import crop_mode
+    from brainspineai.classification.data import load_slice_batch
+    from brainspineai.classification.preprocess import crop_mode
 
     names = default_model.class_names
     paths = [p for c in names for p in validation_images[c][-8:]]
@@ -187,9 +187,9 @@ def real_slices(default_model, validation_images):
 def test_penultimate_features_are_the_input_of_fc(default_model, real_slices):
     import torch
 
-    from brainspineai.embeddings import penultimate_features
+    from brainspineai.classification.embeddings import penultimate_features
     from brainspineai.errors import ModelError
-    from brainspineai.training import predict_batches
+    from brainspineai.classification.training import predict_batches
 
     batch, _ = real_slices
     net = default_model.network
@@ -207,7 +207,7 @@ def test_penultimate_features_are_the_input_of_fc(default_model, real_slices):
 def test_embedding_png_of_real_slices_separates_classes(default_model, real_slices, tmp_path):
     import cv2
 
-    from brainspineai.embeddings import penultimate_features
+    from brainspineai.classification.embeddings import penultimate_features
 
     batch, labels = real_slices
     feats = penultimate_features(default_model.network, batch, default_model.device)

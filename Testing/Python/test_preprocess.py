@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from brainspineai.preprocess import normalize_slice, prepare_slices, restore_map, to_lps_axial
+from brainspineai.classification.preprocess import normalize_slice, prepare_slices, restore_map, to_lps_axial
 from conftest import BRATS15, KAGGLE, SPINE, need
 
 CASE = BRATS15 / "brats_2013_pat0002_1"

@@ -9,9 +9,9 @@ import pytest
 import SimpleITK as sitk
 
 from brainspineai.errors import InputError
-from brainspineai.segdata import (add_case, brats2015_to_2020, discover_cases, label_to_regions, read_labelmap,
+from brainspineai.segmentation.data import (add_case, brats2015_to_2020, discover_cases, label_to_regions, read_labelmap,
                                   regions_to_labelmap)
-from brainspineai.segprep import prepare, restore
+from brainspineai.segmentation.prepare import prepare, restore
 from conftest import BRATS15, BRATS23, need
 
 
@@ -135,7 +135,7 @@ def test_prepare_refuses_missing_sequences_and_nan(case1):
 
 
 def test_post_processing_keeps_the_main_tumour_components():
-    from brainspineai.segprep import keep_main_components
+    from brainspineai.segmentation.prepare import keep_main_components
 
     reg = np.zeros((3, 30, 30, 30), bool)
     reg[0, 2:12, 2:12, 2:12] = True      # main tumour, 1000 voxels

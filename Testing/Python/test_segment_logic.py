@@ -198,7 +198,7 @@ def test_bad_inputs_are_named(scene, pat5):
 def tiny_segmenter(tmp_path_factory):
     """A CLIP-guided 3D U-Net (small random CLIP) trained for one short epoch on one real case
     (pat0001, never segmented below) through the library: fast, for plumbing tests."""
-    from brainspineai.segtrain import SegTrainConfig, train_segmenter
+    from brainspineai.segmentation.training import SegTrainConfig, train_segmenter
 
     data = tmp_path_factory.mktemp("segdata")
     (data / "brats_2013_pat0001_1").symlink_to(need(BRATS15 / "brats_2013_pat0001_1"))
@@ -324,7 +324,7 @@ def test_edited_segmentation_exports_exactly(scene, pat5, tmp_path):
     """Expert labels of pat0005 -> segmentation node -> a user erases part of ET -> exported case:
     the labelmap is exactly the edited one (erased ET becomes NCR, it is still tumour core), the
     geometry is the FLAIR file's, the sequences are the files' voxels, dataset.json lists the case."""
-    from brainspineai import segdata
+    from brainspineai.segmentation import data as segdata
     from brainspineai.errors import InputError
 
     volumes, labels = pat5

@@ -28,7 +28,7 @@ def _cases_dir(tmp_path_factory, ids):
 @pytest.fixture(scope="module")
 def tiny_seg(tmp_path_factory):
     """A FLAIR + T1ce segmenter trained 2 epochs on pat0001 and pat0002, pat0003 held out."""
-    from brainspineai.segtrain import SegTrainConfig, train_segmenter
+    from brainspineai.segmentation.training import SegTrainConfig, train_segmenter
 
     data = _cases_dir(tmp_path_factory, [1, 2, 3])
     out = tmp_path_factory.mktemp("seg") / "tiny-seg"
@@ -132,7 +132,7 @@ def test_evaluate_seg_reports_dice_and_hd95_per_region(tiny_seg, tmp_path, tmp_p
 
 
 def test_region_metrics_perfect_and_shifted():
-    from brainspineai.seginference import region_metrics
+    from brainspineai.segmentation.inference import region_metrics
 
     lab = np.zeros((20, 20, 20), np.uint8)
     lab[5:15, 5:15, 5:15] = 2
@@ -145,7 +145,7 @@ def test_region_metrics_perfect_and_shifted():
 
 
 def test_resume_continues_after_an_interruption(tmp_path, tmp_path_factory):
-    from brainspineai.segtrain import SegTrainConfig, train_segmenter
+    from brainspineai.segmentation.training import SegTrainConfig, train_segmenter
 
     data = _cases_dir(tmp_path_factory, [1, 2])
     cfg = SegTrainConfig(epochs=2, val_cases=0, semantic=False, **TINY)
@@ -189,8 +189,8 @@ def test_init_model_fine_tunes_with_version_and_parent(tiny_seg, tmp_path):
 def test_text_gate_follows_the_report_and_is_a_no_op_without_semantic_level():
     import torch
 
-    from brainspineai.seginference import predict_probabilities
-    from brainspineai.segmenter import SegmenterConfig, build_segmenter
+    from brainspineai.segmentation.inference import predict_probabilities
+    from brainspineai.segmentation.network import SegmenterConfig, build_segmenter
 
     torch.manual_seed(0)
     net = build_segmenter(SegmenterConfig(channels=(8, 16, 32, 64))).eval()
@@ -227,8 +227,8 @@ def test_shipped_default_segmenter_on_a_held_apart_case(tmp_path):
                 "--out", out, "--json", js, "--device", "cpu")
     assert r.returncode == 0, r.stderr
     assert json.loads(js.read_text())["model"] == DEFAULT_SEGMENTER_ID
-    from brainspineai.seginference import region_metrics
-    from brainspineai.segdata import discover_cases, read_labelmap
+    from brainspineai.segmentation.inference import region_metrics
+    from brainspineai.segmentation.data import discover_cases, read_labelmap
 
     truth = read_labelmap(discover_cases(case)[0])
     m = region_metrics(sitk.GetArrayFromImage(sitk.ReadImage(str(out))), sitk.GetArrayFromImage(truth), (1.0, 1.0, 1.0))

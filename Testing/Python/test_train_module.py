@@ -62,7 +62,7 @@ def test_pipeline_table_and_commands(tmp_path):
     assert set(PIPELINES) == {"classifier", "affcl", "simclr", "finetune", "sicf", "segmenter"}
     # every command line the table builds is accepted by the library's parser (sicf and
     # segmenter only where those commands exist on this branch)
-    from brainspineai.cli import build_parser
+    from brainspineai.cli.main.main import build_parser
 
     parser = build_parser()
     train_cmds = parser._subparsers._group_actions[0].choices["train"]._subparsers._group_actions[0].choices
@@ -134,7 +134,7 @@ def test_run_registers_model_then_retrain_makes_version_2(tiny_set, isolated_cat
     # v2 started from v1: its weights are far closer to v1's than to a fresh network's
     import torch
 
-    from brainspineai.networks import build_classifier
+    from brainspineai.classification.networks import build_classifier
 
     fresh = build_classifier("resnet18-w32", 2).state_dict()
     w1, w2 = v1.network.state_dict(), v2.network.state_dict()
@@ -301,7 +301,7 @@ def test_two_processes_train_with_ddp_under_torchrun(tiny_set, isolated_catalogu
 def test_segmenter_pipeline_runs_and_retrains(tmp_path, isolated_catalogue):
     """The 3D segmenter through the same logic (one real BraTS case, tiny patches), then its
     retraining on the same folder from its weights: version 2, parent recorded."""
-    pytest.importorskip("brainspineai.segtrain", reason="the segmentation library is not on this branch")
+    pytest.importorskip("brainspineai.segmentation.training", reason="the segmentation library is not on this branch")
     data = tmp_path / "cases"
     data.mkdir()
     (data / "brats_2013_pat0001_1").symlink_to(need(BRATS15 / "brats_2013_pat0001_1"))
@@ -325,7 +325,7 @@ def test_sicf_pipeline_runs_and_retrains(tiny_set, isolated_catalogue):
     """SICF through the same logic (brain slices: full-image ROI; VGG16 from a seeded random
     initialisation, nothing downloaded); it has no checkpoints. Retraining it runs
     ``train sicf --init-model`` with the parent's recipe: version 2, same codebook and mask."""
-    pytest.importorskip("brainspineai.sicf", reason="the SICF library is not on this branch")
+    pytest.importorskip("brainspineai.sicf.pipeline", reason="the SICF library is not on this branch")
     logic = TrainingLogic()
     params = {"roi": "full", "image_size": 64, "words": 32, "population": 6, "iterations": 1, "val_fraction": 0.4,
               "seed": 3}

@@ -31,13 +31,13 @@ Our reading, step by step (:func:`quadrant_roi`):
 
 Boxes are ``(row0, col0, row1, col1)`` in pixels, half-open (``row1``, ``col1`` excluded),
 rows and columns of the 2D array as given (for volumes: LPS axial slices, rows anterior to
-posterior, columns right to left; see :func:`brainspineai.preprocess.to_lps_axial`).
+posterior, columns right to left; see :func:`brainspineai.classification.preprocess.to_lps_axial`).
 """
 from __future__ import annotations
 
 import numpy as np
 
-from .errors import InputError
+from ..errors import InputError
 
 
 def _prepare(arr) -> np.ndarray:

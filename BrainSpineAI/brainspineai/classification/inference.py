@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .errors import InputError
+from ..errors import InputError
 
 NO_TUMOUR_CLASS = "notumor"
 MIN_TUMOUR_SLICES = 3
@@ -104,7 +104,7 @@ def classify_image(image, model, heatmap: bool = False, heatmap_class=None, prog
     import SimpleITK as sitk
 
     from .explain import gradcam_batch
-    from .io import is_slice, to_grayscale, validate_image
+    from ..io import is_slice, to_grayscale, validate_image
     from .preprocess import (MIN_FOREGROUND_FRACTION, crop_mode, prepare_slices, restore_map, slice_array,
                              to_lps_axial)
 

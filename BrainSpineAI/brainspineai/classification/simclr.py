@@ -29,8 +29,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .engine import CommonConfig
-from .errors import InputError
+from ..engine import CommonConfig
+from ..errors import InputError
 
 
 @dataclass
@@ -89,7 +89,7 @@ def scan_unlabelled(root) -> tuple[list, np.ndarray | None, list | None]:
     """Image files under ``root``: an ImageFolder (class folders) gives labels too
     (``paths, labels, class_names``); a flat folder gives ``paths, None, None``."""
     from .data import scan_image_folder
-    from .io import SLICE_SUFFIXES, _suffix
+    from ..io import SLICE_SUFFIXES, _suffix
 
     root = Path(root)
     if not root.is_dir():
@@ -99,7 +99,7 @@ def scan_unlabelled(root) -> tuple[list, np.ndarray | None, list | None]:
     paths = sorted(p for p in root.iterdir() if p.is_file() and _suffix(p) in SLICE_SUFFIXES)
     if not paths:
         raise InputError(f"{root}: no 2D slice images found")
-    from .datasets import readable_slices, warn_skipped
+    from ..datasets import readable_slices, warn_skipped
 
     paths, bad = readable_slices(paths)  # undecodable slices are left out, as dataset-summary says
     warn_skipped(root, bad)
@@ -118,12 +118,12 @@ def train_simclr(data_dir, out_dir, config: SimCLRConfig, resume: bool = False, 
     import torch
     from pytorch_metric_learning.losses import NTXentLoss
 
-    from . import engine
-    from .catalogue import save_model
+    from .. import engine
+    from ..catalogue import save_model
     from .preprocess import NORMALISATION_CARD
     from .data import limit_per_class_subset, load_slice_batch, stratified_split
     from .networks import SimCLRNet
-    from .retrain import start_from, version_card
+    from ..retrain import start_from, version_card
 
     cfg = config
     cfg.check()
@@ -210,7 +210,7 @@ def embed_batches(net, x, device, batch_size: int = 256) -> np.ndarray:
     """Pooled backbone features (N, C) float32 of a prepared batch (``net.embed``)."""
     import torch
 
-    from .device import autocast
+    from ..device import autocast
 
     net.eval()
     out = []
@@ -270,12 +270,12 @@ def train_finetune(data_dir, out_dir, config: FinetuneConfig, resume: bool = Fal
     import torch
     import torch.nn.functional as F
 
-    from . import engine
+    from .. import engine
     from .affcl import classifier_card
-    from .catalogue import load_model, save_model
+    from ..catalogue import load_model, save_model
     from .data import load_labelled_split
     from .networks import SingleBranchNet
-    from .retrain import init_weights, keep_parent_split, load_parent, version_card
+    from ..retrain import init_weights, keep_parent_split, load_parent, version_card
     from .training import augment, predict_batches, skull_strip_like
 
     cfg = config
@@ -379,8 +379,8 @@ def run_label_efficiency(data_dir, out_dir, encoder: str, base: FinetuneConfig, 
     from dataclasses import replace
 
     from .affcl import summary_row
-    from .catalogue import load_model
-    from .io import atomic_write_text
+    from ..catalogue import load_model
+    from ..io import atomic_write_text
 
     if not encoder:
         raise InputError("the label-efficiency report needs --encoder (a SimCLR model)")

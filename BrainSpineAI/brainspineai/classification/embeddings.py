@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .errors import ModelError
+from ..errors import ModelError
 
 
 def penultimate_features(network, batch, device, batch_size: int = 128) -> np.ndarray:
@@ -12,13 +12,13 @@ def penultimate_features(network, batch, device, batch_size: int = 128) -> np.nd
 
     A forward hook on ``network.fc`` captures what enters the layer while the network runs
     in eval mode under ``torch.no_grad`` (mixed precision on CUDA, as
-    :func:`brainspineai.training.predict_batches`); the network's train / eval mode is
+    :func:`brainspineai.classification.training.predict_batches`); the network's train / eval mode is
     restored afterwards and the hook removed.
 
     :param network: a classifier whose final layer is the ``torch.nn.Linear`` attribute
         ``fc`` (every classifier of this library, MONAI's ``ResNet``), on ``device``.
     :param batch: float32 tensor (N, in_channels, H, W), prepared as for inference
-        (:func:`brainspineai.data.load_slice_batch`).
+        (:func:`brainspineai.classification.data.load_slice_batch`).
     :param device: ``torch.device`` the network is on.
     :param batch_size: images per forward pass.
     :returns: float32 numpy array (N, D), D = ``network.fc.in_features`` (256 for
@@ -28,7 +28,7 @@ def penultimate_features(network, batch, device, batch_size: int = 128) -> np.nd
     """
     import torch
 
-    from .device import autocast
+    from ..device import autocast
 
     fc = getattr(network, "fc", None)
     if not isinstance(fc, torch.nn.Linear):

@@ -23,102 +23,16 @@ import json
 import os
 import re
 import tempfile
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from .errors import InputError
+from ..errors import InputError
 
-SEQUENCES = ("t1", "t1ce", "t2", "flair")
 REGIONS = ("WT", "TC", "ET")
 LABELS = {1: "NCR", 2: "ED", 4: "ET"}
-DATASET_JSON = "dataset.json"
 
-_BRATS2020 = {"flair": "flair", "t1": "t1", "t1ce": "t1ce", "t2": "t2"}
-_BRATS2023 = {"t2f": "flair", "t1n": "t1", "t1c": "t1ce", "t2w": "t2"}
-_BRATS2015 = {"Flair_subtrMeanDivStd": "flair", "T1c_subtrMeanDivStd": "t1ce", "T1_subtrMeanDivStd": "t1",
-              "T2_subtrMeanDivStd": "t2"}
-_NII = re.compile(r"\.nii(\.gz)?$", re.I)
-
-
-@dataclass
-class Case:
-    """One case: ``images`` maps sequence name -> file; ``label`` is the labelmap file or
-    ``None``; ``convention`` is ``"brats2020"`` or ``"brats2015"`` (labels converted on read)."""
-
-    case_id: str
-    images: dict = field(default_factory=dict)
-    label: Path | None = None
-    convention: str = "brats2020"
-
-
-def _stem(p: Path) -> str:
-    return _NII.sub("", p.name)
-
-
-def _case_from_folder(folder: Path) -> Case | None:
-    files = [p for p in folder.iterdir() if p.is_file() and _NII.search(p.name)]
-    if not files:
-        return None
-    case = Case(case_id=folder.name)
-    for p in files:
-        stem = _stem(p)
-        if stem in _BRATS2015:
-            case.images[_BRATS2015[stem]] = p
-        elif stem == "OTMultiClass":
-            case.label, case.convention = p, "brats2015"
-        else:
-            m = re.match(r"^(.*)[_-]([A-Za-z0-9]+)$", stem)
-            if not m:
-                continue
-            suffix = m.group(2).lower()
-            if suffix == "seg":
-                case.label = p
-            elif suffix in _BRATS2023 and "-" + m.group(2) in stem:
-                case.images[_BRATS2023[suffix]] = p
-            elif suffix in _BRATS2020:
-                case.images[_BRATS2020[suffix]] = p
-    return case if case.images else None
-
-
-def discover_cases(root) -> list[Case]:
-    """Cases under ``root`` (a ``dataset.json`` root, a folder of case folders, or one case
-    folder), sorted by case id.
-
-    :raises InputError: the folder is missing, holds no case, or its ``dataset.json`` is invalid.
-    """
-    root = Path(root)
-    if not root.is_dir():
-        raise InputError(f"{root}: dataset folder not found")
-    if (root / DATASET_JSON).is_file():
-        return _read_dataset_json(root)
-    own = _case_from_folder(root)
-    if own is not None:
-        return [own]
-    cases = [c for c in (_case_from_folder(d) for d in sorted(root.iterdir()) if d.is_dir()) if c is not None]
-    if not cases:
-        raise InputError(f"{root}: no cases found (expected BraTS 2015/2020/2023 case folders or a {DATASET_JSON})")
-    return sorted(cases, key=lambda c: c.case_id)
-
-
-def _read_dataset_json(root: Path) -> list[Case]:
-    path = root / DATASET_JSON
-    try:
-        doc = json.loads(path.read_text(encoding="utf-8"))
-        entries = doc["training"]
-        cases = []
-        for e in entries:
-            images = {str(k): root / v for k, v in e["image"].items()}
-            cases.append(Case(case_id=str(e["case"]), images=images,
-                              label=(root / e["label"]) if e.get("label") else None,
-                              convention=e.get("convention", "brats2020")))
-    except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
-        raise InputError(f"{path}: not a valid dataset description ({exc})") from None
-    unknown = sorted({s for c in cases for s in c.images} - set(SEQUENCES))
-    if unknown:
-        raise InputError(f"{path}: unknown sequence name(s) {', '.join(unknown)}; use {', '.join(SEQUENCES)}")
-    return sorted(cases, key=lambda c: c.case_id)
+from ..cases import DATASET_JSON, SEQUENCES, Case, discover_cases  # noqa: E402,F401  (re-exported: the layouts live in the core)
 
 
 def brats2015_to_2020(label: np.ndarray) -> np.ndarray:
@@ -266,7 +180,7 @@ def add_case(root, case_id: str, images: dict, labelmap, overwrite: bool = False
             shutil.rmtree(tmp, ignore_errors=True)
     doc["training"] = [e for e in doc["training"] if e.get("case") != case_id] + [entry]
     doc["sequences"] = sorted(set(doc.get("sequences") or []) | set(images), key=SEQUENCES.index)
-    from .io import atomic_write_text
+    from ..io import atomic_write_text
 
     atomic_write_text(json_path, json.dumps(doc, indent=2) + "\n")
     return final

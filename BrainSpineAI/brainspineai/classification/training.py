@@ -1,6 +1,6 @@
 """Supervised training of the 2D tumour classifier (cross-entropy).
 
-The data are held in memory as prepared slices (see :mod:`brainspineai.preprocess`), so an
+The data are held in memory as prepared slices (see :mod:`brainspineai.classification.preprocess`), so an
 epoch costs only the network. Augmentation runs on whole batches: random horizontal flip,
 rotation within +/-15 degrees, isotropic scaling 0.85-1.15, translation up to 8% of the
 side, and gamma 0.7-1.4; with probability ``skull_strip_p`` a training slice is replaced by a
@@ -28,8 +28,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .engine import CommonConfig, one_cycle, seed_everything
-from .errors import InputError
+from ..engine import CommonConfig, one_cycle, seed_everything
+from ..errors import InputError
 
 
 @dataclass
@@ -120,7 +120,7 @@ def predict_batches(network, x, device, batch_size: int = 128):
     """Softmax probabilities (N, C) float32 numpy for a prepared batch tensor (N, 1, H, W)."""
     import torch
 
-    from .device import autocast
+    from ..device import autocast
 
     network.eval()
     outs = []
@@ -148,13 +148,13 @@ def train_classifier(data_dir, out_dir, config: TrainConfig, resume: bool = Fals
     import torch.nn.functional as F
     from tqdm.auto import tqdm
 
-    from .catalogue import save_model
+    from ..catalogue import save_model
     from .preprocess import NORMALISATION_CARD
     from .data import limit_per_class_subset, load_slice_batch, scan_image_folder, stratified_split
-    from .device import autocast, resolve_device
-    from .metrics import classification_metrics
+    from ..device import autocast, resolve_device
+    from ..metrics import classification_metrics
     from .networks import GRADCAM_LAYER, build_classifier
-    from .retrain import init_weights, keep_parent_split, load_parent, version_card
+    from ..retrain import init_weights, keep_parent_split, load_parent, version_card
 
     cfg = config
     cfg.check()

@@ -1,6 +1,6 @@
 """Training the CLIP-guided 3D U-Net (``brainspineai train segmenter``).
 
-Cases are prepared once (:func:`brainspineai.segprep.prepare`, at the model spacing) and
+Cases are prepared once (:func:`brainspineai.segmentation.prepare.prepare`, at the model spacing) and
 cached in memory (``monai.data.CacheDataset``); every optimiser step draws random patches
 (``RandCropByPosNegLabeld``, positive:negative 2:1, after padding to the patch size), random
 flips on the three axes and random intensity scale and shift. Loss: MONAI ``DiceCELoss``
@@ -22,8 +22,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .engine import CommonConfig
-from .errors import InputError
+from ..engine import CommonConfig
+from ..errors import InputError
 
 PIPELINE = "segmenter"
 
@@ -54,7 +54,7 @@ class SegTrainConfig(CommonConfig):
     eval_every: int = 0
 
     def extra_rules(self) -> list:
-        from .segdata import SEQUENCES
+        from .data import SEQUENCES
 
         return [("patch_size", self.patch_size >= 16 and self.patch_size % 8 == 0, "a multiple of 8, >= 16"),
                 ("spacing", self.spacing > 0, "> 0 mm"), ("val_cases", self.val_cases >= 0, ">= 0"),
@@ -64,10 +64,10 @@ class SegTrainConfig(CommonConfig):
 
 
 def load_case_arrays(case, sequences, spacing):
-    """Read a case and prepare it: (:class:`brainspineai.segprep.Prepared`, images dict)."""
-    from .io import read_image
-    from .segdata import read_labelmap
-    from .segprep import prepare
+    """Read a case and prepare it: (:class:`brainspineai.segmentation.prepare.Prepared`, images dict)."""
+    from ..io import read_image
+    from .data import read_labelmap
+    from .prepare import prepare
 
     missing = [s for s in sequences if s not in case.images]
     if missing:
@@ -107,11 +107,11 @@ def train_segmenter(data, out, cfg: SegTrainConfig, resume: bool = False, progre
     from monai.data import CacheDataset
     from monai.losses import DiceCELoss
 
-    from .catalogue import save_model
-    from .retrain import init_weights, load_parent, version_card
-    from .engine import fit, make_fabric, one_cycle, seed_everything, steps_per_epoch
-    from .segdata import LABELS, REGIONS, discover_cases, label_to_regions
-    from .segmenter import ARCHITECTURE, TRAIN_TEXTS, SegmenterConfig, build_segmenter, count_parameters
+    from ..catalogue import save_model
+    from ..retrain import init_weights, load_parent, version_card
+    from ..engine import fit, make_fabric, one_cycle, seed_everything, steps_per_epoch
+    from .data import LABELS, REGIONS, discover_cases, label_to_regions
+    from .network import ARCHITECTURE, TRAIN_TEXTS, SegmenterConfig, build_segmenter, count_parameters
 
     cfg.check()
     out = Path(out)
@@ -196,7 +196,7 @@ def train_segmenter(data, out, cfg: SegTrainConfig, resume: bool = False, progre
         counter["epoch"] += 1
         if not val_prepared or (counter["epoch"] % every and counter["epoch"] != cfg.epochs):
             return {}
-        from .seginference import predict_probabilities
+        from .inference import predict_probabilities
 
         dices = []
         for p in val_prepared:
@@ -243,7 +243,7 @@ def train_segmenter(data, out, cfg: SegTrainConfig, resume: bool = False, progre
     card = version_card(card, parent, explicit_id=cfg.model_id, parent_validation_kept=len(kept))
     card.update(cfg.extra_card)
     if val_cases:
-        from .seginference import evaluate_network
+        from .inference import evaluate_network
 
         card["metrics"]["held_out"] = evaluate_network(net, card, val_cases, device=fabric.device)
         card["metrics"]["held_out_no_postprocess"] = evaluate_network(net, card, val_cases, device=fabric.device,
@@ -252,7 +252,7 @@ def train_segmenter(data, out, cfg: SegTrainConfig, resume: bool = False, progre
 
 
 def _clip_provenance(spec: str, net) -> dict:
-    from .segmenter import SMALL_CLIP
+    from .network import SMALL_CLIP
 
     d = {"source": spec, "frozen": True, "weights_in_model": net is not None}
     if spec == "small-random":

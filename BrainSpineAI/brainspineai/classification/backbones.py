@@ -2,7 +2,7 @@
 
 Every backbone maps a float32 batch (N, in_channels, S, S) to a feature map
 (N, ``out_channels``, S / stride, S / stride); the map is what Grad-CAM explains, what
-the AFF module fuses (see :mod:`brainspineai.fusion`) and what is average-pooled into the
+the AFF module fuses (see :mod:`brainspineai.classification.fusion`) and what is average-pooled into the
 embedding.
 
 =======================  =======================================================  ========  ======
@@ -24,7 +24,7 @@ multiple of 16.
 """
 from __future__ import annotations
 
-from .errors import ModelError
+from ..errors import ModelError
 
 RESNETS = {
     "resnet18-w32": dict(layers=[2, 2, 2, 2], block_inplanes=[32, 64, 128, 256]),

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import InputError
-from .io import SLICE_SUFFIXES, VOLUME_SUFFIXES, _suffix
+from ..errors import InputError
+from ..io import SLICE_SUFFIXES, VOLUME_SUFFIXES, _suffix
 
 
 def scan_image_folder(root, class_names: list | None = None):
@@ -44,7 +44,7 @@ def scan_image_folder(root, class_names: list | None = None):
                 labels.append(idx)
     if not paths:
         raise InputError(f"{root}: no images found in the class folders")
-    from .datasets import readable_slices, warn_skipped
+    from ..datasets import readable_slices, warn_skipped
 
     good, bad = readable_slices(paths)  # truncated / undecodable slices are left out, as the summary says
     if bad:
@@ -98,7 +98,7 @@ def load_slice_batch(paths, size: int, crop: str = "slice", return_geometry: boo
     """
     import SimpleITK as sitk
 
-    from .io import is_slice, read_image
+    from ..io import is_slice, read_image
     from .preprocess import prepare_slices, slice_array, to_lps_axial
 
     arrays = []

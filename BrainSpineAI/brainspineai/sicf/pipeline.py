@@ -4,7 +4,7 @@ random forest, for 2D slices.
 Source: Shi et al., "An intelligent MRI data fusion framework for optimized diagnosis of
 spinal tumors", Front. Med. 2025. Pipeline per slice:
 
-1. ROI: :func:`brainspineai.spine_roi.quadrant_roi` (axial spine slices) or the whole
+1. ROI: :func:`brainspineai.sicf.roi.quadrant_roi` (axial spine slices) or the whole
    slice (``roi="full"``, e.g. brain slices, which have no spinal canal).
 2. The ROI (intensities scaled 1st-99th percentile to uint8) is resized to
    ``image_size`` x ``image_size`` pixels and histogram-equalised (``cv2.equalizeHist``).
@@ -50,7 +50,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import InputError, ModelError
+from ..errors import InputError, ModelError
 
 TASK = "sicf-2d"
 SIFT_DIM = 128
@@ -131,8 +131,8 @@ def slice_from_image(image) -> np.ndarray:
     middle LPS axial slice of a volume (rows anterior to posterior, columns right to left)."""
     import SimpleITK as sitk
 
-    from .io import is_slice
-    from .preprocess import slice_array, to_lps_axial
+    from ..io import is_slice
+    from ..classification.preprocess import slice_array, to_lps_axial
 
     if is_slice(image):
         return slice_array(image)
@@ -142,7 +142,7 @@ def slice_from_image(image) -> np.ndarray:
 
 def roi_box(arr, mode: str = "quadrant"):
     """ROI box ``(row0, col0, row1, col1)`` (pixels, half-open) of a 2D slice."""
-    from .spine_roi import full_roi, quadrant_roi
+    from .roi import full_roi, quadrant_roi
 
     return quadrant_roi(arr) if mode == "quadrant" else full_roi(arr)
 
@@ -269,7 +269,7 @@ class VGGFeatures:
             torch.manual_seed(seed)
             net = vgg16(weights=None)
         if path is not None:
-            from .catalogue import sha256_file
+            from ..catalogue import sha256_file
 
             try:
                 state = torch.load(str(path), map_location="cpu", weights_only=True)
@@ -310,7 +310,7 @@ class VGGFeatures:
 
 
 def _cache_root(cfg) -> Path:
-    from .catalogue import user_home
+    from ..catalogue import user_home
 
     return Path(cfg.cache_dir) if cfg.cache_dir else user_home() / "cache" / "sicf-features"
 
@@ -334,7 +334,7 @@ def extract_features(paths, cfg: SICFConfig, vgg: VGGFeatures, progress=None) ->
     """
     import io as _io
 
-    from .io import atomic_write_bytes, read_image
+    from ..io import atomic_write_bytes, read_image
 
     root = _cache_root(cfg)
     boxes, descs, points, vggs = [None] * len(paths), [None] * len(paths), [None] * len(paths), [None] * len(paths)
@@ -528,7 +528,7 @@ def sicf_metrics(y_true, probs, class_names, n_bootstrap: int = 1000, seed: int 
     are recomputed on resamples drawn the same way (seeded ``numpy.random.Generator``,
     multinomial case counts), averaging over the classes present in each resample.
     """
-    from .metrics import classification_metrics, probability_metrics
+    from ..metrics import classification_metrics, probability_metrics
 
     y = np.asarray(y_true, np.int64)
     probs = np.asarray(probs, np.float64)
@@ -615,7 +615,7 @@ class SICFModel:
 
 
 def _file_digests(folder: Path, names) -> dict:
-    from .catalogue import sha256_file
+    from ..catalogue import sha256_file
 
     return {n: sha256_file(folder / n) for n in names}
 
@@ -628,7 +628,7 @@ def save_sicf_model(out_dir, card: dict, forest, codebook, mask, extra_files: di
 
     import joblib
 
-    from .catalogue import sha256_file, write_model_folder
+    from ..catalogue import sha256_file, write_model_folder
 
     def write_files(tmp: Path) -> dict:
         buf = _io.BytesIO()
@@ -651,8 +651,8 @@ def load_sicf_model(folder, card: dict | None = None, device: str = "cpu", vgg_w
     """
     import joblib
 
-    from .catalogue import read_card, verify_weights
-    from .errors import ChecksumError
+    from ..catalogue import read_card, verify_weights
+    from ..errors import ChecksumError
 
     folder = Path(folder)
     card = card or read_card(folder)
@@ -707,8 +707,8 @@ def load_sicf_parent(cfg: SICFConfig, class_names):
         ``--image-size``, ``--words``) that differs from the parent's, or VGG16 weights
         that cannot be reproduced. :raises ModelError, ChecksumError: unknown or corrupted model.
     """
-    from .errors import ChecksumError
-    from .retrain import load_parent
+    from ..errors import ChecksumError
+    from ..retrain import load_parent
 
     parent = load_parent(cfg.init_model, TASK, class_names)
     card = parent.card
@@ -732,8 +732,8 @@ def load_sicf_parent(cfg: SICFConfig, class_names):
 
 
 def _prepare_data(data_dir, cfg: SICFConfig, progress=None):
-    from .data import limit_per_class_subset, scan_image_folder, stratified_split
-    from .retrain import keep_parent_split
+    from ..classification.data import limit_per_class_subset, scan_image_folder, stratified_split
+    from ..retrain import keep_parent_split
 
     root = Path(data_dir)
     paths, labels, class_names = scan_image_folder(root)
@@ -835,7 +835,7 @@ def train_sicf(data_dir, out_dir, cfg: SICFConfig, progress=None) -> Path:
         classes or VGG16 weights that cannot be reproduced; ``out_dir`` = the parent's folder.
     """
     if cfg.init_model:
-        from .catalogue import resolve_model
+        from ..catalogue import resolve_model
 
         if Path(out_dir).resolve() == Path(resolve_model(cfg.init_model)).resolve():
             raise InputError(f"--out {out_dir}: that is the parent model's folder; retraining writes a new "
@@ -849,7 +849,7 @@ def train_sicf(data_dir, out_dir, cfg: SICFConfig, progress=None) -> Path:
     forest, mask, sel, metrics, t2 = _fit_variant(fused, labels, tr, va, class_names, cfg, progress, mask=keep)
     card = _card(cfg, root, paths, labels, tr, va, class_names, vgg, codebook, mask, sel, metrics, {**timing, **t2}, out_dir)
     if parent is not None:
-        from .retrain import version_card
+        from ..retrain import version_card
 
         card["codebook"] = {"inherited_from": parent.id}
         if keep is not None:
@@ -871,7 +871,7 @@ def run_ablation(data_dir, out_dir, cfg: SICFConfig, progress=None, variants=Non
     :returns: ``{"rows": [{"variant", "accuracy", "sensitivity", "specificity", "auc", "f1"
         (each {"value", "ci95"}), "n_features_kept", "selection_s", "forest_fit_s"}], "config", ...}``.
     """
-    from .io import atomic_write_text
+    from ..io import atomic_write_text
 
     _with_defaults(cfg).check()
     names = list(variants or ABLATION_VARIANTS)
@@ -945,16 +945,16 @@ def classify_sicf(image, model: SICFModel, progress=None):
     probabilities are their mean. The ROI and keypoints reported are those of the 2D slice,
     or of the volume's middle classified slice.
 
-    :returns: :class:`brainspineai.inference.ClassificationResult` whose ``extra["sicf"]``
+    :returns: :class:`brainspineai.classification.inference.ClassificationResult` whose ``extra["sicf"]``
         is ``{"roi_box": [row0, col0, row1, col1], "keypoints": [[row, col], ...],
         "slice_index": LPS axial index or None, "n_features_kept", "roi_mode"}``.
     :raises InputError: NaN / infinite or constant input.
     """
     import SimpleITK as sitk
 
-    from .inference import ClassificationResult
-    from .io import is_slice, validate_image
-    from .preprocess import slice_array, to_lps_axial
+    from ..classification.inference import ClassificationResult
+    from ..io import is_slice, validate_image
+    from ..classification.preprocess import slice_array, to_lps_axial
 
     validate_image(image)
     if is_slice(image):

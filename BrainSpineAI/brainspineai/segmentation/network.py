@@ -1,7 +1,7 @@
 """CLIP-guided 3D U-Net for brain tumour segmentation (WT, TC, ET), multi-level fusion.
 
 Follows the multi-level CLIP + 3D U-Net design described for BraTS 2020 (pixel level in
-:mod:`brainspineai.segprep`; feature and semantic levels here):
+:mod:`brainspineai.segmentation.prepare`; feature and semantic levels here):
 
 - Feature level: a 3D U-Net of MONAI residual units (``monai.networks.blocks.ResidualUnit``,
   instance norm, PReLU) each followed by squeeze-and-excitation channel attention
@@ -32,7 +32,7 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from .errors import ModelError
+from ..errors import ModelError
 
 ARCHITECTURE = "clipunet3d"
 SMALL_CLIP = {"embed_dim": 64,

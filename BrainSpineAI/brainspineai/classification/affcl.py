@@ -20,7 +20,7 @@ class is a positive, every other one a negative. Each DDP process keeps its own 
 
 Training data, augmentation (flips, rotation, scaling, translation, gamma, simulated skull
 stripping) and the validation rule (stratified split, last epoch kept) are those of
-:mod:`brainspineai.training`. Rows with a known tumour box are never skull-stripped (the
+:mod:`brainspineai.classification.training`. Rows with a known tumour box are never skull-stripped (the
 strip re-crops the slice, which would move the box); the box is carried through the
 augmentation as a mask channel.
 """
@@ -32,8 +32,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .engine import CommonConfig
-from .errors import InputError
+from ..engine import CommonConfig
+from ..errors import InputError
 
 ABLATION_VARIANTS = {
     "cross-entropy": dict(two_branch=False, supcon_weight=0.0),
@@ -133,11 +133,11 @@ def train_affcl(data_dir, out_dir, config: AFFCLConfig, resume: bool = False, pr
     """
     import torch
     import torch.nn.functional as F
-    from . import engine
-    from .catalogue import save_model
+    from .. import engine
+    from ..catalogue import save_model
     from .data import load_labelled_split
     from .networks import SingleBranchNet, TwoBranchNet
-    from .retrain import init_weights, keep_parent_split, load_parent, version_card
+    from ..retrain import init_weights, keep_parent_split, load_parent, version_card
     from .training import augment, predict_batches, skull_strip_like
 
     cfg = config
@@ -234,8 +234,8 @@ def train_affcl(data_dir, out_dir, config: AFFCLConfig, resume: bool = False, pr
 
 def classifier_card(model_id, pipeline, net, spec, data, image_size, probs, conf, result, fabric, extra) -> dict:
     """The model card of a classifier trained by one of the contrastive pipelines."""
-    from .engine import precision_for
-    from .metrics import classification_metrics, probability_metrics
+    from ..engine import precision_for
+    from ..metrics import classification_metrics, probability_metrics
     from .preprocess import NORMALISATION_CARD
 
     y_va = data.y[data.val_idx].numpy()
@@ -274,7 +274,7 @@ def run_ablation(data_dir, out_dir, base: AFFCLConfig, progress=None, variants=N
     """
     from dataclasses import replace
 
-    from .io import atomic_write_text
+    from ..io import atomic_write_text
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -1,10 +1,10 @@
 """Inference and evaluation with a 3D segmenter (card task ``segmentation-3d``).
 
-:func:`segment`: prepare the sequences (:mod:`brainspineai.segprep`), MONAI
+:func:`segment`: prepare the sequences (:mod:`brainspineai.segmentation.prepare`), MONAI
 ``sliding_window_inference`` (Gaussian-weighted windows of the model's patch size, given
 overlap), optional flip test-time augmentation (mean of the sigmoid over no flip and a
 flip along each of the three axes), threshold 0.5 per region, BraTS labelmap
-(:func:`brainspineai.segdata.regions_to_labelmap`) mapped back onto the reference grid.
+(:func:`brainspineai.segmentation.data.regions_to_labelmap`) mapped back onto the reference grid.
 
 :func:`evaluate_cases`: Dice (MONAI ``DiceMetric``; 1.0 when prediction and truth are both
 empty) and the 95th-percentile Hausdorff distance in mm (MONAI
@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import InputError, ModelError
+from ..errors import InputError, ModelError
 
 
 @dataclass
@@ -45,9 +45,9 @@ def load_segmenter(ref=None, device="auto") -> LoadedSegmenter:
     :raises ModelError, ChecksumError: unknown, corrupted or incompatible model, or a model of another task."""
     from safetensors.torch import load_file
 
-    from .catalogue import DEFAULT_SEGMENTER_ID, read_card, resolve_model, verify_weights
-    from .device import resolve_device
-    from .segmenter import SegmenterConfig, build_segmenter
+    from ..catalogue import DEFAULT_SEGMENTER_ID, read_card, resolve_model, verify_weights
+    from ..device import resolve_device
+    from .network import SegmenterConfig, build_segmenter
 
     folder = resolve_model(ref if ref else DEFAULT_SEGMENTER_ID)
     card = read_card(folder)
@@ -71,7 +71,7 @@ def predict_probabilities(net, image: np.ndarray, patch: int, overlap: float = 0
     import torch
     from monai.inferers import sliding_window_inference
 
-    from .device import autocast
+    from ..device import autocast
 
     device = torch.device(device)
     was_training = net.training
@@ -111,7 +111,7 @@ class SegmentationResult:
     def regions(self) -> dict:
         import SimpleITK as sitk
 
-        from .segdata import REGIONS, label_to_regions
+        from .data import REGIONS, label_to_regions
 
         lab = sitk.GetArrayViewFromImage(self.labelmap)
         ml = float(np.prod(self.labelmap.GetSpacing())) / 1000.0
@@ -129,11 +129,11 @@ def segment(images: dict, model: LoadedSegmenter, report: str | None = None, ove
     :param report: free text (e.g. the radiology report) for the text gate and semantic
         attention; ``None``: the default per-region descriptions.
     :param postprocess: keep the main tumour components
-        (:func:`brainspineai.segprep.keep_main_components`).
+        (:func:`brainspineai.segmentation.prepare.keep_main_components`).
     :returns: :class:`SegmentationResult` whose labelmap has exactly the reference's geometry.
     :raises InputError: a missing sequence, NaN values, an empty volume, ``overlap`` outside [0, 1).
     """
-    from .segprep import prepare, restore
+    from .prepare import prepare, restore
 
     if not 0 <= overlap < 1:
         raise InputError(f"--overlap {overlap}: must be in [0, 1)")
@@ -156,7 +156,7 @@ def region_metrics(pred_label: np.ndarray, true_label: np.ndarray, spacing_zyx) 
     import torch
     from monai.metrics import DiceMetric, compute_hausdorff_distance
 
-    from .segdata import REGIONS, label_to_regions
+    from .data import REGIONS, label_to_regions
 
     p = torch.from_numpy(label_to_regions(pred_label, axis=0))[None].float()
     t = torch.from_numpy(label_to_regions(true_label, axis=0))[None].float()
@@ -172,7 +172,7 @@ def region_metrics(pred_label: np.ndarray, true_label: np.ndarray, spacing_zyx) 
 
 
 def _mean(per_case: dict) -> dict:
-    from .segdata import REGIONS
+    from .data import REGIONS
 
     mean = {}
     for r in REGIONS:
@@ -189,8 +189,8 @@ def evaluate_network(net, card: dict, cases, device="cpu", overlap: float = 0.5,
     {"dice", "hd95_mm"}}}, "mean": {...}, "overlap", "tta"}``."""
     import SimpleITK as sitk
 
-    from .io import read_image
-    from .segdata import read_labelmap
+    from ..io import read_image
+    from .data import read_labelmap
 
     model = LoadedSegmenter(card=card, folder=Path("."), network=net, device=device)
     per_case = {}
@@ -209,10 +209,10 @@ def evaluate_network(net, card: dict, cases, device="cpu", overlap: float = 0.5,
 
 
 def evaluate_cases(data, model: LoadedSegmenter, overlap: float = 0.5, tta: bool = False) -> dict:
-    """:func:`evaluate_network` on every labelled case under ``data`` (see :func:`brainspineai.segdata.discover_cases`).
+    """:func:`evaluate_network` on every labelled case under ``data`` (see :func:`brainspineai.segmentation.data.discover_cases`).
 
     :raises InputError: no labelled case."""
-    from .segdata import discover_cases
+    from .data import discover_cases
 
     cases = [c for c in discover_cases(data) if c.label is not None]
     if not cases:

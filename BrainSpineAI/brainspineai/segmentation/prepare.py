@@ -22,7 +22,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .errors import InputError
+from ..errors import InputError
 
 CLIP_PERCENTILES = (0.5, 99.5)
 
@@ -90,7 +90,7 @@ def prepare(images: dict, sequences, spacing: float, label=None, margin_mm: floa
     """
     import SimpleITK as sitk
 
-    from .segdata import same_geometry
+    from .data import same_geometry
 
     check_sequences(images, sequences)
     ref = images[sequences[0]]
@@ -159,7 +159,7 @@ def restore(probabilities: np.ndarray, prep: Prepared, threshold: float = 0.5, p
     direction). ``postprocess``: :func:`keep_main_components`."""
     import SimpleITK as sitk
 
-    from .segdata import regions_to_labelmap
+    from .data import regions_to_labelmap
 
     up = resize(probabilities, prep.crop_shape) > threshold
     if postprocess:

@@ -1,4 +1,4 @@
-"""The SICF parts of the ``brainspineai`` command (see :mod:`brainspineai.cli` for the
+"""The SICF parts of the ``brainspineai`` command (see :mod:`brainspineai.cli.main` for the
 conventions): ``train sicf``, ``ablation sicf``, and ``classify`` / ``evaluate`` with an
 SICF model (task ``sicf-2d``)."""
 from __future__ import annotations
@@ -6,11 +6,11 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from .errors import BrainSpineAIError, InputError
+from ..errors import BrainSpineAIError, InputError
 
 
 def _config(args):
-    from .sicf import SICFConfig
+    from ..sicf.pipeline import SICFConfig
 
     init = getattr(args, "init_model", None) or ""
     base = SICFConfig()  # --roi, --image-size, --words left out: the defaults, or with --init-model the parent's
@@ -51,8 +51,8 @@ def add_sicf_args(p) -> None:
 
 
 def cmd_train_sicf(args) -> int:
-    from .cli import _event_sink
-    from .sicf import train_sicf
+    from .common import _event_sink
+    from ..sicf.pipeline import train_sicf
 
     if args.reselect and not args.init_model:
         raise InputError("--reselect re-runs the feature selection of a retrained model; give --init-model too")
@@ -69,8 +69,8 @@ def cmd_train_sicf(args) -> int:
 
 
 def cmd_ablation_sicf(args) -> int:
-    from .cli import _event_sink
-    from .sicf import ablation_markdown, run_ablation
+    from .common import _event_sink
+    from ..sicf.pipeline import ablation_markdown, run_ablation
 
     doc = run_ablation(args.data, args.out, _config(args), progress=_event_sink(args.events))
     print(ablation_markdown(doc), end="")
@@ -79,10 +79,10 @@ def cmd_ablation_sicf(args) -> int:
 
 
 def classify(args, image, model) -> int:
-    """``classify`` with an SICF model (called by :func:`brainspineai.cli.cmd_classify`)."""
-    from .cli import _json_line
-    from .io import atomic_write_text
-    from .sicf import classify_sicf
+    """``classify`` with an SICF model (called by :func:`brainspineai.cli.main.cmd_classify`)."""
+    from .common import _json_line
+    from ..io import atomic_write_text
+    from ..sicf.pipeline import classify_sicf
 
     if args.heatmap:
         raise InputError(f"model '{model.id}' is an SICF model (random forest on SIFT + VGG16 features): it has no "
@@ -116,10 +116,10 @@ def evaluate(args, model) -> int:
     95% bootstrap CIs, per-class figures and the confusion matrix."""
     import numpy as np
 
-    from .data import scan_image_folder
-    from .io import atomic_write_text
-    from .metrics import save_confusion_png
-    from .sicf import extract_features, fused_matrix, sicf_metrics
+    from ..classification.data import scan_image_folder
+    from ..io import atomic_write_text
+    from ..metrics import save_confusion_png
+    from ..sicf.pipeline import extract_features, fused_matrix, sicf_metrics
 
     if args.embedding_png:
         raise InputError(f"model '{model.id}' is an SICF model: --embedding-png needs a network's features; leave it out")

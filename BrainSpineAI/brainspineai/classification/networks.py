@@ -11,12 +11,14 @@ and maps a float32 batch (N, in_channels, H, W) to logits (N, num_classes).
 
 Model cards with a ``network`` entry describe the networks of the contrastive pipelines
 (see :func:`build_from_card`): :class:`SingleBranchNet` (a backbone from
-:mod:`brainspineai.backbones`, average pooling, linear or MLP head) and
+:mod:`brainspineai.classification.backbones`, average pooling, linear or MLP head) and
 :class:`TwoBranchNet` (AFF-CL's global + local branches joined by attentional feature
 fusion). Every classifier names its final linear layer ``fc``; its input is the
 penultimate embedding.
 """
 from __future__ import annotations
+
+from pathlib import Path
 
 import torch.nn as _nn  # this module is only imported lazily, inside functions
 
@@ -39,7 +41,7 @@ def build_classifier(architecture: str, num_classes: int, in_channels: int = 1):
     """
     from monai.networks.nets import ResNet
 
-    from .errors import ModelError
+    from ..errors import ModelError
 
     if architecture not in ARCHITECTURES:
         raise ModelError(f"unknown architecture '{architecture}'; known: {', '.join(sorted(ARCHITECTURES))}")
@@ -71,7 +73,7 @@ def build_from_card(card: dict):
 
     :raises ModelError: unknown kind, backbone or architecture.
     """
-    from .errors import ModelError
+    from ..errors import ModelError
 
     n_classes, in_ch = len(card["class_names"]), int(card.get("in_channels", 1))
     spec = card.get("network")
@@ -158,7 +160,7 @@ class SingleBranchNet(_nn.Module):
 
 class TwoBranchNet(_nn.Module):
     """AFF-CL's network: a global branch on the whole slice and a local branch on a crop
-    around the tumour, fused position by position by AFF / iAFF (:mod:`brainspineai.fusion`).
+    around the tumour, fused position by position by AFF / iAFF (:mod:`brainspineai.classification.fusion`).
 
     Local crop rule (training and inference alike, unless a box is given): the global
     branch has an auxiliary linear head ``aux_fc`` on its pooled features; its class
@@ -295,3 +297,32 @@ class SimCLRNet(_nn.Module):
         import torch.nn.functional as F
 
         return F.normalize(self.projector(self.embed(x)).float(), dim=1)
+
+
+def load_network_model(folder, card: dict, device="auto"):
+    """Load a classifier or encoder model folder (the catalogue's loader for the tasks
+    ``classification-2d`` and ``encoder-2d``): verify the weights' sha256, build the
+    network the card describes, load the weights, move it to ``device`` in eval mode.
+
+    :returns: :class:`brainspineai.catalogue.LoadedModel`.
+    :raises ModelError, ChecksumError: corrupted weights, or a card / weights this version cannot build.
+    """
+    from safetensors.torch import load_file
+
+    from ..catalogue import LoadedModel, verify_weights
+    from ..device import resolve_device
+    from ..errors import ModelError
+
+    weights = verify_weights(folder, card)
+    dev = resolve_device(device)
+    try:
+        net = build_network(card)
+    except (KeyError, ValueError, TypeError) as exc:
+        raise ModelError(f"model '{card['id']}': its card does not describe a network this version builds ({exc})") from None
+    try:
+        state = load_file(str(weights))
+        net.load_state_dict(state)
+    except Exception as exc:  # safetensors / torch raise several types
+        raise ModelError(f"model '{card['id']}': weights do not fit architecture {card['architecture']} ({exc})") from None
+    net.to(dev).eval()
+    return LoadedModel(card=card, folder=Path(folder), network=net, device=dev, class_names=list(card["class_names"]))

@@ -1,0 +1,4 @@
+"""The ``brainspineai`` command: one module per command group."""
+from .main import main
+
+__all__ = ["main"]

@@ -1,0 +1,73 @@
+"""``brainspineai classify``: a 2D slice or a 3D volume, optionally with a Grad-CAM heatmap."""
+from __future__ import annotations
+
+import json
+
+from ..errors import InputError
+from .common import HEATMAP_VOLUME_SUFFIXES, _json_line, _suffix_ok
+
+
+def cmd_classify(args) -> int:
+    from ..catalogue import load_model
+    from ..classification.explain import overlay_png
+    from ..io import atomic_write_bytes, atomic_write_text, is_slice, read_image, write_image_atomic
+    from ..classification.inference import classify_image
+    from ..classification.preprocess import slice_array
+
+    image = read_image(args.input)
+    slice_input = is_slice(image)
+    if args.heatmap:
+        if slice_input and not args.heatmap.lower().endswith(".png") and not _suffix_ok(args.heatmap, HEATMAP_VOLUME_SUFFIXES):
+            raise InputError(f"--heatmap {args.heatmap}: use a .png file (overlay) or a volume file for a 2D input")
+        if not slice_input and not _suffix_ok(args.heatmap, HEATMAP_VOLUME_SUFFIXES):
+            raise InputError(f"--heatmap {args.heatmap}: a volume's heatmap is a volume; use .nii.gz, .nii, .nrrd or .mha")
+    model = load_model(args.model, args.device)
+    if getattr(model, "kind", "") == "sicf":
+        from . import sicf as cli_sicf
+
+        return cli_sicf.classify(args, image, model)
+    progress = None
+    if args.progress == "jsonl":
+        progress = lambda f, m: _json_line({"event": "progress", "fraction": round(f, 3), "message": m})  # noqa: E731
+    result = classify_image(image, model, heatmap=bool(args.heatmap), heatmap_class=args.heatmap_class, progress=progress)
+    doc = result.to_json()
+    # all computed: now write
+    if args.heatmap:
+        if args.heatmap.lower().endswith(".png"):
+            atomic_write_bytes(args.heatmap, overlay_png(slice_array(image), slice_array(result.heatmap)))
+        else:
+            write_image_atomic(result.heatmap, args.heatmap)
+    if args.json:
+        atomic_write_text(args.json, json.dumps(doc, indent=2) + "\n")
+    if args.progress == "jsonl":
+        _json_line({"event": "done", "result": doc})
+    else:
+        order = sorted(range(len(doc["classes"])), key=lambda i: -doc["probabilities"][i])
+        p_pred = doc["probabilities"][doc["classes"].index(doc["predicted"])]
+        print(f"model: {doc['model']}")
+        kind = "2D slice" if slice_input else f"volume, {len(doc['slices'])} slices classified"
+        print(f"input: {args.input} ({kind})")
+        print(f"predicted: {doc['predicted']} ({p_pred:.1%})")
+        for i in order:
+            print(f"  {doc['classes'][i]:<12} {doc['probabilities'][i]:7.2%}")
+        if not slice_input:
+            print(f"volume rule: {doc['volume_rule']}")
+        if args.heatmap:
+            print(f"heatmap ({result.heatmap_class}): {args.heatmap}")
+    return 0
+
+
+def add_parser(sub) -> None:
+    from ..device import DEVICE_CHOICES
+
+    c = sub.add_parser("classify", help="classify a 2D slice or a 3D volume, optionally with a Grad-CAM heatmap")
+    c.add_argument("input", help="NIfTI / NRRD / MHA file, DICOM series folder, or JPEG / PNG slice")
+    c.add_argument("--model", help="model id, model folder or URL (default: the shipped 4-class model)")
+    c.add_argument("--device", default="auto", choices=DEVICE_CHOICES)
+    c.add_argument("--heatmap", metavar="OUT", help="Grad-CAM output: NIfTI/NRRD/MHA for volumes, PNG overlay for 2D")
+    c.add_argument("--heatmap-class", metavar="CLASS", help="class to explain (default: the predicted class)")
+    c.add_argument("--json", metavar="OUT", help="write the result as JSON")
+    c.add_argument("--progress", choices=["text", "jsonl"], default="text",
+                   help="jsonl: progress and result as JSON lines on stdout (for 3D Slicer)")
+    c.set_defaults(func=cmd_classify)
+

@@ -1,0 +1,107 @@
+"""``brainspineai evaluate``: a classifier's accuracy, per-class figures, confusion matrix,
+AUC / sensitivity / specificity with bootstrap intervals, and an embedding plot."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from ..errors import BrainSpineAIError, InputError
+
+
+def cmd_evaluate(args) -> int:
+    import numpy as np
+
+    from ..catalogue import load_model
+    from ..classification.data import load_slice_batch, scan_image_folder
+    from ..io import atomic_write_bytes, atomic_write_text
+    from ..metrics import classification_metrics, embedding_png_bytes, probability_metrics, save_confusion_png
+    from ..classification.training import predict_batches
+
+    if args.bootstrap < 0:
+        raise InputError(f"--bootstrap {args.bootstrap}: give 0 (no confidence intervals) or a positive number of resamples")
+    if args.embedding_png and not args.embedding_png.lower().endswith(".png"):
+        raise InputError(f"--embedding-png {args.embedding_png}: use a .png file")
+    model = load_model(args.model, args.device)
+    if getattr(model, "kind", "") == "sicf":
+        from . import sicf as cli_sicf
+
+        return cli_sicf.evaluate(args, model)
+    paths, labels, classes = scan_image_folder(args.data_dir, model.class_names)
+    root = Path(args.data_dir)
+    if args.split:
+        try:
+            split = json.loads(Path(args.split).read_text())
+            wanted = set(split["validation"])
+        except (OSError, ValueError, KeyError) as exc:
+            raise InputError(f"--split {args.split}: not a split file with a 'validation' list ({exc})") from None
+        keep = [i for i, p in enumerate(paths) if str(p.relative_to(root)) in wanted]
+        if not keep:
+            raise InputError(f"--split {args.split}: none of its validation images is in {root}")
+        paths, labels = [paths[i] for i in keep], labels[keep]
+    from ..classification.preprocess import crop_mode
+
+    batch = load_slice_batch(paths, model.input_size, crop=crop_mode(model.card, volume=False))
+    probs = predict_batches(model.network, batch, model.device)
+    metrics = classification_metrics(labels, probs.argmax(1), classes)
+    try:
+        prob_metrics = probability_metrics(labels, probs, classes, n_bootstrap=args.bootstrap)
+    except ValueError as exc:
+        raise BrainSpineAIError(f"model '{model.id}' on {root}: {exc}") from None
+    doc = {"model": model.id, "data": str(root), "split": args.split, **metrics, "probability_metrics": prob_metrics}
+    embedding_png = None
+    if args.embedding_png:
+        from ..classification.embeddings import penultimate_features
+
+        if len(labels) < 5:
+            raise InputError(f"--embedding-png: an embedding needs at least 5 images; {root} gives {len(labels)}")
+        features = penultimate_features(model.network, batch, model.device)
+        embedding_png, _ = embedding_png_bytes(features, labels, classes, seed=0,
+                                               title=f"t-SNE of {model.id} features, {root.name} ({len(labels)} images)")
+    # all computed: now write
+    if args.confusion_png:
+        save_confusion_png(metrics["confusion_matrix"], classes, args.confusion_png, title=f"{model.id} on {root.name}")
+    if embedding_png is not None:
+        atomic_write_bytes(args.embedding_png, embedding_png)
+    if args.json:
+        atomic_write_text(args.json, json.dumps(doc, indent=2) + "\n")
+    print(f"model: {model.id}   data: {root} ({metrics['n']} images)")
+    print(f"accuracy: {metrics['accuracy']:.2%}   macro F1: {metrics['macro_f1']:.3f}")
+    print(f"  {'class':<12} {'precision':>9} {'recall':>7} {'F1':>6} {'n':>5}")
+    for name, m in metrics["per_class"].items():
+        print(f"  {name:<12} {m['precision']:9.3f} {m['recall']:7.3f} {m['f1']:6.3f} {m['support']:5d}")
+    print("confusion matrix (rows true, columns predicted): " + json.dumps(np.asarray(metrics["confusion_matrix"]).tolist()))
+    def ci_text(stat) -> str:  # "0.987 [0.970, 0.996]"
+        if stat["value"] is None:
+            return "n/a"
+        ci = stat["ci95"]
+        return f"{stat['value']:.3f}" + (f" [{ci[0]:.3f}, {ci[1]:.3f}]" if ci else "")
+
+    pm = prob_metrics
+    ci_note = (f"95% percentile bootstrap CI, {pm['n_bootstrap']} resamples" if pm["n_bootstrap"] else "no confidence intervals")
+    print(f"macro AUC (one-vs-rest): {ci_text(pm['macro_auc'])}   accuracy: {ci_text(pm['accuracy'])}   ({ci_note})")
+    print(f"  {'class':<12} {'AUC':<22} {'sensitivity':<22} {'specificity':<22}")
+    for name, m in pm["per_class"].items():
+        print(f"  {name:<12} {ci_text(m['auc']):<22} {ci_text(m['sensitivity']):<22} {ci_text(m['specificity']):<22}")
+    if embedding_png is not None:
+        print(f"embedding (t-SNE of penultimate features): {args.embedding_png}")
+    return 0
+
+
+def add_parser(sub) -> None:
+    from ..device import DEVICE_CHOICES
+
+    e = sub.add_parser("evaluate", help="accuracy, per-class precision / recall / F1, confusion matrix, "
+                                        "AUC, sensitivity and specificity with bootstrap CIs")
+    e.add_argument("data_dir", help="ImageFolder root with class folders named as the model's classes")
+    e.add_argument("--model", help="model id, folder or URL (default: the shipped model)")
+    e.add_argument("--device", default="auto", choices=DEVICE_CHOICES)
+    e.add_argument("--split", metavar="SPLIT_JSON", help="evaluate only the 'validation' images listed in a training split.json")
+    e.add_argument("--json", metavar="OUT", help="write the metrics as JSON (top-level 'accuracy')")
+    e.add_argument("--confusion-png", metavar="OUT", help="write the confusion matrix as a PNG")
+    e.add_argument("--bootstrap", type=int, default=1000, metavar="N",
+                   help="bootstrap resamples for the 95%% confidence intervals of AUC, sensitivity and specificity "
+                        "(0: point values only)")
+    e.add_argument("--embedding-png", metavar="OUT",
+                   help="write a t-SNE plot of the penultimate-layer features, coloured by class, as a PNG")
+    e.set_defaults(func=cmd_evaluate)
+

@@ -1,0 +1,163 @@
+"""``brainspineai segment``, ``train segmenter`` and ``evaluate-seg``: 3D BraTS regions."""
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+from ..errors import InputError
+from .common import _event_sink, _json_line, _suffix_ok
+
+
+def _read_sequences(args, needed) -> tuple:
+    """(sequence -> image for the sequences the model needs, sorted names of the extra ones given)."""
+    from ..io import read_image
+
+    given = {s: getattr(args, s) for s in ("t1", "t1ce", "t2", "flair") if getattr(args, s)}
+    for s in needed:
+        if s not in given:
+            raise InputError(f"missing sequence {s} (the model needs {', '.join(needed)})")
+    return {s: read_image(given[s]) for s in needed}, sorted(set(given) - set(needed))
+
+
+def cmd_segment(args) -> int:
+    from ..io import atomic_write_text, write_image_atomic
+    from ..segmentation.inference import load_segmenter, segment
+
+    if not _suffix_ok(args.out, (".nii.gz", ".nii", ".nrrd", ".mha", ".seg.nrrd")):
+        raise InputError(f"--out {args.out}: use a .nii.gz, .nii, .nrrd or .mha file")
+    model = load_segmenter(args.model, args.device)
+    images, extra = _read_sequences(args, model.sequences)
+    jsonl = args.progress == "jsonl"
+    if extra and not jsonl:
+        print(f"note: ignoring {', '.join(extra)} (model '{model.id}' uses {', '.join(model.sequences)})", file=sys.stderr)
+    progress = None
+    if jsonl:
+        progress = lambda f, m: _json_line({"event": "progress", "fraction": round(f, 3), "message": m})  # noqa: E731
+        if extra:
+            progress(0.0, f"ignoring {', '.join(extra)} (model uses {', '.join(model.sequences)})")
+    res = segment(images, model, report=args.report, overlap=args.overlap, tta=args.tta, progress=progress)
+    from ..segmentation.data import LABELS
+
+    doc = {"model": model.id, "sequences": model.sequences, "reference": model.sequences[0],
+           "labelmap": str(Path(args.out).resolve()), "labels": {str(k): v for k, v in LABELS.items()},
+           "regions": res.regions(), "report": args.report or None, "seconds": res.seconds}
+    write_image_atomic(res.labelmap, args.out)
+    if args.json:
+        atomic_write_text(args.json, json.dumps(doc, indent=2) + "\n")
+    if jsonl:
+        _json_line({"event": "done", "result": doc})
+    else:
+        print(f"model: {model.id}   reference: {model.sequences[0]}   {res.seconds:.1f} s")
+        for r, v in doc["regions"].items():
+            print(f"  {r}: {v['volume_ml']:.2f} ml ({v['voxels']} voxels)")
+        print(f"labelmap (1 NCR, 2 ED, 4 ET): {args.out}")
+    return 0
+
+
+def cmd_train_segmenter(args) -> int:
+    from ..segmentation.training import SegTrainConfig, train_segmenter
+
+    cfg = SegTrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=args.seed, device=args.device,
+                         sequences=tuple(args.sequences), patch_size=args.patch_size, spacing=args.spacing,
+                         val_cases=args.val_cases, samples_per_epoch=args.samples_per_epoch,
+                         channels=tuple(args.channels), semantic=not args.no_semantic,
+                         image_bridge=not args.no_image_bridge, text_gate=not args.no_text_gate,
+                         attention=not args.no_attention, clip_model=args.clip_model, init_model=args.init_model or "",
+                         model_id=args.model_id or "",
+                         extra_card={"description": args.description} if args.description else {})
+    folder = train_segmenter(args.data, args.out, cfg, resume=args.resume, progress=_event_sink(args.events))
+    import os
+
+    if os.environ.get("RANK", "0") == "0":
+        card = json.loads((Path(folder) / "model.json").read_text())
+        mean = card.get("metrics", {}).get("held_out", {}).get("mean")
+        extra = (" ; held-out Dice " + ", ".join(f"{r} {v['dice']:.3f}" for r, v in mean.items())) if mean else ""
+        print(f"segmenter written to {folder}{extra}")
+    return 0
+
+
+def cmd_evaluate_seg(args) -> int:
+    from ..io import atomic_write_text
+    from ..segmentation.inference import evaluate_cases, load_segmenter
+
+    if not 0 <= args.overlap < 1:
+        raise InputError(f"--overlap {args.overlap}: must be in [0, 1)")
+    model = load_segmenter(args.model, args.device)
+    doc = evaluate_cases(args.data_dir, model, overlap=args.overlap, tta=args.tta)
+    if args.json:
+        atomic_write_text(args.json, json.dumps(doc, indent=2) + "\n")
+    print(f"model: {model.id}   data: {args.data_dir} ({len(doc['cases'])} cases)")
+    print(f"  {'case':<28} " + " ".join(f"{r + ' Dice':>8} {r + ' HD95':>9}" for r in ("WT", "TC", "ET")))
+    def fmt(m):
+        return " ".join(f"{m[r]['dice']:8.3f} " + (f"{m[r]['hd95_mm']:9.2f}" if m[r]['hd95_mm'] is not None else f"{'n/a':>9}")
+                        for r in ("WT", "TC", "ET"))
+    for cid, m in doc["cases"].items():
+        print(f"  {cid:<28} {fmt(m)}")
+    print(f"  {'mean':<28} {fmt(doc['mean'])}   (HD95 in mm)")
+    return 0
+
+
+def add_segment_parser(sub) -> None:
+    from ..device import DEVICE_CHOICES
+
+    sg = sub.add_parser("segment", help="3D brain tumour segmentation (WT / TC / ET) -> BraTS labelmap")
+    for seq in ("t1", "t1ce", "t2", "flair"):
+        sg.add_argument(f"--{seq}", metavar="PATH", help=f"{seq} volume (NIfTI / NRRD / MHA / DICOM folder)")
+    sg.add_argument("--report", metavar="TEXT", help="report text guiding the semantic level (default: per-region descriptions)")
+    sg.add_argument("--out", required=True, help="labelmap to write (.nii.gz), on the grid of the model's first sequence")
+    sg.add_argument("--model", help="segmenter id, folder or URL (default: the shipped FLAIR + T1ce model)")
+    sg.add_argument("--device", default="auto", choices=DEVICE_CHOICES)
+    sg.add_argument("--overlap", type=float, default=0.5, help="sliding-window overlap in [0, 1)")
+    sg.add_argument("--tta", action="store_true", help="flip test-time augmentation (4 passes)")
+    sg.add_argument("--json", metavar="OUT", help="write the result as JSON")
+    sg.add_argument("--progress", choices=["text", "jsonl"], default="text",
+                    help="jsonl: progress and result as JSON lines on stdout (for 3D Slicer)")
+    sg.set_defaults(func=cmd_segment)
+
+
+
+def add_train_parser(tsub) -> None:
+    from ..device import DEVICE_CHOICES
+
+    tg = tsub.add_parser("segmenter", help="CLIP-guided 3D U-Net on BraTS-layout cases (leave-cases-out)")
+    tg.add_argument("--data", required=True, help="BraTS 2015/2020/2023 case folders or a dataset.json root")
+    tg.add_argument("--out", required=True, help="model folder to write")
+    tg.add_argument("--sequences", nargs="+", default=["flair", "t1ce"], help="input sequences; the first is the reference grid")
+    tg.add_argument("--epochs", type=int, default=30)
+    tg.add_argument("--patch-size", type=int, default=48, help="training patch / sliding window side in voxels")
+    tg.add_argument("--spacing", type=float, default=2.0, help="model voxel size in mm (isotropic)")
+    tg.add_argument("--batch-size", type=int, default=2, help="patches per step, per process")
+    tg.add_argument("--samples-per-epoch", type=int, default=0, help="patches per epoch (0: 8 per training case)")
+    tg.add_argument("--lr", type=float, default=3e-3, help="peak learning rate (one-cycle)")
+    tg.add_argument("--seed", type=int, default=0)
+    tg.add_argument("--device", default="auto", choices=DEVICE_CHOICES)
+    tg.add_argument("--channels", type=int, nargs="+", default=[16, 32, 64, 128], help="U-Net feature channels per level")
+    tg.add_argument("--clip-model", default="small-random",
+                    help="small-random (local, no download), ARCH/TAG, ARCH/LOCAL_CHECKPOINT or hf-hub:NAME")
+    tg.add_argument("--no-semantic", action="store_true", help="no CLIP level at all (plain attention residual U-Net)")
+    tg.add_argument("--no-text-gate", action="store_true")
+    tg.add_argument("--no-image-bridge", action="store_true")
+    tg.add_argument("--no-attention", action="store_true", help="no semantic spatial attention on TC / ET")
+    tg.add_argument("--val-cases", type=int, default=1, help="last N cases (sorted by id) held out for the card's metrics")
+    tg.add_argument("--init-model", metavar="ID|DIR", help="fine-tune from this segmenter (version + 1, parent recorded)")
+    tg.add_argument("--resume", action="store_true", help="continue from <out>.work/last.pt")
+    tg.add_argument("--events", metavar="FILE", help="append progress events as JSON lines to FILE ('-' = stdout)")
+    tg.add_argument("--model-id", help="id in the model card (default: the --out folder name)")
+    tg.add_argument("--description", help="one-line description for the model card")
+    tg.set_defaults(func=cmd_train_segmenter)
+
+
+
+def add_evaluate_parser(sub) -> None:
+    from ..device import DEVICE_CHOICES
+
+    es = sub.add_parser("evaluate-seg", help="Dice and HD95 (mm) per region per case of a segmenter")
+    es.add_argument("data_dir", help="labelled cases (BraTS layouts or dataset.json)")
+    es.add_argument("--model", help="segmenter id, folder or URL (default: the shipped one)")
+    es.add_argument("--device", default="auto", choices=DEVICE_CHOICES)
+    es.add_argument("--overlap", type=float, default=0.5)
+    es.add_argument("--tta", action="store_true")
+    es.add_argument("--json", metavar="OUT", help="write the metrics as JSON")
+    es.set_defaults(func=cmd_evaluate_seg)
+
