@@ -23,7 +23,7 @@ def lps_axial(path):
 @pytest.mark.parametrize("image,mask", [("t1/t1w.nii.gz", "t1/t1w_seg-manual.nii.gz"),
                                         ("t2/t2.nii.gz", "t2/t2_seg-manual.nii.gz")])
 def test_quadrant_roi_keeps_the_spinal_cord(image, mask):
-    from brainspineai.sicf.pipeline.roi import quadrant_roi
+    from brainspineai.sicf.roi import quadrant_roi
 
     vol = lps_axial(need(SPINE) / image).astype(np.float32)
     cord = lps_axial(SPINE / mask) > 0
@@ -42,7 +42,7 @@ def test_quadrant_roi_keeps_the_spinal_cord(image, mask):
 
 def test_roi_bad_input():
     from brainspineai.errors import InputError
-    from brainspineai.sicf.pipeline.roi import find_midline, quadrant_roi
+    from brainspineai.sicf.roi import find_midline, quadrant_roi
 
     with pytest.raises(InputError, match="NaN"):
         quadrant_roi(np.full((40, 40), np.nan))
@@ -59,7 +59,7 @@ def test_roi_bad_input():
 def test_lyrebird_optimiser_minimises_a_sphere():
     from mealpy import FloatVar
 
-    from brainspineai.sicf.pipeline.pipeline import LyrebirdOptimizer
+    from brainspineai.sicf.pipeline import LyrebirdOptimizer
 
     problem = {"bounds": FloatVar(lb=[-10.0] * 8, ub=[10.0] * 8), "minmax": "min",
                "obj_func": lambda x: float(np.sum(x ** 2)), "log_to": None}
@@ -72,7 +72,7 @@ def test_lyrebird_optimiser_minimises_a_sphere():
 
 @pytest.fixture(scope="module")
 def tiny_sicf(tmp_path_factory):
-    from brainspineai.sicf.pipeline.pipeline import SICFConfig, train_sicf
+    from brainspineai.sicf.pipeline import SICFConfig, train_sicf
 
     out = tmp_path_factory.mktemp("sicf") / "tiny-sicf"
     events = []
@@ -111,7 +111,7 @@ def test_trained_model_folder_and_card(tiny_sicf):
 def test_reload_gives_identical_predictions(tiny_sicf):
     from brainspineai.catalogue import load_model
     from brainspineai.io import read_image
-    from brainspineai.sicf.pipeline.pipeline import classify_sicf
+    from brainspineai.sicf.pipeline import classify_sicf
 
     folder, _ = tiny_sicf
     split = json.loads((folder / "split.json").read_text())
@@ -177,7 +177,7 @@ def test_cli_bad_inputs(tmp_path):
 def test_nan_slice_is_refused(tiny_sicf):
     from brainspineai.catalogue import load_model
     from brainspineai.errors import InputError
-    from brainspineai.sicf.pipeline.pipeline import classify_sicf
+    from brainspineai.sicf.pipeline import classify_sicf
 
     img = sitk.GetImageFromArray(np.full((1, 32, 32), np.nan, np.float32))
     with warnings.catch_warnings():
@@ -188,7 +188,7 @@ def test_nan_slice_is_refused(tiny_sicf):
 
 
 def test_ablation_table(tmp_path):
-    from brainspineai.sicf.pipeline.pipeline import ABLATION_VARIANTS, SICFConfig, run_ablation
+    from brainspineai.sicf.pipeline import ABLATION_VARIANTS, SICFConfig, run_ablation
 
     cfg = SICFConfig(**TINY, cache_dir=str(tmp_path / "cache"))
     with warnings.catch_warnings():
