@@ -81,12 +81,20 @@ def canonicalName(requirement: str) -> str:
     return re.sub(r"[-_.]+", "-", name).lower()
 
 
+def installedVersions() -> dict:
+    """``{canonical project name: version}`` of every distribution installed in this Python
+    (names normalised here, the same way on Python 3.9 and 3.12)."""
+    out = {}
+    for dist in importlib.metadata.distributions():
+        name = dist.metadata["Name"] if dist.metadata is not None else None
+        if name:
+            out.setdefault(canonicalName(name), dist.version)
+    return out
+
+
 def installedVersion(distribution: str) -> Optional[str]:
     """Version of an installed distribution, None when it is not installed."""
-    try:
-        return importlib.metadata.version(distribution)
-    except importlib.metadata.PackageNotFoundError:
-        return None
+    return installedVersions().get(canonicalName(distribution))
 
 
 def pipRequirements(features: Sequence[str] = ()) -> list:
@@ -107,9 +115,9 @@ def constraintLines(extra: Sequence[str] = ("torch", "torchvision")) -> list:
     """``name==version`` for every package Slicer ships that is installed here, plus the
     installed torch / torchvision: pip's constraints, so it can add packages but never change
     those (it fails instead)."""
-    lines = []
+    lines, installed = [], installedVersions()
     for name in sorted(SHIPPED_NAMES | set(extra)):
-        version = installedVersion(name)
+        version = installed.get(canonicalName(name))
         if version:
             lines.append(f"{name}=={version}")
     return lines

@@ -152,6 +152,8 @@ def test_constraints_pin_every_shipped_package_installed_here():
     lines = dep.constraintLines()
     pinned = dict(line.split("==", 1) for line in lines)
     assert pinned["numpy"] == numpy.__version__
+    assert dep.installedVersion("NumPy") == dep.installedVersion("numpy") == numpy.__version__  # normalised names
+    assert dep.installedVersion("no-such-distribution-xyz") is None
     for name in pinned:
         assert name in dep.SHIPPED_NAMES or name in dep.TORCH_PACKAGES
     for line in lines:
