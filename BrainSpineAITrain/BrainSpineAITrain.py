@@ -561,7 +561,11 @@ class BrainSpineAITrainTest(ScriptedLoadableModuleTest):
             sliceNode = slicer.util.loadVolume(str(slicePath), properties={"singleFile": True})
             classifier = ClassificationLogic(slicer.mrmlScene)
             job = classifier.startBackgroundClassification(sliceNode, modelRef=modelId, device="auto")
+            start = time.time()
             while not job.poll():
+                if time.time() - start > self.TIMEOUT_S:
+                    job.cancel()
+                    self.fail(f"classification with the new model did not finish within {self.TIMEOUT_S} s")
                 slicer.app.processEvents()
                 time.sleep(0.1)
             output = classifier.finishBackgroundClassification(job)
