@@ -196,8 +196,8 @@ class DependencyMixin:
         :param confirm: callable(message) -> bool asking the user.
         :param installTorch: callable(**kwargs) -> torch module or None with the keyword arguments of
             ``PyTorchUtilsLogic.installTorch`` (see :func:`torchInstallArguments`); default
-            :func:`pyTorchUtilsInstaller`. A callable without parameters (the first version) is
-            called as is. Torch is never installed with pip.
+            :func:`pyTorchUtilsInstaller`, which also replaces a callable without parameters (the
+            modules' first helper, which asked again). Torch is never installed with pip.
         :param pipInstall: callable(args: list of str) running pip (``slicer.util.pip_install``);
             gets ``["-c", constraints file, *requirements]``.
         :param features: capabilities about to be used (``"sicf"``), whose own needs are added.
@@ -210,8 +210,11 @@ class DependencyMixin:
             return True
         torchMissing = [r for r in missing if canonicalName(r) in TORCH_PACKAGES]
         pipMissing = [r for r in missing if r not in torchMissing]
-        if torchMissing and installTorch is None:
-            installTorch = pyTorchUtilsInstaller()  # fails before asking when the extension is absent
+        if torchMissing and (installTorch is None or not inspect.signature(installTorch).parameters):
+            # default, or a helper of the first version (no parameters: it asked a second time and
+            # could not match torchvision to torch): PyTorchUtils without a second question.
+            # Fails before asking anything when the PyTorch extension is absent.
+            installTorch = pyTorchUtilsInstaller()
         lines = []
         if torchMissing:
             lines.append("PyTorch (" + ", ".join(canonicalName(r) for r in torchMissing)
@@ -224,10 +227,7 @@ class DependencyMixin:
         if torchMissing:
             torchAbsent = any(canonicalName(r) == "torch" for r in torchMissing)
             kwargs = torchInstallArguments(None if torchAbsent else installedVersion("torch"))
-            if inspect.signature(installTorch).parameters:
-                torch = installTorch(**kwargs)
-            else:
-                torch = installTorch()  # a helper of the first version, without parameters
+            torch = installTorch(**kwargs)
             if torch is None:
                 raise RuntimeError("PyTorch is required; its installation was cancelled or failed")
         if pipMissing and pipInstall is not None:

@@ -126,13 +126,24 @@ def test_torchvision_pairs_with_torch_releases():
         dep.torchvisionRequirementFor("nightly")
 
 
-def test_a_helper_without_parameters_still_works(monkeypatch):
-    missing = ["torch>=2.2", "torchvision>=0.17"]
-    _missing(monkeypatch, missing)
+def test_a_helper_of_the_first_version_is_replaced_by_pytorchutils(monkeypatch):
+    """The widgets' first helper took no parameters and asked again (installTorch(askConfirmation=True)):
+    PyTorchUtils is used instead, with the one question already asked."""
     calls = []
-    cl.ClassificationLogic(scene=None).ensureDependencies(lambda m: True, lambda: calls.append(1) or missing.clear()
-                                                          or object(), PipRecorder())
-    assert calls == [1]
+
+    class Logic:
+        def installTorch(self, askConfirmation=False, **kwargs):
+            calls.append(("pytorchutils", askConfirmation, kwargs))
+            return object()
+
+    monkeypatch.setitem(sys.modules, "PyTorchUtils", types.SimpleNamespace(PyTorchUtilsLogic=Logic))
+    _missing(monkeypatch, ["torch>=2.2", "torchvision>=0.17"])
+    asked = []
+    cl.ClassificationLogic(scene=None).ensureDependencies(lambda m: asked.append(m) or True,
+                                                          lambda: calls.append("old helper") or object(), PipRecorder())
+    assert calls == [("pytorchutils", False, {"torchVersionRequirement": ">=2.2",
+                                              "torchvisionVersionRequirement": ">=0.17"})]
+    assert len(asked) == 1
 
 
 def test_no_package_slicer_ships_is_in_the_install_set():
