@@ -333,13 +333,18 @@ def _release(work: Path, entry: dict) -> None:
     empty = False
     with contextlib.suppress(OSError):
         empty = [p.name for p in work.iterdir()] == [LOCK_NAME]
-    if empty:  # no checkpoint: leave nothing behind (unlinked while still locked, then unlocked)
+    unlinked = False
+    if empty:  # no checkpoint: leave nothing behind (unlinked while still locked where the OS allows)
         with contextlib.suppress(OSError):
             os.unlink(work / LOCK_NAME)
+            unlinked = True
     _unlock(fd)
     with contextlib.suppress(OSError):
         os.close(fd)
     if empty:
+        if not unlinked:  # Windows: an open file cannot be removed
+            with contextlib.suppress(OSError):
+                os.unlink(work / LOCK_NAME)
         _remove_empty([work, *entry["made"]])
 
 

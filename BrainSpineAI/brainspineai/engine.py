@@ -1,4 +1,5 @@
-"""The training loop shared by the contrastive pipelines (AFF-CL, SimCLR, fine-tuning).
+"""The training loop shared by every trained pipeline (supervised classifier, AFF-CL, SimCLR,
+fine-tuning, segmenter).
 
 Built on Lightning Fabric (``lightning_fabric``): mixed precision on CUDA (bf16 where the
 GPU supports it, else fp16 with loss scaling), and several GPUs or processes through DDP

@@ -237,3 +237,22 @@ def test_killed_training_leaves_no_partial_model_and_resumes(tmp_path, sig):
     assert [e["epoch"] for e in ev if e["event"] == "epoch"][-(5 - done):] == list(range(done + 1, 6))
     assert [h["epoch"] for h in read_card(out)["training"]["history"]] == [1, 2, 3, 4, 5]
     assert _stray(tmp_path, "m") == []
+
+
+def test_next_start_removes_a_killed_model_write_and_restores_a_moved_model(tmp_path):
+    """A kill between the two renames of ``catalogue.write_model_folder`` leaves the previous
+    model moved aside and the new one in a temporary folder: the next run on that --out puts
+    the previous model back and removes the temporary one; folders that only look alike stay."""
+    from brainspineai.checkpoint import run_lock
+
+    out = tmp_path / "m"
+    (tmp_path / ".m.old.abcd_123").mkdir()
+    (tmp_path / ".m.old.abcd_123" / "model.json").write_text('{"id": "m"}')
+    (tmp_path / ".m.zyxw9876").mkdir()
+    (tmp_path / ".m.notours").mkdir()  # not a temporary name of ours
+    (tmp_path / ".m.zyxw9876.txt").write_text("a user's file")
+    with run_lock(out):
+        with run_lock(out):  # re-entrant in one process
+            pass
+    assert (out / "model.json").read_text() == '{"id": "m"}'
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".m.notours", ".m.zyxw9876.txt", "m"]
