@@ -96,6 +96,18 @@ def _transforms(patch: int, seed: int):
 
 
 def train_segmenter(data, out, cfg: SegTrainConfig, resume: bool = False, progress=None) -> Path:
+    """Train a segmenter on the cases under ``data`` and write the model folder ``out``,
+    holding the lock of ``out`` for the whole run (:func:`brainspineai.checkpoint.run_lock`:
+    a second run on it is refused, a killed run's leftovers removed, SIGTERM raises
+    :class:`brainspineai.checkpoint.Terminated` once the files being written are removed).
+    See :func:`_train_segmenter`."""
+    from ..checkpoint import run_lock
+
+    with run_lock(out):
+        return _train_segmenter(data, out, cfg, resume, progress)
+
+
+def _train_segmenter(data, out, cfg: SegTrainConfig, resume: bool = False, progress=None) -> Path:
     """Train a segmenter on the cases under ``data`` and write the model folder ``out``.
 
     :returns: the model folder (card task ``segmentation-3d``).
