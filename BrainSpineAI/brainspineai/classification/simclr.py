@@ -276,7 +276,8 @@ def train_finetune(data_dir, out_dir, config: FinetuneConfig, resume: bool = Fal
     from .data import load_labelled_split
     from .networks import SingleBranchNet
     from ..retrain import init_weights, keep_parent_split, load_parent, version_card
-    from .training import augment, predict_batches, skull_strip_like
+    from .predict import predict_batches
+    from .training import augment, skull_strip_like
 
     cfg = config
     cfg.check()

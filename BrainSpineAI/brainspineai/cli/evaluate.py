@@ -15,7 +15,7 @@ def cmd_evaluate(args) -> int:
     from ..classification.data import load_slice_batch, scan_image_folder
     from ..io import atomic_write_bytes, atomic_write_text
     from ..metrics import classification_metrics, embedding_png_bytes, probability_metrics, save_confusion_png
-    from ..classification.training import predict_batches
+    from ..classification.predict import predict_batches
 
     if args.bootstrap < 0:
         raise InputError(f"--bootstrap {args.bootstrap}: give 0 (no confidence intervals) or a positive number of resamples")
