@@ -11,7 +11,7 @@ REQUIRED_PACKAGES = {
     "skimage": "scikit-image", "cv2": "opencv-contrib-python-headless", "sklearn": "scikit-learn",
     "open_clip": "open_clip_torch", "safetensors": "safetensors", "tqdm": "tqdm", "matplotlib": "matplotlib",
     "pytorch_metric_learning": "pytorch-metric-learning", "lightning_fabric": "lightning-fabric",
-    "mealpy": "mealpy>=3.0.3,<3.1",
+    "skops": "skops>=0.10",
 }
 
 
