@@ -31,8 +31,10 @@ def main() -> None:
 
     from brainspineai.classification.data import limit_per_class_subset, scan_image_folder, stratified_split
     from brainspineai.io import read_image
-    from brainspineai.sicf.pipeline import (VGGFeatures, equalised_roi, fit_codebook, bovw_histogram, make_forest, roi_box,
-                                   select_features, sift_features, slice_from_image)
+    from brainspineai.sicf.features import (VGGFeatures, bovw_histogram, equalised_roi, fit_codebook, roi_box,
+                                            sift_features, slice_from_image)
+    from brainspineai.sicf.forest import make_forest
+    from brainspineai.sicf.lyrebird import select_features
 
     ap = argparse.ArgumentParser()
     ap.add_argument("--data", default=str(DATA / "brain-mri-2d" / "figshare3"))

@@ -188,3 +188,14 @@ def test_slicer_installs_every_package_the_library_declares():
     wanted = {dep.canonicalName(r) for r in declared["project"]["dependencies"]} - dep.SHIPPED_NAMES - {"mealpy"}
     offered = {dep.canonicalName(r) for r in dep.pipRequirements(tuple(dep.FEATURE_PACKAGES))} | set(dep.TORCH_PACKAGES)
     assert wanted - offered == set()
+
+
+def test_first_use_install_pins_nothing_slicer_ships():
+    """The install list must not name numpy (Slicer ships it) nor mealpy, whose numpy<=1.26.0 pin
+    would replace Slicer 5.10's numpy 2.0 (SICF's Lyrebird optimiser is our own numpy code);
+    the SICF forest needs skops (no pickle)."""
+    import re
+
+    names = {re.split(r"[<>=!~ \[;]", req, maxsplit=1)[0].lower() for req in cl.REQUIRED_PACKAGES.values()}
+    assert not names & {"numpy", "mealpy"}
+    assert "skops" in names and cl.REQUIRED_PACKAGES["skops"].startswith("skops")

@@ -34,7 +34,7 @@ def copy_slices(src, dst, start, stop):
 def predictions(folder, images):
     from brainspineai.catalogue import load_model
     from brainspineai.io import read_image
-    from brainspineai.sicf.pipeline import classify_sicf
+    from brainspineai.sicf.inference import classify_sicf
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")

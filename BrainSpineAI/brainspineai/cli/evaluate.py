@@ -6,12 +6,12 @@ import json
 from pathlib import Path
 
 from ..errors import BrainSpineAIError, InputError
+from .sicf import add_trust_pickle_arg, load_model_trusting
 
 
 def cmd_evaluate(args) -> int:
     import numpy as np
 
-    from ..catalogue import load_model
     from ..classification.data import load_slice_batch, scan_image_folder
     from ..io import atomic_write_bytes, atomic_write_text
     from ..metrics import classification_metrics, embedding_png_bytes, probability_metrics, save_confusion_png
@@ -21,7 +21,7 @@ def cmd_evaluate(args) -> int:
         raise InputError(f"--bootstrap {args.bootstrap}: give 0 (no confidence intervals) or a positive number of resamples")
     if args.embedding_png and not args.embedding_png.lower().endswith(".png"):
         raise InputError(f"--embedding-png {args.embedding_png}: use a .png file")
-    model = load_model(args.model, args.device)
+    model = load_model_trusting(args)  # --trust-pickle: legacy SICF forests
     if getattr(model, "kind", "") == "sicf":
         from . import sicf as cli_sicf
 
@@ -103,5 +103,6 @@ def add_parser(sub) -> None:
                         "(0: point values only)")
     e.add_argument("--embedding-png", metavar="OUT",
                    help="write a t-SNE plot of the penultimate-layer features, coloured by class, as a PNG")
+    add_trust_pickle_arg(e)
     e.set_defaults(func=cmd_evaluate)
 
