@@ -460,15 +460,13 @@ def write_model_folder(out_dir, card: dict, write_files, extra_files: dict | Non
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = _make_temp_dir(f".{out_dir.name}.", out_dir.parent)
     try:
-        card = dict(card)
-        card.update(write_files(tmp))
+        card = {**card, **write_files(tmp)}
         card.setdefault("created", _dt.datetime.now(_dt.timezone.utc).replace(microsecond=0).isoformat())
         (tmp / CARD_NAME).write_text(json.dumps(card, indent=2) + "\n", encoding="utf-8")
         for name, text in (extra_files or {}).items():
             (tmp / name).write_text(text, encoding="utf-8")
-        mode = 0o666 & ~_umask()
         for f in tmp.iterdir():
-            os.chmod(f, mode)  # safetensors writes its file private
+            os.chmod(f, 0o666 & ~_umask())  # safetensors writes its file private
         _check_out_target(out_dir, overwrite, "model folder")
         if out_dir.exists():
             old = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.old.", dir=out_dir.parent))

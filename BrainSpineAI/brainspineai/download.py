@@ -133,8 +133,8 @@ def _install_sigterm() -> None:
     if threading.current_thread() is not threading.main_thread() or not hasattr(signal, "SIGTERM"):
         return
     current = signal.getsignal(signal.SIGTERM)
-    if getattr(current, "_brainspineai", False) or current is signal.SIG_IGN:
-        return
+    if getattr(current, "_brainspineai", False) or current is signal.SIG_IGN or current is None:
+        return  # ours already, ignored, or a handler not installed from Python (left alone)
 
     def handler(signum, frame, previous=current):
         _on_sigterm(signum, frame, previous)
@@ -270,7 +270,8 @@ def download_folder(base: str, final: Path, card_bytes: bytes, files: dict, size
     if len(files) > MAX_FILES:
         raise ModelError(f"{base}: the model card lists {len(files)} files (at most {MAX_FILES})")
     for name, digest in files.items():
-        check_file_name(name)
+        if check_file_name(name) == "model.json":
+            raise ModelError(f"{base}: the model card lists itself (model.json) as one of the model's files")
         check_sha256(digest, f"sha256 of {name}")
     if _verify_folder(final, card_bytes, files):
         return final
@@ -339,10 +340,11 @@ def fetch_model(url: str, cache_root, parse) -> Path:
         base = base[: -len("/model.json")]
     cache_root = Path(cache_root)
     clean_stale(cache_root)
-    data = fetch_bytes(f"{base}/model.json", MAX_CARD_BYTES, "model card")
+    deadline = _Deadline(base, deadline_s())  # one deadline for the card and every file
+    data = fetch_bytes(f"{base}/model.json", MAX_CARD_BYTES, "model card", deadline)
     model_id, files, sizes = parse(data, f"{base}/model.json")
     final = cache_root / f"{check_id(model_id)}-{hashlib.sha256(data).hexdigest()[:12]}"
     try:
-        return download_folder(base, final, data, files, sizes)
+        return download_folder(base, final, data, files, sizes, deadline)
     except OSError as exc:
         raise ModelError(f"cannot store the model from {url} in {cache_root} ({exc.strerror or exc})") from None

@@ -188,6 +188,13 @@ def test_traversal_through_the_cli_is_one_line(server, image, isolated_catalogue
     assert [p for p in isolated_catalogue.rglob("*") if p.name != "cache"] == []
 
 
+def test_a_card_listing_itself_as_a_file_is_refused(server, isolated_catalogue):
+    card = fake_card(b"w", files={"model.json": _sha(b"w")})
+    with pytest.raises(ModelError, match="lists itself"):
+        resolve_model(server.publish("self", card, {"model.safetensors": b"w"}))
+    assert cached(isolated_catalogue) == []
+
+
 def test_local_folder_with_a_traversing_card_is_refused(tmp_path):
     folder = tmp_path / "m"
     folder.mkdir()
