@@ -306,6 +306,18 @@ def test_two_processes_download_the_same_model_at_once(server, isolated_catalogu
     assert sha256_file(next(cache.iterdir()) / "model.safetensors") == _sha(w)
 
 
+def test_a_corrupt_cached_copy_is_replaced_and_a_good_one_reused(server, isolated_catalogue):
+    w = os.urandom(50_000)
+    card = fake_card(w)
+    url = server.publish("r", card, {"model.safetensors": w})
+    folder = resolve_model(url)
+    assert folder.name == f"remote-model-{_sha(json.dumps(card).encode())[:12]}"
+    assert resolve_model(url) == folder and server.requests.count("/r/model.safetensors") == 1  # reused
+    (folder / "model.safetensors").write_bytes(b"corrupted in the cache")
+    assert resolve_model(url) == folder and server.requests.count("/r/model.safetensors") == 2
+    assert sha256_file(folder / "model.safetensors") == _sha(w) and cached(isolated_catalogue) == [folder.name]
+
+
 def _start_slow_classify(server, image, isolated_catalogue, default_bytes):
     card, files = renamed_default(default_bytes)
     url = server.publish("slow", card, files, chunk=1 << 14, delay=0.05)  # about 30 s for the weights
