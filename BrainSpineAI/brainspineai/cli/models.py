@@ -4,12 +4,14 @@ from __future__ import annotations
 import json
 
 def cmd_models(args) -> int:
-    from ..catalogue import list_models
+    from ..catalogue import list_models, shadowed_models
 
     for card in list_models():
         acc = card.get("metrics", {}).get("validation", {}).get("accuracy")
         print(f"{card['id']:<40} {card['task']:<18} {', '.join(card['class_names'])}"
               + (f"  (validation accuracy {acc:.1%})" if acc is not None else "") + f"  {card['path']}")
+    for entry in shadowed_models():
+        print(f"note: {entry['path']} is shadowed and never used by id: it {entry['reason']}")
     return 0
 
 

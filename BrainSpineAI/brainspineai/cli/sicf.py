@@ -52,9 +52,10 @@ def add_sicf_args(p) -> None:
 
 
 def cmd_train_sicf(args) -> int:
-    from .common import _event_sink
+    from .common import _check_train_out, _event_sink
     from ..sicf.pipeline import train_sicf
 
+    _check_train_out(args)
     if args.trust_pickle and not args.init_model:
         raise InputError("--trust-pickle lets --init-model start from a legacy SICF model (forest.joblib); give --init-model too")
     if args.reselect and not args.init_model:
@@ -185,6 +186,9 @@ def add_parsers(train_sub, ablation_sub) -> None:
     """Add ``train sicf`` and ``ablation sicf`` to the ``train`` / ``ablation`` sub-parsers."""
     t = train_sub.add_parser("sicf", help="SICF (LO-RF): ROI, SIFT + VGG16 fusion, Lyrebird-optimised random forest")
     add_sicf_args(t)
+    from .common import _overwrite_arg
+
+    _overwrite_arg(t)
     t.add_argument("--model-id", help="id in the model card (default: the --out folder name)")
     t.add_argument("--description", help="one-line description for the model card")
     t.add_argument("--init-model", metavar="ID|DIR",

@@ -6,7 +6,7 @@ import functools
 import sys
 from pathlib import Path
 
-from .common import _event_sink, _report_model, _backbones, _common_train_args, _skull_strip_arg
+from .common import _backbones, _check_train_out, _common_train_args, _event_sink, _report_model, _skull_strip_arg
 
 
 def _guarded(fn):
@@ -29,6 +29,7 @@ def _guarded(fn):
 
 @_guarded
 def cmd_train_classifier(args) -> int:
+    _check_train_out(args)
     from ..classification.training import TrainConfig, train_classifier
 
     cfg = TrainConfig(architecture=args.architecture, image_size=args.image_size, epochs=args.epochs,
@@ -57,6 +58,7 @@ def _affcl_config(args):
 
 @_guarded
 def cmd_train_affcl(args) -> int:
+    _check_train_out(args)
     from ..classification.affcl import train_affcl
 
     folder = train_affcl(args.data, args.out, _affcl_config(args), resume=args.resume, progress=_event_sink(args.events))
@@ -77,6 +79,7 @@ def cmd_ablation_affcl(args) -> int:
 
 @_guarded
 def cmd_train_simclr(args) -> int:
+    _check_train_out(args)
     from ..classification.simclr import SimCLRConfig, train_simclr
 
     cfg = SimCLRConfig(backbone=args.backbone, image_size=args.image_size, proj_dim=args.proj_dim,
@@ -105,6 +108,7 @@ def _finetune_config(args):
 
 @_guarded
 def cmd_train_finetune(args) -> int:
+    _check_train_out(args)
     from ..classification.simclr import train_finetune
 
     folder = train_finetune(args.data, args.out, _finetune_config(args), resume=args.resume,
