@@ -150,3 +150,149 @@ def test_extension_cmake_adds_all_modules():
     for module in MODULES:
         assert f"add_subdirectory({module})" in cmake
     assert (ROOT / "Resources" / "BrainSpineAI.png").is_file()
+
+
+class _FakeTimer:
+    """Stands in for qt.QTimer: the test fires it by hand."""
+
+    def __init__(self):
+        self.active, self.interval, self.slot = False, None, None
+
+    def setInterval(self, ms):
+        self.interval = ms
+
+    def connect(self, signal, slot):
+        assert signal == "timeout()"
+        self.slot = slot
+
+    def start(self):
+        self.active = True
+
+    def stop(self):
+        self.active = False
+
+    def fire(self):
+        assert self.active
+        self.slot()
+
+
+@pytest.fixture
+def helpers(monkeypatch):
+    """BrainSpineAILib.widget_helpers imported with Qt and Slicer's application classes
+    replaced by stand-ins (QTimer above, a ScriptedLoadableModuleWidget recording Reload)."""
+    import importlib
+    import sys
+    import types
+
+    pytest.importorskip("slicer", reason="slicer-core is not installed")
+    qt = types.ModuleType("qt")
+    qt.QTimer = _FakeTimer
+    slm = types.ModuleType("slicer.ScriptedLoadableModule")
+
+    class ScriptedLoadableModuleWidget:
+        reloaded = []
+
+        def onReload(self):
+            self.reloaded.append(self.moduleName)
+
+    slm.ScriptedLoadableModuleWidget = ScriptedLoadableModuleWidget
+    monkeypatch.setitem(sys.modules, "qt", qt)
+    monkeypatch.setitem(sys.modules, "slicer.ScriptedLoadableModule", slm)
+    monkeypatch.delitem(sys.modules, "BrainSpineAILib.widget_helpers", raising=False)
+    module = importlib.import_module("BrainSpineAILib.widget_helpers")
+    yield module
+    sys.modules.pop("BrainSpineAILib.widget_helpers", None)
+
+
+CHILD = r"""
+import json, sys, time
+for i in range(1, 4):
+    print(json.dumps({"event": "progress", "fraction": i / 4, "message": f"step {i}"}), flush=True)
+    time.sleep(0.2)
+if sys.argv[1] == "sleep":
+    time.sleep(60)
+print(json.dumps({"event": "done", "result": {"ok": True}}), flush=True)
+"""
+
+
+def test_job_poller_drives_a_real_background_job(helpers):
+    import sys
+    import time
+
+    from BrainSpineAILib.background import BackgroundJob
+
+    seen, ended = [], []
+    poller = helpers.JobPoller(250, lambda job: seen.append(job.fraction), lambda job, ctx: ended.append((job, ctx)))
+    assert poller._timer.interval == 250 and not poller.running
+    job = BackgroundJob([sys.executable, "-c", CHILD, "finish"])
+    poller.start(job, kind="segment")
+    with pytest.raises(RuntimeError, match="still running"):
+        poller.start(BackgroundJob([sys.executable, "-c", "pass"]))  # one job at a time: never replaced
+    t0 = time.time()
+    while poller.running and time.time() - t0 < 60:
+        poller._timer.fire()
+        time.sleep(0.05)
+    assert not poller.running and not poller._timer.active
+    assert seen == sorted(seen) and any(0 < f < 1 for f in seen)  # progress shown while it ran
+    (got, ctx), = ended
+    assert got is job and job.result == {"ok": True} and ctx["kind"] == "segment" and ctx["seconds"] > 0.4
+
+    slow = BackgroundJob([sys.executable, "-c", CHILD, "sleep"])
+    poller.start(slow)
+    poller._timer.fire()
+    assert poller.cancel() is slow and slow.cancelled and slow.process.poll() is not None
+    assert not poller.running and len(ended) == 1  # a cancelled job does not "finish"
+
+
+def test_scene_close_and_reload_cancel_the_running_job(helpers):
+    import sys
+    import types
+
+    from BrainSpineAILib.background import BackgroundJob
+
+    class Label:
+        text = ""
+
+    class Bar:
+        value = None
+
+        def setValue(self, v):
+            self.value = v
+
+    class Widget(helpers.ModuleWidgetMixin, sys.modules["slicer.ScriptedLoadableModule"].ScriptedLoadableModuleWidget):
+        moduleName = "BrainSpineAISegment"
+        buttons = 0
+
+        def updateButtons(self, caller=None, event=None):
+            self.buttons += 1
+
+    w = Widget()
+    w.initModuleWidget()
+    w.ui = types.SimpleNamespace(statusLabel=Label(), progressBar=Bar())
+    w.parent = types.SimpleNamespace(isEntered=False)
+    poller = w.newPoller(100, w.showJobProgress, lambda job, ctx: None)
+    job = BackgroundJob([sys.executable, "-c", CHILD, "sleep"])
+    poller.start(job)
+    import time
+
+    t0 = time.time()
+    while not job.events and time.time() - t0 < 30:
+        poller._timer.fire()
+        time.sleep(0.05)
+    assert w.ui.progressBar.value in (25, 50, 75) and w.ui.statusLabel.text.startswith("step ")
+    w.onSceneStartClose(None, None)
+    assert job.cancelled and job.process.poll() is not None and not poller.running
+    assert w.ui.statusLabel.text == "Cancelled: the scene was closed." and w._parameterNode is None
+    # Reload: the running job is cancelled, the *Lib packages forgotten, then Slicer's reload
+    again = BackgroundJob([sys.executable, "-c", CHILD, "sleep"])
+    poller.start(again)
+    fake = types.ModuleType("BrainSpineAISegmentLib.fake")
+    sys.modules["BrainSpineAISegmentLib.fake"] = fake
+    saved = {k: v for k, v in sys.modules.items() if k.startswith(("BrainSpineAILib", "BrainSpineAISegmentLib"))}
+    try:
+        w.onReload()
+        assert again.cancelled and w.reloaded == ["BrainSpineAISegment"]
+        assert "BrainSpineAISegmentLib.fake" not in sys.modules and "BrainSpineAILib.background" not in sys.modules
+    finally:
+        saved.pop("BrainSpineAISegmentLib.fake")
+        sys.modules.update(saved)  # the other tests keep the modules they imported
