@@ -58,9 +58,9 @@ Classifies brain MRI into tumour classes (for the default model: glioma, meningi
 pituitary tumour, no tumour) and shows a Grad-CAM heatmap of the image regions that drove
 the prediction.<br>
 Load a 2D MRI slice (JPEG, PNG, DICOM, ...) or a 3D MRI volume, select it as input, pick a
-model and click <b>Classify</b>. A single slice is classified at once; a volume is classified
-slice by slice in a separate process (it can be cancelled) and a per-slice probability plot
-is shown. The heatmap has exactly the geometry of the input and is shown as foreground in
+model and click <b>Classify</b>. The classification runs in a separate process (Slicer stays
+responsive and Cancel stops it); a volume is classified slice by slice and a per-slice
+probability plot is shown. The heatmap has exactly the geometry of the input and is shown as foreground in
 the slice views; its opacity can be changed in <i>Results</i>.<br>
 <b>Research software: not for clinical use.</b> Predictions must not be used for diagnosis
 or treatment decisions.<br>
