@@ -6,9 +6,7 @@ node, widget, logic, test). Heavy packages (torch, monai, SimpleITK) are never i
 """
 
 import html
-import logging
-import os
-from typing import Annotated, Optional
+from typing import Annotated
 
 import qt
 import vtk
@@ -34,6 +32,8 @@ from slicer.parameterNodeWrapper import Choice, WithinRange, parameterNodeWrappe
 from slicer import vtkMRMLScalarVolumeNode
 
 from BrainSpineAILib.classification_logic import ClassificationLogic
+from BrainSpineAILib.module_support import CONTRIBUTORS
+from BrainSpineAILib.widget_helpers import ModelListMixin, ModuleWidgetMixin, currentFolder
 
 
 #
@@ -51,15 +51,15 @@ class BrainSpineAI(ScriptedLoadableModule):
         self.parent.title = _("BrainSpineAI Classify")
         self.parent.categories = ["BrainSpineAI"]
         self.parent.dependencies = []
-        self.parent.contributors = ["BrainSpineAI team"]
+        self.parent.contributors = list(CONTRIBUTORS)  # "Name (Organisation)"
         self.parent.helpText = _("""
 Classifies brain MRI into tumour classes (for the default model: glioma, meningioma,
 pituitary tumour, no tumour) and shows a Grad-CAM heatmap of the image regions that drove
 the prediction.<br>
 Load a 2D MRI slice (JPEG, PNG, DICOM, ...) or a 3D MRI volume, select it as input, pick a
-model and click <b>Classify</b>. A single slice is classified at once; a volume is classified
-slice by slice in a separate process (it can be cancelled) and a per-slice probability plot
-is shown. The heatmap has exactly the geometry of the input and is shown as foreground in
+model and click <b>Classify</b>. The classification runs in a separate process (Slicer stays
+responsive and Cancel stops it); a volume is classified slice by slice and a per-slice
+probability plot is shown. The heatmap has exactly the geometry of the input and is shown as foreground in
 the slice views; its opacity can be changed in <i>Results</i>.<br>
 <b>Research software: not for clinical use.</b> Predictions must not be used for diagnosis
 or treatment decisions.<br>
@@ -104,151 +104,70 @@ class BrainSpineAIParameterNode:
 #
 
 
-class BrainSpineAIWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
-    """Uses ScriptedLoadableModuleWidget base class, available at:
+class BrainSpineAIWidget(ModuleWidgetMixin, ModelListMixin, ScriptedLoadableModuleWidget, VTKObservationMixin):
+    """The Classify panel. Parameter node, model list, job polling and Reload come from
+    BrainSpineAILib.widget_helpers.
+
+    Uses ScriptedLoadableModuleWidget base class, available at:
     https://github.com/Slicer/Slicer/blob/main/Base/Python/slicer/ScriptedLoadableModule.py
     """
+
+    noModelsText = _("No classification model found. Install a model in ~/.brainspineai/models or set "
+                     "BRAINSPINEAI_MODEL_PATH, then click Refresh.")
 
     def __init__(self, parent=None) -> None:
         """Called when the user opens the module the first time and the widget is initialized."""
         ScriptedLoadableModuleWidget.__init__(self, parent)
         VTKObservationMixin.__init__(self)  # needed for parameter node observation
-        self.logic = None
-        self._parameterNode = None
-        self._parameterNodeGuiTag = None
-        self._cards = []  # model cards, in model selector order
-        self._job = None  # running background classification
-        self._jobInput = None  # its input volume node
-        self._timer = None
+        self.initModuleWidget()
+        self._poller = None
 
     def setup(self) -> None:
         """Called when the user opens the module the first time and the widget is initialized."""
         ScriptedLoadableModuleWidget.setup(self)
-
-        # Load widget from .ui file (created by Qt Designer).
-        uiWidget = slicer.util.loadUI(self.resourcePath("UI/BrainSpineAI.ui"))
-        self.layout.addWidget(uiWidget)
-        self.ui = slicer.util.childWidgetVariables(uiWidget)
-
-        # Set scene in MRML widgets ("mrmlSceneChanged(vtkMRMLScene*)" is connected in the .ui).
-        uiWidget.setMRMLScene(slicer.mrmlScene)
-
+        self.setupModuleWidget("BrainSpineAI.ui")
         self.logic = BrainSpineAILogic()
-
-        self._timer = qt.QTimer()
-        self._timer.setInterval(200)
-        self._timer.connect("timeout()", self._pollJob)
-
-        # These connections ensure that we update parameter node when scene is closed
-        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
-        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
+        self._poller = self.newPoller(200, self.showJobProgress, self._onClassified)
 
         self.ui.classifyButton.connect("clicked(bool)", self.onClassifyButton)
         self.ui.cancelButton.connect("clicked(bool)", self.onCancelButton)
-        self.ui.refreshModelsButton.connect("clicked(bool)", self.refreshModels)
-        self.ui.modelSelector.connect("currentIndexChanged(int)", self.onModelSelected)
         self.ui.opacitySlider.connect("valueChanged(double)", self.onOpacityChanged)
-
+        self.setupModelList()
         self.refreshModels()
         self._setupTrainingSet()
 
         # Make sure parameter node is initialized (needed for module reload)
         self.initializeParameterNode()
 
-    def cleanup(self) -> None:
-        """Called when the application closes and the module widget is destroyed."""
-        if self._job is not None:
-            self.onCancelButton()
-        self.removeObservers()
-
     def enter(self) -> None:
         """Called each time the user opens this module."""
         self.refreshModels()  # models trained meanwhile (BrainSpineAI Train) appear at once
-        self.initializeParameterNode()
+        ModuleWidgetMixin.enter(self)
 
-    def exit(self) -> None:
-        """Called each time the user opens a different module."""
-        if self._parameterNode:
-            self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
-            self._parameterNodeGuiTag = None
-            self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._updateButtons)
-
-    def onSceneStartClose(self, caller, event) -> None:
-        """Called just before the scene is closed."""
-        if self._job is not None:
-            self.onCancelButton()
-        self.setParameterNode(None)
-
-    def onSceneEndClose(self, caller, event) -> None:
-        """Called just after the scene is closed."""
-        if self.parent.isEntered:
-            self.initializeParameterNode()
-
-    def initializeParameterNode(self) -> None:
-        """Ensure parameter node exists and observed."""
-        self.setParameterNode(self.logic.getParameterNode())
-
+    def onParameterNodeInitialized(self) -> None:
         # Select default input nodes if nothing is selected yet to save a few clicks for the user
         if not self._parameterNode.inputVolume:
             firstVolumeNode = slicer.mrmlScene.GetFirstNodeByClass("vtkMRMLScalarVolumeNode")
             if firstVolumeNode and not firstVolumeNode.IsA("vtkMRMLLabelMapVolumeNode"):
                 self._parameterNode.inputVolume = firstVolumeNode
 
-    def setParameterNode(self, inputParameterNode: Optional[BrainSpineAIParameterNode]) -> None:
-        """Set and observe parameter node, connect it to the GUI."""
+    def onParameterNodeSet(self) -> None:
         if self._parameterNode:
-            self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
-            self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._updateButtons)
-        self._parameterNode = inputParameterNode
-        if self._parameterNode:
-            # ui element that needs connection to the parameter node must have the
-            # "SlicerParameterName" dynamic property set in the .ui file.
-            self._parameterNodeGuiTag = self._parameterNode.connectGui(self.ui)
-            self.addObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._updateButtons)
-            self._selectModel(self._parameterNode.modelId)
-        self._updateButtons()
+            self.selectModel(self._parameterNode.modelId)
 
     # -- models ------------------------------------------------------------------
 
-    def refreshModels(self) -> None:
-        """Fill the model selector from the catalogue; the first entry is the default model."""
-        previousId = self._parameterNode.modelId if self._parameterNode else ""
-        ok, cards = self._tryRun(_("Could not list the models."), self.logic.availableModels)
-        self._cards = list(cards) if ok and cards else []
-        wasBlocked = self.ui.modelSelector.blockSignals(True)
-        self.ui.modelSelector.clear()
-        for card in self._cards:
-            self.ui.modelSelector.addItem(str(card.get("id", "?")), card.get("path", ""))
-        self.ui.modelSelector.blockSignals(wasBlocked)
-        if ok and not self._cards:
-            self.ui.statusLabel.text = _("No classification model found. Install a model in "
-                                         "~/.brainspineai/models or set BRAINSPINEAI_MODEL_PATH, then click Refresh.")
-        self._selectModel(previousId)
-
-    def _selectModel(self, modelId: str) -> None:
-        """Select the model with this id (the first model if not found) and show its card."""
-        ids = [str(card.get("id", "")) for card in self._cards]
-        index = ids.index(modelId) if modelId in ids else (0 if ids else -1)
-        wasBlocked = self.ui.modelSelector.blockSignals(True)
-        self.ui.modelSelector.setCurrentIndex(index)
-        self.ui.modelSelector.blockSignals(wasBlocked)
-        self.onModelSelected(index)
-
-    def onModelSelected(self, index: int) -> None:
-        card = self._cards[index] if 0 <= index < len(self._cards) else None
-        if self._parameterNode and card is not None and self._parameterNode.modelId != card.get("id"):
-            self._parameterNode.modelId = str(card.get("id", ""))
-        self.ui.modelCardLabel.text = self._cardHtml(card) if card else ""
+    def onCardSelected(self, card) -> None:
         self.ui.heatmapClassSelector.clear()
         self.ui.heatmapClassSelector.addItem(_("predicted class"), "")
         for name in (card or {}).get("class_names") or []:
             self.ui.heatmapClassSelector.addItem(str(name), str(name))
         isSICF = (card or {}).get("task") == "sicf-2d"  # SICF models have no Grad-CAM
         self.ui.heatmapCheckBox.enabled = self.ui.heatmapClassSelector.enabled = not isSICF
-        self._updateButtons()
+        self._refreshTrainingClasses()
 
     @staticmethod
-    def _cardHtml(card: dict) -> str:
+    def cardHtml(card: dict) -> str:
         lines = [f"<b>{html.escape(str(card.get('id', '')))}</b>"]
         if card.get("description"):
             lines.append(html.escape(str(card["description"])))
@@ -279,110 +198,46 @@ class BrainSpineAIWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     # -- classification ----------------------------------------------------------
 
-    def _updateButtons(self, caller=None, event=None) -> None:
-        running = self._job is not None
+    def updateButtons(self, caller=None, event=None) -> None:
+        running = self._poller is not None and self._poller.running
         hasInput = bool(self._parameterNode and self._parameterNode.inputVolume)
         self.ui.classifyButton.enabled = hasInput and bool(self._cards) and not running
         self.ui.classifyButton.toolTip = (_("Classify the input image.") if hasInput
                                           else _("Select an input image."))
         self.ui.cancelButton.enabled = running
 
-    def _installTorch(self):
-        """Install PyTorch with the PyTorch extension's helper; None when that extension is absent
-        (the library then falls back to pip). Raises if the user declines the installation."""
-        try:
-            import PyTorchUtils
-        except ImportError:
-            return None
-        torch = PyTorchUtils.PyTorchUtilsLogic().installTorch(askConfirmation=True)
-        if torch is None:
-            raise RuntimeError(_("PyTorch is required; its installation was cancelled."))
-        return torch
-
-    def _tryRun(self, message: str, function, *args, waitCursor: bool = True, **kwargs):
-        """Call function; any error is shown in a dialog (tryWithErrorDisplay) and in the status
-        line. Returns (ok, result)."""
-        error = _("see the error message")
-        try:
-            with slicer.util.tryWithErrorDisplay(message, waitCursor=waitCursor):
-                return True, function(*args, **kwargs)
-        except Exception as exc:  # already displayed by tryWithErrorDisplay
-            error = exc
-        logging.error("%s %s", message, error)
-        self.ui.statusLabel.text = f"{message} {error}"
-        return False, None
-
     def onClassifyButton(self) -> None:
-        """Run the classification when the user clicks "Classify"."""
-        inputVolume = self._parameterNode.inputVolume
+        """Classify the input in a background process (a single slice too: loading torch and
+        the model never blocks Slicer)."""
+        inputVolume = self._parameterNode.inputVolume if self._parameterNode else None
         if not inputVolume:
-            self.ui.statusLabel.text = _("Select an input image.")
+            self.setStatus(_("Select an input image."))
             return
-        ok, ready = self._tryRun(
-            _("Could not install the required Python packages."), self.logic.ensureDependencies,
-            confirm=lambda msg: slicer.util.confirmOkCancelDisplay(msg),
-            installTorch=self._installTorch, pipInstall=slicer.util.pip_install, waitCursor=False)
-        if not ok or not ready:
-            if ok:
-                self.ui.statusLabel.text = _("Required Python packages are missing: classification not started.")
+        if not self.dependenciesReady():
             return
-
-        index = self.ui.modelSelector.currentIndex
-        modelRef = self.ui.modelSelector.itemData(index) if index >= 0 else None
-        options = dict(modelRef=modelRef or None, device=self._parameterNode.device,
-                       computeHeatmap=self._parameterNode.computeHeatmap and self.ui.heatmapCheckBox.enabled,
-                       heatmapClass=self.ui.heatmapClassSelector.currentData or None)
         self._clearResults()
-
-        ok, singleSlice = self._tryRun(_("Classification failed."), self.logic.isSingleSlice, inputVolume)
+        ok, job = self.tryRun(
+            _("Classification failed."), self.logic.startBackgroundClassification, inputVolume,
+            modelRef=self.currentModelPath(), device=self._parameterNode.device,
+            computeHeatmap=self._parameterNode.computeHeatmap and self.ui.heatmapCheckBox.enabled,
+            heatmapClass=self.ui.heatmapClassSelector.currentData or None)
         if not ok:
             return
-        if singleSlice:
-            self.ui.statusLabel.text = _("Classifying...")
-            slicer.app.processEvents()
-            ok, output = self._tryRun(_("Classification failed."), self.logic.classify, inputVolume, **options)
-            if ok:
-                self._showOutput(output, inputVolume)
-            return
+        self._poller.start(job)
+        self.setStatus(_("Classifying..."))
+        self.updateButtons()
 
-        ok, job = self._tryRun(_("Classification failed."), self.logic.startBackgroundClassification,
-                               inputVolume, **options)
-        if not ok:
-            return
-        self._job, self._jobInput = job, inputVolume
-        self.ui.statusLabel.text = _("Classification started...")
-        self._updateButtons()
-        self._timer.start()
-
-    def _pollJob(self) -> None:
-        job = self._job
-        if job is None:
-            self._timer.stop()
-            return
-        ok, finished = self._tryRun(_("Classification failed."), job.poll, waitCursor=False)
-        if not ok:
-            self._endJob()
-            return
-        if not finished:
-            self.ui.statusLabel.text = job.progressText or ""
-            return
-        inputVolume = self._jobInput
-        self._endJob()
-        ok, output = self._tryRun(_("Classification failed."), self.logic.finishBackgroundClassification, job)
+    def _onClassified(self, job, context) -> None:
+        self.updateButtons()
+        ok, output = self.tryRun(_("Classification failed."), self.logic.finishBackgroundClassification, job)
         if ok:
-            self._showOutput(output, inputVolume)
+            self._showOutput(output, slicer.mrmlScene.GetNodeByID(job.context["inputNodeID"]))
 
     def onCancelButton(self) -> None:
-        job = self._job
-        self._endJob()
-        if job is not None:
-            self._tryRun(_("Could not cancel the classification."), job.cancel)
-            self.ui.statusLabel.text = _("Classification cancelled.")
-
-    def _endJob(self) -> None:
-        self._timer.stop()
-        self._job, self._jobInput = None, None
-        self._updateButtons()
+        if self._poller.running:
+            self.tryRun(_("Could not cancel the classification."), self._poller.cancel)
+            self.setStatus(_("Classification cancelled."))
+        self.updateButtons()
 
     # -- training set and retraining (logic: BrainSpineAILib.training_set, BrainSpineAITrain) --
 
@@ -390,49 +245,61 @@ class BrainSpineAIWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.addToTrainingSetButton.connect("clicked(bool)", self.onAddToTrainingSet)
         self.ui.retrainButton.connect("clicked(bool)", self.onRetrain)
         self.ui.trainingSetPathLineEdit.connect("currentPathChanged(QString)", self._refreshTrainingClasses)
-        self.ui.modelSelector.connect("currentIndexChanged(int)", self._refreshTrainingClasses)
+        self.ui.trainingClassSelector.connect("currentTextChanged(QString)", self._updateAddButtonText)
         self._refreshTrainingClasses()
 
     def _refreshTrainingClasses(self, *args) -> None:
+        """Classes offered for "Add to training set": the model's, then the dataset folder's
+        (none when no folder is chosen)."""
         from BrainSpineAILib.training_set import datasetClasses
 
-        index = self.ui.modelSelector.currentIndex
-        card = self._cards[index] if 0 <= index < len(self._cards) else {}
-        names = list(card.get("class_names", []))
-        names += [c for c in datasetClasses(self.ui.trainingSetPathLineEdit.currentPath) if c not in names]
+        names = [str(n) for n in (self.currentCard() or {}).get("class_names", [])]
+        names += [c for c in datasetClasses(currentFolder(self.ui.trainingSetPathLineEdit)) if c not in names]
         current = self.ui.trainingClassSelector.currentText
+        wasBlocked = self.ui.trainingClassSelector.blockSignals(True)
         self.ui.trainingClassSelector.clear()
         for name in names:
             self.ui.trainingClassSelector.addItem(name)
         if current:
             self.ui.trainingClassSelector.setCurrentText(current)
+        self.ui.trainingClassSelector.blockSignals(wasBlocked)
+        self._updateAddButtonText()
+
+    def _updateAddButtonText(self, *args) -> None:
         self.ui.addToTrainingSetButton.text = _("Add to training set as {name}").format(
             name=self.ui.trainingClassSelector.currentText or "...")
 
+    def _shownPlane(self, volume):
+        """The voxel plane of ``volume`` under the Red slice view, in that view's orientation."""
+        from BrainSpineAILib.training_set import viewPlaneAt
+
+        return viewPlaneAt(volume, slicer.app.layoutManager().sliceWidget("Red").mrmlSliceNode())
+
     def onAddToTrainingSet(self) -> None:
-        from BrainSpineAILib.training_set import addToTrainingSet, sliceIndexAt
+        from BrainSpineAILib.training_set import addToTrainingSet
 
         volume = self._parameterNode.inputVolume if self._parameterNode else None
-        folder = self.ui.trainingSetPathLineEdit.currentPath
+        folder = currentFolder(self.ui.trainingSetPathLineEdit)
         className = self.ui.trainingClassSelector.currentText.strip()
         if not volume or not folder or not className:
-            self.ui.statusLabel.text = _("Select an input image, a dataset folder and a class.")
+            self.setStatus(_("Select an input image, a dataset folder and a class."))
             return
-        sliceIndex = None
-        if self.ui.trainingSliceCheckBox.checked:
-            sliceIndex = sliceIndexAt(volume, slicer.app.layoutManager().sliceWidget("Red").mrmlSliceNode())
-        ok, path = self._tryRun(_("Could not add the image to the training set."), addToTrainingSet,
-                                volume, folder, className, sliceIndex=sliceIndex)
+        plane = None
+        if self.ui.trainingSliceCheckBox.checked and not self.logic.isSingleSlice(volume):
+            ok, plane = self.tryRun(_("Could not find the slice shown in the Red view."), self._shownPlane, volume)
+            if not ok:
+                return
+        ok, path = self.tryRun(_("Could not add the image to the training set."), addToTrainingSet,
+                               volume, folder, className, plane=plane)
         if ok:
-            self.ui.statusLabel.text = _("Added to the training set: {path}").format(path=path)
+            self.setStatus(_("Added to the training set: {path}").format(path=path))
             self._refreshTrainingClasses()
 
     def onRetrain(self) -> None:
-        folder = self.ui.trainingSetPathLineEdit.currentPath
-        index = self.ui.modelSelector.currentIndex
-        modelRef = self.ui.modelSelector.itemData(index) if index >= 0 else None
+        folder = currentFolder(self.ui.trainingSetPathLineEdit)
+        modelRef = self.currentModelPath()
         if not folder or not modelRef:
-            self.ui.statusLabel.text = _("Select a model and a dataset folder to retrain on.")
+            self.setStatus(_("Select a model and a dataset folder to retrain on."))
             return
         slicer.util.selectModule("BrainSpineAITrain")
         trainWidget = slicer.modules.brainspineaitrain.widgetRepresentation().self()
@@ -468,19 +335,20 @@ class BrainSpineAIWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         if result.get("sicf") and inputVolume is not None and slicer.mrmlScene.IsNodePresent(inputVolume):
             from BrainSpineAILib import sicf_logic
 
-            self._tryRun(_("Could not show the SICF ROI and keypoints."), sicf_logic.showSICFResult,
-                         slicer.mrmlScene, inputVolume, result["sicf"])
+            self.tryRun(_("Could not show the SICF ROI and keypoints."), sicf_logic.showSICFResult,
+                        slicer.mrmlScene, inputVolume, result["sicf"])
             status += " " + _("SICF: {kept} of {n} features kept by the optimiser; ROI and {k} SIFT keypoints shown.").format(
                 kept=result["sicf"]["n_features_kept"], n=result["sicf"]["n_features"], k=len(result["sicf"]["keypoints"]))
-        self.ui.statusLabel.text = status
+        self.setStatus(status)
 
         if output.heatmapNode is not None:
             if self._parameterNode:
                 self._parameterNode.heatmapVolume = output.heatmapNode
             if inputVolume is not None and slicer.mrmlScene.IsNodePresent(inputVolume):
-                self._tryRun(_("Could not show the heatmap."), self.logic.showHeatmap,
-                             output.heatmapNode, inputVolume, self.ui.opacitySlider.value)
+                self.tryRun(_("Could not show the heatmap."), self.logic.showHeatmap,
+                            output.heatmapNode, inputVolume, self.ui.opacitySlider.value)
         if output.plotChartNode is not None:
+            # shown in the layout's plot views; the Train module's curves view does not take it
             slicer.modules.plots.logic().ShowChartInLayout(output.plotChartNode)
 
 

@@ -7,16 +7,12 @@ SimpleITK) are never imported here.
 """
 
 import html
-import logging
-import os
 import re
 import time
-from typing import Annotated, Optional
-
-import qt
-import vtk
+from typing import Annotated
 
 import slicer
+import vtk
 
 try:
     from slicer.i18n import tr as _
@@ -36,6 +32,8 @@ from slicer.parameterNodeWrapper import Choice, parameterNodeWrapper
 
 from slicer import vtkMRMLScalarVolumeNode, vtkMRMLSegmentationNode
 
+from BrainSpineAILib.module_support import CONTRIBUTORS
+from BrainSpineAILib.widget_helpers import ModelListMixin, ModuleWidgetMixin, currentFolder
 from BrainSpineAISegmentLib.segment_logic import REGIONS, SegmentationLogic
 from BrainSpineAISegmentLib.sequences import SEQUENCE_LABELS, SEQUENCES
 
@@ -55,7 +53,7 @@ class BrainSpineAISegment(ScriptedLoadableModule):
         self.parent.title = _("BrainSpineAI Segment")
         self.parent.categories = ["BrainSpineAI"]
         self.parent.dependencies = ["BrainSpineAI"]  # provides the brainspineai library and BrainSpineAILib
-        self.parent.contributors = ["BrainSpineAI team"]
+        self.parent.contributors = list(CONTRIBUTORS)  # "Name (Organisation)"
         self.parent.helpText = _("""
 Segments a brain tumour (glioma) in multi-sequence MRI (T1, T1 contrast-enhanced, T2, FLAIR)
 into the three BraTS regions: whole tumour (WT), tumour core (TC) and enhancing tumour (ET),
@@ -112,91 +110,47 @@ class BrainSpineAISegmentParameterNode:
 #
 
 
-class BrainSpineAISegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
-    """Uses ScriptedLoadableModuleWidget base class, available at:
+class BrainSpineAISegmentWidget(ModuleWidgetMixin, ModelListMixin, ScriptedLoadableModuleWidget, VTKObservationMixin):
+    """The Segment panel. Parameter node, model list, job polling and Reload come from
+    BrainSpineAILib.widget_helpers.
+
+    Uses ScriptedLoadableModuleWidget base class, available at:
     https://github.com/Slicer/Slicer/blob/main/Base/Python/slicer/ScriptedLoadableModule.py
     """
+
+    noModelsText = _("No segmentation model found. Install a model in ~/.brainspineai/models or set "
+                     "BRAINSPINEAI_MODEL_PATH, then click Refresh.")
 
     def __init__(self, parent=None) -> None:
         ScriptedLoadableModuleWidget.__init__(self, parent)
         VTKObservationMixin.__init__(self)
-        self.logic = None
-        self._parameterNode = None
-        self._parameterNodeGuiTag = None
-        self._cards = []
-        self._job = None  # running segmentation (BackgroundJob) or retraining run
-        self._jobKind = ""  # "segment" or "retrain"
-        self._jobStart = 0.0
-        self._timer = None
+        self.initModuleWidget()
+        self._poller = None  # the running segmentation (BackgroundJob) or retraining run (TrainingRun)
 
     def setup(self) -> None:
         ScriptedLoadableModuleWidget.setup(self)
-
-        uiWidget = slicer.util.loadUI(self.resourcePath("UI/BrainSpineAISegment.ui"))
-        self.layout.addWidget(uiWidget)
-        self.ui = slicer.util.childWidgetVariables(uiWidget)
-        uiWidget.setMRMLScene(slicer.mrmlScene)
-
+        self.setupModuleWidget("BrainSpineAISegment.ui")
         self.logic = BrainSpineAISegmentLogic()
-
-        self._timer = qt.QTimer()
-        self._timer.setInterval(250)
-        self._timer.connect("timeout()", self._pollJob)
-
-        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
-        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
+        self._poller = self.newPoller(250, self.showJobProgress, self._onJobEnded)
 
         self.ui.segmentButton.connect("clicked(bool)", self.onSegmentButton)
         self.ui.cancelButton.connect("clicked(bool)", self.onCancelButton)
-        self.ui.refreshModelsButton.connect("clicked(bool)", self.refreshModels)
         self.ui.guessButton.connect("clicked(bool)", lambda: self.fillVolumesFromNames(overwrite=True))
-        self.ui.modelSelector.connect("currentIndexChanged(int)", self.onModelSelected)
         self.ui.addToTrainingSetButton.connect("clicked(bool)", self.onAddToTrainingSet)
         self.ui.retrainButton.connect("clicked(bool)", self.onRetrain)
-        self.ui.datasetPathLineEdit.connect("currentPathChanged(QString)", lambda path: self._updateButtons())
+        self.ui.datasetPathLineEdit.connect("currentPathChanged(QString)", lambda path: self.updateButtons())
         self.ui.progressBar.setRange(0, 100)
         self.ui.progressBar.setValue(0)
-
+        self.setupModelList()
         self.refreshModels()
         self.initializeParameterNode()
 
-    def cleanup(self) -> None:
-        if self._job is not None:
-            self.onCancelButton()
-        self.removeObservers()
-
-    def enter(self) -> None:
-        self.initializeParameterNode()
-
-    def exit(self) -> None:
-        if self._parameterNode:
-            self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
-            self._parameterNodeGuiTag = None
-            self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._updateButtons)
-
-    def onSceneStartClose(self, caller, event) -> None:
-        if self._job is not None:
-            self.onCancelButton()
-        self.setParameterNode(None)
-
-    def onSceneEndClose(self, caller, event) -> None:
-        if self.parent.isEntered:
-            self.initializeParameterNode()
-
-    def initializeParameterNode(self) -> None:
-        self.setParameterNode(self.logic.getParameterNode())
+    def onParameterNodeInitialized(self) -> None:
         self.fillVolumesFromNames(overwrite=False)
 
-    def setParameterNode(self, inputParameterNode: Optional[BrainSpineAISegmentParameterNode]) -> None:
+    def onParameterNodeSet(self) -> None:
         if self._parameterNode:
-            self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
-            self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._updateButtons)
-        self._parameterNode = inputParameterNode
-        if self._parameterNode:
-            self._parameterNodeGuiTag = self._parameterNode.connectGui(self.ui)
-            self.addObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._updateButtons)
-            self._selectModel(self._parameterNode.modelId)
-        self._updateButtons()
+            self.selectModel(self._parameterNode.modelId)
 
     # -- inputs --------------------------------------------------------------------
 
@@ -217,36 +171,7 @@ class BrainSpineAISegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixi
 
     # -- models ------------------------------------------------------------------
 
-    def refreshModels(self) -> None:
-        previousId = self._parameterNode.modelId if self._parameterNode else ""
-        ok, cards = self._tryRun(_("Could not list the models."), self.logic.availableModels)
-        self._cards = list(cards) if ok and cards else []
-        wasBlocked = self.ui.modelSelector.blockSignals(True)
-        self.ui.modelSelector.clear()
-        for card in self._cards:
-            self.ui.modelSelector.addItem(str(card.get("id", "?")), card.get("path", ""))
-        self.ui.modelSelector.blockSignals(wasBlocked)
-        if ok and not self._cards:
-            self.ui.statusLabel.text = _("No segmentation model found. Install a model in "
-                                         "~/.brainspineai/models or set BRAINSPINEAI_MODEL_PATH, then click Refresh.")
-        self._selectModel(previousId)
-
-    def _selectModel(self, modelId: str) -> None:
-        ids = [str(card.get("id", "")) for card in self._cards]
-        index = ids.index(modelId) if modelId in ids else (0 if ids else -1)
-        wasBlocked = self.ui.modelSelector.blockSignals(True)
-        self.ui.modelSelector.setCurrentIndex(index)
-        self.ui.modelSelector.blockSignals(wasBlocked)
-        self.onModelSelected(index)
-
-    def _currentCard(self):
-        index = self.ui.modelSelector.currentIndex
-        return self._cards[index] if 0 <= index < len(self._cards) else None
-
-    def onModelSelected(self, index: int) -> None:
-        card = self._cards[index] if 0 <= index < len(self._cards) else None
-        if self._parameterNode and card is not None and self._parameterNode.modelId != card.get("id"):
-            self._parameterNode.modelId = str(card.get("id", ""))
+    def onCardSelected(self, card) -> None:
         required = [str(s) for s in (card or {}).get("sequences") or []]
         for seq in SEQUENCES:
             label = getattr(self.ui, f"{seq}Label")
@@ -254,11 +179,9 @@ class BrainSpineAISegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixi
             if seq in required:
                 text = f"<b>{SEQUENCE_LABELS[seq]}</b>" + (_(" (reference)") if seq == required[0] else "") + ":"
             label.text = text
-        self.ui.modelCardLabel.text = self._cardHtml(card) if card else ""
-        self._updateButtons()
 
     @staticmethod
-    def _cardHtml(card: dict) -> str:
+    def cardHtml(card: dict) -> str:
         lines = [f"<b>{html.escape(str(card.get('id', '')))}</b>"]
         if card.get("description"):
             lines.append(html.escape(str(card["description"])))
@@ -276,9 +199,9 @@ class BrainSpineAISegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixi
 
     # -- segmentation ------------------------------------------------------------
 
-    def _updateButtons(self, caller=None, event=None) -> None:
-        running = self._job is not None
-        card = self._currentCard()
+    def updateButtons(self, caller=None, event=None) -> None:
+        running = self._poller is not None and self._poller.running
+        card = self.currentCard()
         volumes = self._volumes()
         required = [str(s) for s in (card or {}).get("sequences") or []]
         missing = [s for s in required if s not in volumes]
@@ -288,103 +211,45 @@ class BrainSpineAISegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixi
             else _("Select the volumes the model needs: {names}.").format(
                 names=", ".join(SEQUENCE_LABELS[s] for s in missing)) if card else _("No segmentation model."))
         self.ui.cancelButton.enabled = running
+        hasFolder = currentFolder(self.ui.datasetPathLineEdit) is not None
         hasSegmentation = bool(self._parameterNode and self._parameterNode.segmentation)
-        self.ui.addToTrainingSetButton.enabled = (hasSegmentation and not running and bool(volumes)
-                                                  and bool(self.ui.datasetPathLineEdit.currentPath))
-        self.ui.retrainButton.enabled = bool(card) and not running and bool(self.ui.datasetPathLineEdit.currentPath)
-
-    def _installTorch(self):
-        try:
-            import PyTorchUtils
-        except ImportError:
-            return None
-        torch = PyTorchUtils.PyTorchUtilsLogic().installTorch(askConfirmation=True)
-        if torch is None:
-            raise RuntimeError(_("PyTorch is required; its installation was cancelled."))
-        return torch
-
-    def _tryRun(self, message: str, function, *args, waitCursor: bool = True, **kwargs):
-        """Call function; any error is shown in a dialog and in the status line. Returns (ok, result)."""
-        error = _("see the error message")
-        try:
-            with slicer.util.tryWithErrorDisplay(message, waitCursor=waitCursor):
-                return True, function(*args, **kwargs)
-        except Exception as exc:  # already displayed by tryWithErrorDisplay
-            error = exc
-        logging.error("%s %s", message, error)
-        self.ui.statusLabel.text = f"{message} {error}"
-        return False, None
-
-    def _dependenciesReady(self) -> bool:
-        ok, ready = self._tryRun(
-            _("Could not install the required Python packages."), self.logic.ensureDependencies,
-            confirm=lambda msg: slicer.util.confirmOkCancelDisplay(msg),
-            installTorch=self._installTorch, pipInstall=slicer.util.pip_install, waitCursor=False)
-        if ok and not ready:
-            self.ui.statusLabel.text = _("Required Python packages are missing.")
-        return bool(ok and ready)
+        self.ui.addToTrainingSetButton.enabled = hasSegmentation and not running and bool(volumes) and hasFolder
+        self.ui.retrainButton.enabled = bool(card) and not running and hasFolder
 
     def onSegmentButton(self) -> None:
-        if not self._dependenciesReady():
+        if not self.dependenciesReady():
             return
-        card = self._currentCard()
-        ok, job = self._tryRun(_("Segmentation failed."), self.logic.startSegmentation, self._volumes(),
-                               modelRef=card.get("path") if card else None, device=self._parameterNode.device,
-                               report=self.ui.reportTextEdit.toPlainText(), tta=self._parameterNode.tta)
+        ok, job = self.tryRun(_("Segmentation failed."), self.logic.startSegmentation, self._volumes(),
+                              modelRef=self.currentModelPath(), device=self._parameterNode.device,
+                              report=self.ui.reportTextEdit.toPlainText(), tta=self._parameterNode.tta)
         if not ok:
             return
-        self._startPolling(job, "segment")
-        self.ui.statusLabel.text = _("Segmentation started...")
-
-    def _startPolling(self, job, kind: str) -> None:
-        self._job, self._jobKind, self._jobStart = job, kind, time.perf_counter()
         self.ui.progressBar.setValue(0)
-        self._updateButtons()
-        self._timer.start()
+        self._poller.start(job, kind="segment")
+        self.setStatus(_("Segmentation started..."))
+        self.updateButtons()
 
-    def _pollJob(self) -> None:
-        job = self._job
-        if job is None:
-            self._timer.stop()
-            return
-        ok, finished = self._tryRun(_("The background process failed."), job.poll, waitCursor=False)
-        if not ok:
-            self._endJob()
-            return
-        self.ui.progressBar.setValue(int(round(100 * float(job.fraction or 0.0))))
-        if not finished:
-            eta = getattr(job, "etaSeconds", None)
-            text = job.progressText or ""
-            if isinstance(eta, (int, float)):
-                text += " " + _("({seconds:.0f} s left)").format(seconds=eta)
-            self.ui.statusLabel.text = text
-            return
-        kind, seconds = self._jobKind, time.perf_counter() - self._jobStart
-        self._endJob()
-        if kind == "segment":
-            ok, output = self._tryRun(_("Segmentation failed."), self.logic.finishSegmentation, job)
+    def _onJobEnded(self, job, context) -> None:
+        self.updateButtons()
+        seconds = context["seconds"]
+        if context.get("kind") == "segment":
+            ok, output = self.tryRun(_("Segmentation failed."), self.logic.finishSegmentation, job)
             if ok:
                 self._showOutput(output, seconds)
+            return
+        succeeded = getattr(job, "state", None) == "succeeded" or getattr(job, "succeeded", False) is True
+        if succeeded:  # TrainingRun.poll() registered the new version in the user catalogue
+            self.setStatus(_("Retraining finished in {seconds:.0f} s.").format(seconds=seconds))
+            self.refreshModels()
         else:
-            succeeded = getattr(job, "state", None) == "succeeded" or getattr(job, "succeeded", False) is True
-            if succeeded:
-                self.ui.statusLabel.text = _("Retraining finished in {seconds:.0f} s.").format(seconds=seconds)
-                self.refreshModels()
-            else:
-                self.ui.statusLabel.text = _("Retraining failed: {error}").format(error=job.errorText or "")
+            self.setStatus(_("Retraining failed: {error}").format(error=job.errorText or ""))
 
     def onCancelButton(self) -> None:
-        job = self._job
-        self._endJob()
-        if job is not None:
-            self._tryRun(_("Could not cancel."), job.cancel)
+        if self._poller.running:
+            self.tryRun(_("Could not cancel."), self._poller.cancel)
             self.ui.progressBar.setValue(0)
-            self.ui.statusLabel.text = _("Cancelled.")
-
-    def _endJob(self) -> None:
-        self._timer.stop()
-        self._job, self._jobKind = None, ""
-        self._updateButtons()
+            self.setStatus(_("Cancelled."))
+        self.updateButtons()
 
     def _showOutput(self, output, seconds: float) -> None:
         result = output.result
@@ -397,8 +262,7 @@ class BrainSpineAISegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixi
             ml = info.get("volume_ml")
             rows.append(f"{html.escape(region.name)}: " + (f"{ml:.1f} ml" if isinstance(ml, (int, float)) else "-"))
         self.ui.resultsLabel.text = "<br>".join(rows)
-        self.ui.statusLabel.text = _("Model {model}: done in {seconds:.1f} s.").format(
-            model=result.get("model", ""), seconds=seconds)
+        self.setStatus(_("Model {model}: done in {seconds:.1f} s.").format(model=result.get("model", ""), seconds=seconds))
         if output.referenceVolume is not None:
             slicer.util.setSliceViewerLayers(background=output.referenceVolume, fit=True)
             if self._parameterNode and not self._parameterNode.caseId:  # a default id for "Add to training set"
@@ -410,28 +274,34 @@ class BrainSpineAISegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixi
     # -- training set ------------------------------------------------------------
 
     def onAddToTrainingSet(self) -> None:
-        datasetDir = self.ui.datasetPathLineEdit.currentPath
+        datasetDir = currentFolder(self.ui.datasetPathLineEdit)
+        if datasetDir is None:
+            self.setStatus(_("Select a dataset folder."))
+            return
         caseId = self._parameterNode.caseId or ""
-        card = self._currentCard()
         volumes = self._volumes()
-        required = [str(s) for s in (card or {}).get("sequences") or []]
+        required = [str(s) for s in (self.currentCard() or {}).get("sequences") or []]
         ordered = {s: volumes[s] for s in required if s in volumes}
         ordered.update({s: n for s, n in volumes.items() if s not in ordered})
-        ok, folder = self._tryRun(_("Could not add the case to the training set."), self.logic.exportTrainingCase,
-                                  datasetDir, caseId, ordered, self._parameterNode.segmentation)
+        ok, folder = self.tryRun(_("Could not add the case to the training set."), self.logic.exportTrainingCase,
+                                 datasetDir, caseId, ordered, self._parameterNode.segmentation)
         if ok:
-            self.ui.statusLabel.text = _("Case added: {folder}").format(folder=str(folder))
+            self.setStatus(_("Case added: {folder}").format(folder=str(folder)))
 
     def onRetrain(self) -> None:
-        if not self._dependenciesReady():
+        datasetDir = currentFolder(self.ui.datasetPathLineEdit)
+        if datasetDir is None:
+            self.setStatus(_("Select a dataset folder."))
             return
-        card = self._currentCard()
-        ok, run = self._tryRun(_("Could not start retraining."), self.logic.requestRetrain,
-                               self.ui.datasetPathLineEdit.currentPath, card.get("path") if card else None,
-                               device=self._parameterNode.device)
+        if not self.dependenciesReady():
+            return
+        ok, run = self.tryRun(_("Could not start retraining."), self.logic.requestRetrain, datasetDir,
+                              self.currentModelPath(), device=self._parameterNode.device)
         if ok:
-            self._startPolling(run, "retrain")
-            self.ui.statusLabel.text = _("Retraining started (see also the BrainSpineAI Train module)...")
+            self.ui.progressBar.setValue(0)
+            self._poller.start(run, kind="retrain")
+            self.setStatus(_("Retraining started (see also the BrainSpineAI Train module)..."))
+            self.updateButtons()
 
 
 #

@@ -6,7 +6,6 @@ process, by the ``brainspineai`` library's ``train`` commands; this file is the 
 (torch, monai, SimpleITK) are never imported here.
 """
 
-import logging
 import os
 import sys
 from typing import Annotated, Optional
@@ -43,6 +42,8 @@ def _useLibrary() -> None:
 
 _useLibrary()
 
+from BrainSpineAILib.module_support import CONTRIBUTORS, runLabel  # noqa: E402
+from BrainSpineAILib.widget_helpers import ModuleWidgetMixin, currentFolder  # noqa: E402
 from BrainSpineAITrainLib.training_logic import PIPELINES, TrainingLogic  # noqa: E402
 
 
@@ -61,7 +62,7 @@ class BrainSpineAITrain(ScriptedLoadableModule):
         self.parent.title = _("BrainSpineAI Train")
         self.parent.categories = ["BrainSpineAI"]
         self.parent.dependencies = []
-        self.parent.contributors = ["BrainSpineAI team"]
+        self.parent.contributors = list(CONTRIBUTORS)  # "Name (Organisation)"
         self.parent.helpText = _("""
 Train and retrain BrainSpineAI models without leaving 3D Slicer: supervised classifier,
 AFF-CL, SimCLR pre-training, fine-tuning, SICF and the 3D tumour segmenter. Choose a dataset
@@ -103,37 +104,31 @@ class BrainSpineAITrainParameterNode:
 #
 
 
-class BrainSpineAITrainWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
-    """Uses ScriptedLoadableModuleWidget base class, available at:
+class BrainSpineAITrainWidget(ModuleWidgetMixin, ScriptedLoadableModuleWidget, VTKObservationMixin):
+    """The Train panel. Parameter node, job polling and Reload come from
+    BrainSpineAILib.widget_helpers.
+
+    Uses ScriptedLoadableModuleWidget base class, available at:
     https://github.com/Slicer/Slicer/blob/main/Base/Python/slicer/ScriptedLoadableModule.py
     """
 
     def __init__(self, parent=None) -> None:
         ScriptedLoadableModuleWidget.__init__(self, parent)
         VTKObservationMixin.__init__(self)
-        self.logic = None
-        self._parameterNode = None
-        self._parameterNodeGuiTag = None
-        self._run = None  # the running TrainingRun
-        self._summaryJob = None
+        self.initModuleWidget()
+        self._runPoller = None  # the running TrainingRun
+        self._summaryPoller = None  # the running dataset summary
         self._summaryJson = None
         self._paramWidgets = {}
-        self._timer = None
+        self._runs = []  # listRuns() rows in runSelector order
+        self._table = self._chart = None
 
     def setup(self) -> None:
         ScriptedLoadableModuleWidget.setup(self)
-        uiWidget = slicer.util.loadUI(self.resourcePath("UI/BrainSpineAITrain.ui"))
-        self.layout.addWidget(uiWidget)
-        self.ui = slicer.util.childWidgetVariables(uiWidget)
-        uiWidget.setMRMLScene(slicer.mrmlScene)
-
+        self.setupModuleWidget("BrainSpineAITrain.ui")
         self.logic = BrainSpineAITrainLogic()
-        self._timer = qt.QTimer()
-        self._timer.setInterval(500)
-        self._timer.connect("timeout()", self._poll)
-
-        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
-        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
+        self._runPoller = self.newPoller(500, self._onRunProgress, self._onRunEnded)
+        self._summaryPoller = self.newPoller(500, lambda job: None, self._onSummaryEnded)
 
         for key, pipe in PIPELINES.items():
             self.ui.pipelineSelector.addItem(pipe.title, key)
@@ -145,63 +140,45 @@ class BrainSpineAITrainWidget(ScriptedLoadableModuleWidget, VTKObservationMixin)
         self.ui.startButton.connect("clicked(bool)", self.onStartButton)
         self.ui.cancelButton.connect("clicked(bool)", self.onCancelButton)
         self.ui.resumeButton.connect("clicked(bool)", self.onResumeButton)
+        self.ui.runSelector.connect("currentIndexChanged(int)", lambda index: self.updateButtons())
         self.onPipelineChanged()
         self.refreshRuns()
         self.initializeParameterNode()
 
-    def cleanup(self) -> None:
-        if self._timer is not None:
-            self._timer.stop()
-        # a running training keeps running only while Slicer does: stop it (it can be resumed)
-        if self._run is not None:
-            self._run.cancel()
-        self.removeObservers()
-
     def enter(self) -> None:
-        self.initializeParameterNode()
-
-    def exit(self) -> None:
-        if self._parameterNode:
-            self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
-            self._parameterNodeGuiTag = None
+        self.refreshRuns()  # runs started meanwhile (Retrain in the other modules) appear
+        ModuleWidgetMixin.enter(self)
 
     def onSceneStartClose(self, caller, event) -> None:
-        self.setParameterNode(None)
-
-    def onSceneEndClose(self, caller, event) -> None:
-        if self.parent.isEntered:
-            self.initializeParameterNode()
-
-    def initializeParameterNode(self) -> None:
-        self.setParameterNode(self.logic.getParameterNode())
-
-    def setParameterNode(self, inputParameterNode: Optional[BrainSpineAITrainParameterNode]) -> None:
-        if self._parameterNode:
-            self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
-        self._parameterNode = inputParameterNode
-        if self._parameterNode:
-            self._parameterNodeGuiTag = self._parameterNode.connectGui(self.ui)
-        self._updateButtons()
+        """The curves' nodes go with the scene: stop the run (its checkpoint stays; Resume
+        continues it) rather than leave a process nobody registers the model of."""
+        if self._runPoller is not None and self._runPoller.running:
+            ModuleWidgetMixin.onSceneStartClose(self, caller, event)
+            self.setStatus(_("Training stopped because the scene was closed; Resume continues it from its last checkpoint."))
+            self._table = self._chart = None
+            self.refreshRuns()
+        else:
+            ModuleWidgetMixin.onSceneStartClose(self, caller, event)
 
     # -- helpers -------------------------------------------------------------------
-
-    def _tryRun(self, message: str, function, *args, waitCursor: bool = True, **kwargs):
-        try:
-            with slicer.util.tryWithErrorDisplay(message, waitCursor=waitCursor):
-                return True, function(*args, **kwargs)
-        except Exception as exc:  # already displayed
-            logging.error("%s %s", message, exc)
-            self.ui.statusLabel.text = f"{message} {exc}"
-            return False, None
 
     def _pipelineKey(self) -> str:
         return self.ui.pipelineSelector.currentData or "classifier"
 
-    def _updateButtons(self) -> None:
-        running = self._run is not None
+    def _selectedRun(self):
+        index = self.ui.runSelector.currentIndex
+        return self._runs[index] if 0 <= index < len(self._runs) else None
+
+    def updateButtons(self, caller=None, event=None) -> None:
+        running = self._runPoller is not None and self._runPoller.running
+        selected = self._selectedRun()
         self.ui.startButton.enabled = not running
         self.ui.cancelButton.enabled = running
-        self.ui.resumeButton.enabled = not running and self.ui.runSelector.count > 0
+        self.ui.resumeButton.enabled = not running and bool(selected and selected.get("resumable"))
+        self.ui.resumeButton.toolTip = (
+            _("Continue the selected run from its last checkpoint.") if selected and selected.get("resumable")
+            else _("The selected run is still running (in this or another module).")
+            if selected and selected.get("state") == "running" else _("Select a stopped run to resume."))
 
     # -- pipeline and hyper-parameters -----------------------------------------------
 
@@ -258,26 +235,23 @@ class BrainSpineAITrainWidget(ScriptedLoadableModuleWidget, VTKObservationMixin)
     # -- dataset summary -------------------------------------------------------------
 
     def onSummaryButton(self) -> None:
-        path = self.ui.datasetPathLineEdit.currentPath
-        if not path:
+        path = currentFolder(self.ui.datasetPathLineEdit)
+        if path is None:
             self.ui.summaryText.setPlainText(_("Choose a dataset folder."))
+            return
+        if self._summaryPoller.running:
             return
         import tempfile
 
         fd, self._summaryJson = tempfile.mkstemp(suffix=".json", prefix="brainspineai-summary-")
         os.close(fd)
-        ok, job = self._tryRun(_("Could not summarise the dataset."), self.logic.startSummary, path,
-                               self._summaryJson, waitCursor=False)
+        ok, job = self.tryRun(_("Could not summarise the dataset."), self.logic.startSummary, path,
+                              self._summaryJson, waitCursor=False)
         if ok:
-            self._summaryJob = job
+            self._summaryPoller.start(job)
             self.ui.summaryText.setPlainText(_("Reading the dataset..."))
-            self._timer.start()
 
-    def _pollSummary(self) -> None:
-        job = self._summaryJob
-        if job is None or not job.poll():
-            return
-        self._summaryJob = None
+    def _onSummaryEnded(self, job, context) -> None:
         if job.succeeded:
             self.ui.summaryText.setPlainText("\n".join(job.logLines))
         else:
@@ -291,7 +265,7 @@ class BrainSpineAITrainWidget(ScriptedLoadableModuleWidget, VTKObservationMixin)
 
     def onDetectDevices(self) -> None:
         # nvidia-smi only: instant, so the GUI does not wait for torch to load in a subprocess
-        ok, info = self._tryRun(_("Could not detect the GPUs."), self.logic.detectDevices, useTorch=False)
+        ok, info = self.tryRun(_("Could not detect the GPUs."), self.logic.detectDevices, useTorch=False)
         if not ok:
             return
         if info["cuda"]:
@@ -304,84 +278,89 @@ class BrainSpineAITrainWidget(ScriptedLoadableModuleWidget, VTKObservationMixin)
     # -- runs ------------------------------------------------------------------------
 
     def refreshRuns(self) -> None:
+        """Runs that did not succeed; Resume only for stopped ones (never a live run)."""
+        ok, runs = self.tryRun(_("Could not list the runs."), self.logic.listRuns)
+        self._runs = [r for r in runs or [] if r.get("state") != "succeeded"]
+        wasBlocked = self.ui.runSelector.blockSignals(True)
         self.ui.runSelector.clear()
-        ok, runs = self._tryRun(_("Could not list the runs."), self.logic.listRuns)
-        for r in runs or []:
-            if r.get("state") != "succeeded":
-                self.ui.runSelector.addItem(f"{r['name']} ({r.get('state')}, {r.get('pipeline')})", r["name"])
-        self._updateButtons()
+        for r in self._runs:
+            self.ui.runSelector.addItem(runLabel(r), r["name"])
+        self.ui.runSelector.blockSignals(wasBlocked)
+        self.updateButtons()
 
-    def _ensureDependencies(self) -> bool:
-        ok, ready = self._tryRun(
-            _("Could not install the required Python packages."), self.logic.ensureDependencies,
-            confirm=lambda msg: slicer.util.confirmOkCancelDisplay(msg), pipInstall=slicer.util.pip_install,
-            waitCursor=False)
-        return bool(ok and ready)
+    def _busy(self) -> bool:
+        """True (and says so) while a run is polled here: it is never replaced, so its model is registered."""
+        if self._runPoller.running:
+            self.setStatus(_("Training {id} is still running: cancel it or wait for it to end.").format(
+                id=self._runPoller.job.modelId))
+            return True
+        return False
 
     def onStartButton(self) -> None:
-        if not self._ensureDependencies():
-            return
         p = self._parameterNode
-        dataDir = self.ui.datasetPathLineEdit.currentPath
-        if not dataDir:
-            self.ui.statusLabel.text = _("Choose a dataset folder.")
+        dataDir = currentFolder(self.ui.datasetPathLineEdit)
+        if dataDir is None:
+            self.setStatus(_("Choose a dataset folder."))
+            return
+        if self._busy() or not self.dependenciesReady():
             return
         pipe = PIPELINES[self._pipelineKey()]
-        ok, run = self._tryRun(_("Could not start the training."), self.logic.startRun, pipe.key, dataDir,
-                               p.modelName.strip(), params=self._params(), device=p.device, gpus=p.gpus,
-                               initModel=p.initModel.strip() if pipe.initModel else "")
+        ok, run = self.tryRun(_("Could not start the training."), self.logic.startRun, pipe.key, dataDir,
+                              p.modelName.strip(), params=self._params(), device=p.device, gpus=p.gpus,
+                              initModel=p.initModel.strip() if pipe.initModel else "")
         if ok:
             self._begin(run)
 
     def onResumeButton(self) -> None:
-        name = self.ui.runSelector.currentData
-        if not name or not self._ensureDependencies():
+        selected = self._selectedRun()
+        if not selected or not selected.get("resumable") or self._busy() or not self.dependenciesReady():
             return
-        ok, run = self._tryRun(_("Could not resume the run."), self.logic.resumeRun, name)
+        ok, run = self.tryRun(_("Could not resume the run."), self.logic.resumeRun, selected["name"])
         if ok:
             self._begin(run)
+        else:
+            self.refreshRuns()
 
-    def startRetrain(self, modelRef: str, datasetDir: str, epochs: Optional[int] = None) -> None:
-        """Retrain (called by the other modules): show and start the run here."""
-        ok, run = self._tryRun(_("Could not start the retraining."), self.logic.retrain, modelRef, datasetDir, epochs)
+    def startRetrain(self, modelRef: str, datasetDir: str, epochs: Optional[int] = None) -> bool:
+        """Retrain (called by the other modules): show and start the run here. Refused while
+        a run is polled here; the packages are checked first. True when the run started."""
+        if self._busy() or not self.dependenciesReady():
+            return False
+        ok, run = self.tryRun(_("Could not start the retraining."), self.logic.retrain, modelRef, datasetDir, epochs)
         if ok:
             self._begin(run)
+        return bool(ok)
 
     def _begin(self, run) -> None:
-        self._run = run
         self.ui.progressBar.value = 0
         self.ui.logText.setPlainText(" ".join(run.request["arguments"]))
-        self.ui.statusLabel.text = _("Training {id} started ({folder}).").format(id=run.modelId, folder=run.runDir)
-        self._table, self._chart = self.logic.curveNodes(run.modelId)
-        self.ui.plotWidget.setMRMLPlotViewNode(self.logic.plotViewNode(self._chart))
-        self._updateButtons()
-        self._timer.start()
+        self.setStatus(_("Training {id} started ({folder}).").format(id=run.modelId, folder=run.runDir))
+        self._table, self._chart = self.logic.curveNodes(run.modelId, slicer.mrmlScene)
+        # the module's own plot view node: Classify's ShowChartInLayout does not replace the curves
+        self.ui.plotWidget.setMRMLPlotViewNode(self.logic.plotViewNode(self._chart, slicer.mrmlScene))
+        self._runPoller.start(run)
+        self.refreshRuns()
 
-    def _poll(self) -> None:
-        self._pollSummary()
-        run = self._run
-        if run is None:
-            if self._summaryJob is None:
-                self._timer.stop()
+    def _showNewEvents(self, run) -> None:
+        if not run.lastEvents:
             return
-        ok, ended = self._tryRun(_("Training failed."), run.poll, waitCursor=False)
-        if run.lastEvents:
-            if any(e.get("event") == "epoch" for e in run.lastEvents):
-                self.logic.updateCurves(run.history, self._table, self._chart, slicer.mrmlScene)
-            self.ui.logText.appendPlainText("\n".join(self._eventLine(e) for e in run.lastEvents))
+        if self._table is not None and any(e.get("event") == "epoch" for e in run.lastEvents):
+            self.logic.updateCurves(run.history, self._table, self._chart, slicer.mrmlScene)
+        self.ui.logText.appendPlainText("\n".join(self._eventLine(e) for e in run.lastEvents))
+
+    def _onRunProgress(self, run) -> None:
+        self._showNewEvents(run)
+        self.showJobProgress(run)
+
+    def _onRunEnded(self, run, context) -> None:
+        self._showNewEvents(run)
         self.ui.progressBar.value = int(100 * (run.fraction or 0))
-        eta = run.etaSeconds
-        self.ui.statusLabel.text = run.progressText + (f", {int(eta) // 60} min {int(eta) % 60} s left"
-                                                       if isinstance(eta, (int, float)) else "")
-        if not ok or not ended:
-            return
-        self._run = None
         if run.state == "succeeded":
-            ok, result = self._tryRun(_("Could not read the model card."), run.resultText, waitCursor=False)
-            self.ui.statusLabel.text = _("Model {result} is in the catalogue: {folder}").format(
-                result=result if ok else run.modelId, folder=run.modelFolder)
+            ok, result = self.tryRun(_("Could not read the model card."), run.resultText, waitCursor=False)
+            self.setStatus(_("Model {result} is in the catalogue: {folder}").format(
+                result=result if ok else run.modelId, folder=run.modelFolder))
         elif run.state == "failed":
-            self.ui.statusLabel.text = _("Training failed: {error}").format(error=run.errorText)
+            self.setStatus(_("Training failed: {error}").format(error=run.errorText))
             self.ui.logText.appendPlainText(run.logText())
         self.refreshRuns()
 
@@ -397,11 +376,9 @@ class BrainSpineAITrainWidget(ScriptedLoadableModuleWidget, VTKObservationMixin)
         return str(e)
 
     def onCancelButton(self) -> None:
-        run = self._run
-        self._run = None
-        if run is not None:
-            self._tryRun(_("Could not cancel the training."), run.cancel)
-            self.ui.statusLabel.text = _("Training cancelled; the catalogue is unchanged. Resume continues it.")
+        if self._runPoller.running:
+            self.tryRun(_("Could not cancel the training."), self._runPoller.cancel)
+            self.setStatus(_("Training cancelled; the catalogue is unchanged. Resume continues it."))
         self.refreshRuns()
 
 
@@ -411,8 +388,8 @@ class BrainSpineAITrainWidget(ScriptedLoadableModuleWidget, VTKObservationMixin)
 
 
 class BrainSpineAITrainLogic(ScriptedLoadableModuleLogic, TrainingLogic):
-    """Slicer logic: :class:`BrainSpineAITrainLib.training_logic.TrainingLogic` plus the
-    parameter node and the scene's curve nodes.
+    """Slicer logic: :class:`BrainSpineAITrainLib.training_logic.TrainingLogic` (runs, curves,
+    the module's own plot view node) plus the parameter node.
 
     Uses ScriptedLoadableModuleLogic base class, available at:
     https://github.com/Slicer/Slicer/blob/main/Base/Python/slicer/ScriptedLoadableModule.py
@@ -423,21 +400,6 @@ class BrainSpineAITrainLogic(ScriptedLoadableModuleLogic, TrainingLogic):
 
     def getParameterNode(self):
         return BrainSpineAITrainParameterNode(super().getParameterNode())
-
-    @staticmethod
-    def curveNodes(modelId: str, scene=None):
-        """A table node and a plot chart node for a run's curves (new ones, named after it)."""
-        scene = scene or slicer.mrmlScene
-        table = scene.AddNewNodeByClass("vtkMRMLTableNode", f"{modelId} training curves")
-        chart = scene.AddNewNodeByClass("vtkMRMLPlotChartNode", f"{modelId} training chart")
-        return table, chart
-
-    @staticmethod
-    def plotViewNode(chart, scene=None):
-        scene = scene or slicer.mrmlScene
-        view = scene.GetFirstNodeByClass("vtkMRMLPlotViewNode") or scene.AddNewNodeByClass("vtkMRMLPlotViewNode")
-        view.SetPlotChartNodeID(chart.GetID())
-        return view
 
 
 #

@@ -1,8 +1,10 @@
 """Logic of the BrainSpineAI (classification) module, independent of Qt.
 
 :class:`ClassificationLogic` turns a volume node into a SimpleITK image, runs
-:func:`brainspineai.classification.inference.classify_image` (in this process for a single slice, or in
-a background ``brainspineai classify`` process for a volume, so the GUI never waits), and
+:func:`brainspineai.classification.inference.classify_image` (in a background ``brainspineai classify``
+process, :meth:`ClassificationLogic.startBackgroundClassification`, which the module's GUI
+uses for slices and volumes alike so it never waits; or in this process with
+:meth:`ClassificationLogic.classify`, for scripts), and
 puts the answer back in the scene: a table of class probabilities, a per-slice
 probability plot for volumes, and the Grad-CAM heatmap as a volume node with the input's
 exact IJK-to-RAS geometry, shown as the foreground layer with a heat colour map.
@@ -77,8 +79,8 @@ class ClassificationLogic(DependencyMixin):
             raise ValueError(f"'{volumeNode.GetName()}' has no image data.")
 
     def classify(self, volumeNode, modelRef=None, device="auto", computeHeatmap=True, heatmapClass=None) -> ClassificationOutput:
-        """Classify a volume node in this process (best for single slices; a volume blocks
-        the caller while it runs).
+        """Classify a volume node in this process (for scripts and tests: the caller waits
+        while torch loads and the model runs; the GUI uses :meth:`startBackgroundClassification`).
 
         :raises ValueError: no or unsuitable input node.
         :raises brainspineai.errors.BrainSpineAIError: unusable image or model.
@@ -96,13 +98,32 @@ class ClassificationLogic(DependencyMixin):
         res = classify_image(image, model, heatmap=computeHeatmap, heatmap_class=heatmapClass)
         return self._toScene(volumeNode, res.to_json(), res.heatmap)
 
+    @staticmethod
+    def _isSICF(modelRef) -> bool:
+        """True when ``modelRef`` names an SICF model (its card's task is ``sicf-2d``)."""
+        if not modelRef or str(modelRef).startswith(("http://", "https://", "file://")):
+            return False  # the default model is a network; a URL is not fetched here (the process does)
+        from brainspineai.catalogue import read_card, resolve_model
+
+        try:
+            return read_card(resolve_model(str(modelRef))).get("task") == "sicf-2d"
+        except Exception:  # an unknown model: the process reports it
+            return False
+
     def startBackgroundClassification(self, volumeNode, modelRef=None, device="auto", computeHeatmap=True,
                                       heatmapClass=None) -> BackgroundClassification:
-        """Write the volume to a temporary file and start ``brainspineai classify`` on it in a
-        separate process; poll the returned job, then call :meth:`finishBackgroundClassification`."""
+        """Write the volume (a single slice or a 3D volume) to a temporary file and start
+        ``brainspineai classify`` on it in a separate process; poll the returned job, then call
+        :meth:`finishBackgroundClassification`. This is the path the module's GUI takes for
+        every input, so importing torch, initialising CUDA and loading the model (or building
+        VGG16 for an SICF model) never block Slicer. An SICF model gets no heatmap.
+
+        :raises ValueError: no or unsuitable input node."""
         import SimpleITK as sitk
 
         self._checkInput(volumeNode)
+        if computeHeatmap and self._isSICF(modelRef):  # a random forest on SIFT + VGG16 features: no Grad-CAM
+            computeHeatmap = False
         workdir = Path(tempfile.mkdtemp(prefix="BrainSpineAI-classify-"))
         try:
             image = mrml_utils.sitk_image_from_volume_node(volumeNode)
@@ -240,5 +261,4 @@ class ClassificationLogic(DependencyMixin):
             comp.SetForegroundOpacity(float(opacity))
 
     def _compositeNodes(self):
-        nodes = self.scene.GetNodesByClass("vtkMRMLSliceCompositeNode")
-        return [nodes.GetItemAsObject(i) for i in range(nodes.GetNumberOfItems())]
+        return mrml_utils.nodes_by_class(self.scene, "vtkMRMLSliceCompositeNode")

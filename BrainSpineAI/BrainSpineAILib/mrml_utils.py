@@ -69,6 +69,22 @@ def update_volume_node_from_array(volumeNode, arr: np.ndarray, reference=None) -
     volumeNode.SetAndObserveImageData(image)
 
 
+def _nodesByClassCollection(scene, className):
+    """``scene.GetNodesByClass`` without its leak: the C++ method returns a new collection
+    that the Python wrapper references once more, so it is never freed unless released
+    (what ``slicer.util.getNodesByClass`` does, for ``slicer.mrmlScene`` only)."""
+    collection = scene.GetNodesByClass(className)
+    collection.UnRegister(None)
+    return collection
+
+
+def nodes_by_class(scene, className: str) -> list:
+    """Nodes of ``className`` (subclasses included) in ``scene``, in scene order; nothing
+    leaks (see :func:`_nodesByClassCollection`)."""
+    collection = _nodesByClassCollection(scene, className)
+    return [collection.GetItemAsObject(i) for i in range(collection.GetNumberOfItems())]
+
+
 def heat_color_node(scene):
     """A 256-entry colour table (black-red-yellow-white 'hot' ramp, transparent at 0),
     created once per scene and reused."""

@@ -191,9 +191,8 @@ class SegmentationLogic(DependencyMixin):
         :func:`BrainSpineAISegmentLib.sequences.guess_sequence`); default: every scalar volume of
         the scene that is not a labelmap, in scene order."""
         if volumeNodes is None:
-            coll = self.scene.GetNodesByClass("vtkMRMLScalarVolumeNode")
-            volumeNodes = [coll.GetItemAsObject(i) for i in range(coll.GetNumberOfItems())]
-            volumeNodes = [n for n in volumeNodes if not n.IsA("vtkMRMLLabelMapVolumeNode")]
+            volumeNodes = [n for n in mrml_utils.nodes_by_class(self.scene, "vtkMRMLScalarVolumeNode")
+                           if not n.IsA("vtkMRMLLabelMapVolumeNode")]
         volumeNodes = list(volumeNodes)
         found = assign_sequences([n.GetName() for n in volumeNodes])
         return {seq: volumeNodes[i] for seq, i in found.items()}

@@ -15,6 +15,12 @@ succeeds, the model folder is renamed into the user catalogue ``user_home()/mode
 (one ``os.replace``: the catalogue never holds a partial model), where the BrainSpineAI and
 BrainSpineAISegment model lists find it at once. Cancel kills the process tree and leaves
 the catalogue unchanged.
+
+While a run is running, ``run.json`` records its process (``pid``, ``pid_started``: the
+process's start time where the system tells it, ``host``): that is the run's lock. A run
+recorded as running whose process is gone (Slicer closed or crashed) shows as
+``interrupted`` (:func:`runState`); a run whose process is alive is never started again
+(Resume refuses it), so two processes never write one checkpoint folder.
 """
 from __future__ import annotations
 
@@ -23,12 +29,21 @@ import json
 import os
 import re
 import shutil
+import socket
 import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from BrainSpineAILib.background import BackgroundJob, cliCommand, libraryEnvironment, pythonExecutable
+from BrainSpineAILib import mrml_utils
+from BrainSpineAILib.background import BackgroundJob, cliCommand, libraryEnvironment, processOptions, pythonExecutable
 from BrainSpineAILib.dependencies import DependencyMixin
+from BrainSpineAILib.training_set import chosenFolder
+
+
+def _hiddenWindow() -> dict:
+    """``subprocess`` keyword arguments that keep a console window from opening on Windows
+    (as :func:`BrainSpineAILib.background.processOptions` does for jobs); none elsewhere."""
+    return {} if os.name == "posix" else {"startupinfo": processOptions()["startupinfo"]}
 
 
 @dataclass
@@ -132,6 +147,7 @@ PIPELINES = {
          Param("clip_model", "--clip-model", "small-random", "str", help="CLIP text/image model (local)")],
         paper="CLIP-guided 3D U-Net (BraTS labels; Dice per WT / TC / ET)"),
 }
+RESUMABLE = ("cancelled", "failed", "interrupted")  # states Resume is offered for (pipelines with checkpoints)
 RETRAIN_EPOCHS = 10  # fine-tuning from the current weights: fewer epochs than training from scratch
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
 TERMINAL = ("succeeded", "failed", "cancelled")
@@ -149,6 +165,77 @@ def runsRoot() -> Path:
 
 def modelsRoot() -> Path:
     return user_home() / "models"
+
+
+def processStarted(pid) -> str | None:
+    """The start time of process ``pid`` as the system records it (Linux: field 22 of
+    ``/proc/<pid>/stat``, clock ticks since boot), None where unknown. With the pid it tells
+    a run's process from a later process that got the same pid."""
+    try:
+        with open(f"/proc/{int(pid)}/stat", encoding="ascii", errors="replace") as f:
+            return f.read().rsplit(")", 1)[1].split()[19]
+    except (OSError, ValueError, IndexError, TypeError):
+        return None
+
+
+def processAlive(pid, started: str | None = None) -> bool:
+    """True while process ``pid`` runs (a zombie, ended but not yet reaped, does not count;
+    with ``started``, a process with another start time is another process)."""
+    try:
+        pid = int(pid)
+    except (TypeError, ValueError):
+        return False
+    if pid <= 0:
+        return False
+    if os.name == "nt":
+        import ctypes
+
+        kernel32 = ctypes.windll.kernel32
+        handle = kernel32.OpenProcess(0x1000, False, pid)  # PROCESS_QUERY_LIMITED_INFORMATION
+        if not handle:
+            return False
+        try:
+            code = ctypes.c_ulong()
+            return bool(kernel32.GetExitCodeProcess(handle, ctypes.byref(code))) and code.value == 259  # STILL_ACTIVE
+        finally:
+            kernel32.CloseHandle(handle)
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process: it exists
+        pass
+    except OSError:
+        return False
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        if fields[0] in ("Z", "X"):
+            return False
+        if started is not None and fields[19] != str(started):
+            return False
+    except (OSError, IndexError):
+        pass  # no /proc (macOS): the signal test is all there is
+    return True
+
+
+def runState(doc: dict) -> str:
+    """The state of a run from its ``run.json``: the recorded state, except that a run
+    recorded as ``running`` whose process is gone is ``interrupted``. A run started on
+    another machine (``host``) cannot be checked here and stays ``running``."""
+    state = doc.get("state") or "interrupted"
+    if state != "running":
+        return state
+    if doc.get("host") and doc["host"] != socket.gethostname():
+        return "running"
+    return "running" if processAlive(doc.get("pid"), doc.get("pid_started")) else "interrupted"
+
+
+def canResume(doc: dict) -> bool:
+    """True when Resume may be offered for a run (its pipeline keeps checkpoints, and it
+    was cancelled, failed or interrupted; never while its process is alive)."""
+    pipe = PIPELINES.get(doc.get("pipeline") or "")
+    return pipe is not None and pipe.resume and runState(doc) in RESUMABLE
 
 
 def _atomicWriteJson(path: Path, doc: dict) -> None:
@@ -207,7 +294,7 @@ def detectDevices(timeout: float = 60.0, useTorch: bool = True) -> dict:
     exe = shutil.which("nvidia-smi")
     if exe:
         try:
-            out = subprocess.run([exe, "-L"], capture_output=True, text=True, timeout=timeout)
+            out = subprocess.run([exe, "-L"], capture_output=True, text=True, timeout=timeout, **_hiddenWindow())
             names = [ln.split(":", 1)[1].split("(UUID")[0].strip() for ln in out.stdout.splitlines()
                      if ln.startswith("GPU ")]
             if out.returncode == 0 and names:
@@ -220,7 +307,7 @@ def detectDevices(timeout: float = 60.0, useTorch: bool = True) -> dict:
             "print(json.dumps([torch.cuda.get_device_name(i) for i in range(n)]))")
     try:
         out = subprocess.run([pythonExecutable(), "-c", code], capture_output=True, text=True, timeout=timeout,
-                             env=libraryEnvironment())
+                             env=libraryEnvironment(), **_hiddenWindow())
         names = json.loads(out.stdout.strip().splitlines()[-1]) if out.returncode == 0 and out.stdout.strip() else []
         return {"cuda": len(names), "names": names, "source": "torch"}
     except (OSError, subprocess.TimeoutExpired, ValueError, IndexError):
@@ -452,6 +539,9 @@ class TrainingLogic(DependencyMixin):
             if not (runDir / "run.json").is_file():
                 raise ValueError(f"no run '{runName}' to resume ({runDir / 'run.json'} not found)")
             request = json.loads((runDir / "run.json").read_text(encoding="utf-8"))
+            if runState(request) == "running":
+                raise ValueError(f"run '{runName}' is still running (process {request.get('pid')} on "
+                                 f"{request.get('host') or 'this machine'}); it cannot be resumed twice")
             if not PIPELINES[request["pipeline"]].resume:
                 raise ValueError(f"pipeline {request['pipeline']} cannot resume")
             self.checkModelId(request["model_id"])
@@ -459,12 +549,17 @@ class TrainingLogic(DependencyMixin):
             request.update(state="running", resumed=_now(), arguments=arguments)
         else:
             self.checkModelId(modelId)
+            if pipelineKey not in PIPELINES:
+                raise ValueError(f"unknown pipeline '{pipelineKey}' (one of {', '.join(PIPELINES)})")
+            if chosenFolder(dataDir) is None:  # "" from an empty path field would be "." (the working directory)
+                raise ValueError("choose a dataset folder")
             if not NAME_PATTERN.match(runName):
                 raise ValueError(f"run name '{runName}': use letters, digits, '.', '_' or '-'")
             if runDir.exists() and (runDir / "run.json").is_file():
                 old = json.loads((runDir / "run.json").read_text(encoding="utf-8"))
-                if old.get("state") not in TERMINAL:
-                    raise ValueError(f"run '{runName}' exists and did not end; resume it or choose another name")
+                if runState(old) not in TERMINAL:
+                    raise ValueError(f"run '{runName}' exists and did not end ({runState(old)}); "
+                                     "resume it or choose another name")
                 shutil.rmtree(runDir)
             runDir.mkdir(parents=True, exist_ok=True)
             pipe = PIPELINES[pipelineKey]
@@ -474,14 +569,16 @@ class TrainingLogic(DependencyMixin):
             request = {"pipeline": pipelineKey, "model_id": modelId, "data": str(dataDir), "params": params or {},
                        "device": device, "gpus": gpus, "init_model": initModel or None, "arguments": arguments,
                        "started": _now(), "state": "running"}
-        _atomicWriteJson(runDir / "run.json", request)
         command = launchCommand(request["arguments"], request.get("gpus", 1))
         try:
             job = BackgroundJob(command, env=libraryEnvironment({"TQDM_DISABLE": "1", "PYTHONUNBUFFERED": "1"}),
                                 context={"run": str(runDir)})
-        except OSError as exc:  # the interpreter could not be started: the run did not begin
+        except (OSError, RuntimeError) as exc:  # the interpreter could not be started: the run did not begin
             _atomicWriteJson(runDir / "run.json", dict(request, state="failed", error=str(exc)))
             raise
+        # run.json is written once the process exists, with its pid: the run's lock (see runState)
+        request.update(pid=job.process.pid, pid_started=processStarted(job.process.pid), host=socket.gethostname())
+        _atomicWriteJson(runDir / "run.json", request)
         return TrainingRun(runDir, request, job)
 
     def resumeRun(self, runName: str) -> TrainingRun:
@@ -489,8 +586,10 @@ class TrainingLogic(DependencyMixin):
 
     @staticmethod
     def listRuns() -> list[dict]:
-        """``run.json`` of every run folder, newest first, with ``name``; a run recorded as
-        running whose process is gone (Slicer closed, crash) shows as ``interrupted``."""
+        """``run.json`` of every run folder, newest first, with ``name``, ``state`` as
+        :func:`runState` sees it (a run recorded as running whose process is gone, after
+        Slicer closed or crashed, is ``interrupted``; ``recorded_state`` keeps what the file
+        says) and ``resumable`` (:func:`canResume`: never for a live run)."""
         out = []
         root = runsRoot()
         if not root.is_dir():
@@ -500,7 +599,12 @@ class TrainingLogic(DependencyMixin):
                 doc = json.loads((d / "run.json").read_text(encoding="utf-8"))
             except (OSError, ValueError):
                 continue
+            if not isinstance(doc, dict):
+                continue
             doc["name"] = d.name
+            doc["recorded_state"] = doc.get("state")
+            doc["state"] = runState(doc)
+            doc["resumable"] = canResume(doc)
             out.append(doc)
         return sorted(out, key=lambda r: r.get("started", ""), reverse=True)
 
@@ -592,6 +696,39 @@ class TrainingLogic(DependencyMixin):
         return self.startRun(**self.retrainRequest(modelRef, datasetDir, epochs, device))
 
     # --- curves ---------------------------------------------------------------------
+    PLOT_VIEW_NAME = "BrainSpineAI Train plot view"
+
+    @staticmethod
+    def curveNodes(modelId: str, scene=None):
+        """A new table node and plot chart node for a run's curves, named after its model
+        (``scene`` default: ``slicer.mrmlScene``)."""
+        if scene is None:
+            import slicer
+
+            scene = slicer.mrmlScene
+        table = scene.AddNewNodeByClass("vtkMRMLTableNode", f"{modelId} training curves")
+        chart = scene.AddNewNodeByClass("vtkMRMLPlotChartNode", f"{modelId} training chart")
+        return table, chart
+
+    @classmethod
+    def plotViewNode(cls, chartNode, scene=None):
+        """The Train module's own ``vtkMRMLPlotViewNode`` showing ``chartNode`` (created once
+        per scene, found again by name). It never takes a chart the layout propagates
+        (``SetDoPropagatePlotChartSelection(False)``, as Slicer's PlotsSelfTest does), so
+        another module's ``ShowChartInLayout`` (Classify's per-slice chart) cannot replace the
+        curves, and the layout's plot view is never touched (``scene`` default: ``slicer.mrmlScene``)."""
+        if scene is None:
+            import slicer
+
+            scene = slicer.mrmlScene
+        view = next((n for n in mrml_utils.nodes_by_class(scene, "vtkMRMLPlotViewNode")
+                     if n.GetName() == cls.PLOT_VIEW_NAME), None)
+        if view is None:
+            view = scene.AddNewNodeByClass("vtkMRMLPlotViewNode", cls.PLOT_VIEW_NAME)
+        view.SetDoPropagatePlotChartSelection(False)
+        view.SetPlotChartNodeID(chartNode.GetID() if chartNode is not None else None)
+        return view
+
     @staticmethod
     def updateCurves(history: list[dict], tableNode, chartNode=None, scene=None) -> None:
         """Write per-epoch records (``epoch``, ``loss`` and metrics) into a

@@ -147,3 +147,62 @@ def test_affcl_model_in_the_module_logic(scene, tmp_path, validation_images, tin
     assert same_geometry(out.heatmapNode, node)
     heat = mrml_utils.array_from_volume_node(out.heatmapNode)
     assert heat.shape == mrml_utils.array_from_volume_node(node).shape and heat.max() == pytest.approx(1.0, abs=1e-5)
+
+
+def test_single_slice_is_classified_in_a_background_process(scene, tmp_path, validation_images):
+    """The GUI classifies a single slice through the background path too (no torch, CUDA
+    or model loading in Slicer's GUI thread): same answer and heatmap as in this process."""
+    jpg = sorted(validation_images["pituitary"])[2]
+    node = load(scene, slice_as_nrrd(jpg, tmp_path), "p")
+    logic = ClassificationLogic(scene)
+    here = logic.classify(node, device="cpu")
+    here_heat = mrml_utils.array_from_volume_node(here.heatmapNode).copy()
+    job = logic.startBackgroundClassification(node, device="cpu")
+    assert job.command[1:3] == ["-m", "brainspineai"] and job.context["inputNodeID"] == node.GetID()
+    assert job.wait(300)
+    out = logic.finishBackgroundClassification(job)
+    assert not job.workdir.exists()
+    assert out.result["predicted"] == "pituitary" == here.result["predicted"]
+    np.testing.assert_allclose(out.result["probabilities"], here.result["probabilities"], atol=1e-4)
+    assert out.plotChartNode is None and same_geometry(out.heatmapNode, node)
+    np.testing.assert_allclose(mrml_utils.array_from_volume_node(out.heatmapNode), here_heat, atol=1e-3)
+
+
+def test_nodes_by_class_releases_the_collection(scene):
+    """vtkMRMLScene.GetNodesByClass hands Python a collection with one reference too many;
+    the module's helper releases it (as slicer.util.getNodesByClass does)."""
+    raw = scene.GetNodesByClass("vtkMRMLSliceCompositeNode")
+    assert raw.GetReferenceCount() == 2  # the leak: nobody owns the second reference
+    owned = mrml_utils._nodesByClassCollection(scene, "vtkMRMLSliceCompositeNode")
+    assert owned.GetReferenceCount() == 1  # freed with the Python object
+    nodes = mrml_utils.nodes_by_class(scene, "vtkMRMLSliceCompositeNode")
+    assert len(nodes) == 2 and all(n.IsA("vtkMRMLSliceCompositeNode") for n in nodes)
+    assert [n.GetID() for n in nodes] == [owned.GetItemAsObject(i).GetID() for i in range(2)]
+    raw.UnRegister(None)
+
+
+def test_sicf_models_get_no_heatmap_in_the_background(scene, tmp_path):
+    """An SICF model has no Grad-CAM: the background command leaves out --heatmap (the CLI
+    refuses it), whatever the caller asked."""
+    import json
+
+    folder = tmp_path / "fake-sicf"
+    folder.mkdir()
+    (folder / "model.json").write_text(json.dumps({"id": "fake-sicf", "task": "sicf-2d", "class_names": ["a", "b"],
+                                                   "architecture": "sicf", "input_size": [224, 224],
+                                                   "sha256": "0" * 64, "weights": "model.skops"}))
+    logic = ClassificationLogic(scene)
+    assert logic._isSICF(str(folder)) and not logic._isSICF(None)
+    assert not logic._isSICF("https://127.0.0.1:9/never-fetched")
+    node = scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", "slice")
+    mrml_utils.update_volume_node_from_array(node, np.random.default_rng(0).random((1, 32, 32), dtype=np.float32))
+    job = logic.startBackgroundClassification(node, modelRef=str(folder), device="cpu", computeHeatmap=True)
+    try:
+        assert "--heatmap" not in job.command and job.command[job.command.index("--model") + 1] == str(folder)
+    finally:
+        job.cancel()
+    job = logic.startBackgroundClassification(node, device="cpu", computeHeatmap=True)
+    try:
+        assert "--heatmap" in job.command
+    finally:
+        job.cancel()

@@ -347,3 +347,221 @@ def test_sicf_pipeline_runs_and_retrains(tiny_set, isolated_catalogue):
     for name in ("codebook.npy", "feature_mask.npy"):
         assert np.array_equal(np.load(folder2 / name), np.load(run.modelFolder / name))
     assert json.loads((run.modelFolder / "model.json").read_text()) == card  # the parent is untouched
+
+
+# --- issue 14: what the Slicer panels rely on, checked on a real MRML scene ------------------------
+
+
+def test_empty_path_field_is_no_folder(tmp_path, monkeypatch):
+    """ctkPathLineEdit.currentPath is "" when empty; Path("") is "." (the working directory),
+    whose sub-folders must not become training classes nor a dataset."""
+    from BrainSpineAILib.training_set import addToTrainingSet, chosenFolder, datasetClasses
+
+    for name in ("Desktop", "Documents"):
+        (tmp_path / name).mkdir()
+    monkeypatch.chdir(tmp_path)
+    assert datasetClasses(".") == ["Desktop", "Documents"]  # a real folder still lists its classes
+    for empty in ("", "  ", None):
+        assert chosenFolder(empty) is None
+        assert datasetClasses(empty) == []
+    with pytest.raises(ValueError, match="dataset folder"):
+        addToTrainingSet(object.__new__(_FakeVolume), "", "glioma")
+    with pytest.raises(ValueError, match="dataset folder"):
+        TrainingLogic().startRun("classifier", "", "empty-path", device="cpu")
+    assert not (tmp_path / "glioma").exists() and sorted(p.name for p in tmp_path.iterdir()) == ["Desktop", "Documents"]
+
+
+class _FakeVolume:
+    def GetImageData(self):
+        return object()
+
+
+def _volume(scene, arr, ijk_to_ras):
+    """A scalar volume node holding ``arr`` (K, J, I) with this IJK-to-RAS matrix."""
+    import vtk
+
+    from BrainSpineAILib import mrml_utils
+
+    node = scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", "v")
+    mrml_utils.update_volume_node_from_array(node, arr)
+    m = vtk.vtkMatrix4x4()
+    for r in range(4):
+        for c in range(4):
+            m.SetElement(r, c, float(ijk_to_ras[r][c]))
+    node.SetIJKToRASMatrix(m)
+    return node
+
+
+def _slice_xy(slice_node, ras):
+    """Slice coordinates (x, y, z) in mm of a RAS point: x to the right, y up on the screen."""
+    m = np.array([[slice_node.GetSliceToRAS().GetElement(r, c) for c in range(4)] for r in range(4)])
+    return (np.linalg.inv(m) @ np.append(ras, 1.0))[:3]
+
+
+@pytest.mark.parametrize("orientation", ["Axial", "Sagittal", "Coronal"])
+@pytest.mark.parametrize("stored", ["lps-axial", "sagittal-acquired", "flipped-coronal"])
+def test_shown_slice_follows_the_view_and_the_volume_geometry(orientation, stored):
+    """"Current slice only": the voxel plane under a view of any orientation, for volumes
+    stored in any orientation, oriented as the view shows it (pixel (r, c) lies on the
+    view's plane, x grows with c and y falls with r)."""
+    slicer = pytest.importorskip("slicer", reason="slicer-core is not installed")
+    from BrainSpineAILib import mrml_utils
+    from BrainSpineAILib.training_set import viewPlaneAt
+
+    spacing = np.diag([1.2, 0.9, 2.5])
+    perm = {"lps-axial": np.diag([-1.0, -1.0, 1.0]),  # I to the left, J posterior, K superior
+            "sagittal-acquired": np.array([[0, 0, 1.0], [1.0, 0, 0], [0, 1.0, 0]]),  # I anterior, J superior, K right
+            "flipped-coronal": np.array([[1.0, 0, 0], [0, 0, -1.0], [0, -1.0, 0]])}[stored]  # J inferior, K posterior
+    m = np.eye(4)
+    m[:3, :3] = perm @ spacing
+    m[:3, 3] = [-20.0, 15.0, -30.0]
+    arr = np.arange(11 * 13 * 17, dtype=np.float32).reshape(11, 13, 17)  # (K, J, I): every voxel its own value
+    scene = slicer.vtkMRMLScene()
+    node = _volume(scene, arr, m)
+    slicer.vtkMRMLSliceNode.AddDefaultSliceOrientationPresets(scene)  # as Slicer's application logic does
+    view = scene.AddNewNodeByClass("vtkMRMLSliceNode")
+    assert getattr(view, f"SetOrientationTo{orientation}")() and view.GetOrientationString() == orientation
+    centre = m @ np.array([8.0, 6.0, 5.0, 1.0])  # the voxel (i, j, k) = (8, 6, 5)
+    view.JumpSliceByCentering(*centre[:3])
+    plane = viewPlaneAt(node, view)
+    assert plane.obliqueDegrees == pytest.approx(0.0, abs=1e-6)
+    assert plane.index == (8, 6, 5)[plane.axis]
+    pixels = plane.extract(arr)
+    assert pixels.ndim == 2 and pixels.size == arr.size // arr.shape[2 - plane.axis]
+    ijk_of = {int(v): np.array([v % 17, (v // 17) % 13, v // (17 * 13)], float) for v in arr.ravel()}
+    xyz = np.array([[_slice_xy(view, (m @ np.append(ijk_of[int(v)], 1.0))[:3]) for v in row] for row in pixels])
+    assert np.allclose(xyz[..., 2], 0.0, atol=1e-6)  # every pixel on the view's plane
+    assert (np.diff(xyz[..., 0], axis=1) > 0).all()  # columns run to the right
+    assert (np.diff(xyz[..., 1], axis=0) < 0).all()  # rows run down the screen
+    # the K-only rule this replaces is right for a view across K only
+    assert (plane.axis == 2) == (orientation == {"lps-axial": "Axial", "sagittal-acquired": "Sagittal",
+                                                  "flipped-coronal": "Coronal"}[stored])
+    assert mrml_utils.ijk_to_ras_array(node) == pytest.approx(m)
+
+
+def test_shown_slice_of_a_real_volume_and_oblique_views(tmp_path):
+    slicer = pytest.importorskip("slicer", reason="slicer-core is not installed")
+    from BrainSpineAILib import mrml_utils
+    from BrainSpineAILib.training_set import addToTrainingSet, viewPlaneAt
+
+    scene = slicer.vtkMRMLScene()
+    vlogic = slicer.vtkSlicerVolumesLogic()
+    vlogic.SetMRMLScene(scene)
+    path = need(BRATS15) / "brats_2013_pat0004_1" / "T1c_subtrMeanDivStd.nii.gz"
+    vol = vlogic.AddArchetypeVolume(str(path), "t1c")
+    m = mrml_utils.ijk_to_ras_array(vol)
+    ref = sitk.GetArrayFromImage(sitk.ReadImage(str(path)))
+    slicer.vtkMRMLSliceNode.AddDefaultSliceOrientationPresets(scene)
+    view = scene.AddNewNodeByClass("vtkMRMLSliceNode")
+    assert view.SetOrientationToSagittal()
+    view.JumpSliceByCentering(*(m @ np.array([100.0, 120.0, 77.0, 1.0]))[:3])
+    plane = viewPlaneAt(vol, view)
+    assert (plane.axis, plane.index) == (0, 100)
+    out = addToTrainingSet(vol, tmp_path, "glioma", plane=plane)
+    assert out.name == "t1c_i100.png"
+    saved = sitk.GetArrayFromImage(sitk.ReadImage(str(out)))
+    want = plane.extract(ref)
+    want = np.round((want - want.min()) / (want.max() - want.min()) * 255).astype(np.uint8)
+    assert saved.shape == (155, 240) and np.array_equal(saved, want)
+    # superior is up on a sagittal view: the top row is the highest K
+    assert plane.rowAxis == 2 and plane.flipRows == (m[2, 2] > 0)
+    # 30 degrees off every voxel plane: refused; 10 degrees: the nearest plane
+    for degrees, ok in ((30.0, False), (10.0, True)):
+        view.SetOrientationToAxial()
+        t = np.eye(4)
+        a = np.radians(degrees)
+        t[1:3, 1:3] = [[np.cos(a), -np.sin(a)], [np.sin(a), np.cos(a)]]
+        s2r = view.GetSliceToRAS()
+        rotated = t @ np.array([[s2r.GetElement(r, c) for c in range(4)] for r in range(4)])
+        for r in range(4):
+            for c in range(4):
+                s2r.SetElement(r, c, rotated[r, c])
+        view.UpdateMatrices()
+        if ok:
+            assert viewPlaneAt(vol, view).axis == 2
+        else:
+            with pytest.raises(ValueError, match="rotate the view"):
+                viewPlaneAt(vol, view)
+
+
+def test_train_plot_has_its_own_view_that_classify_charts_do_not_replace():
+    """The curves are shown in the Train module's own plot view node (not the layout's), which
+    does not take charts the layout propagates (Classify's ShowChartInLayout)."""
+    slicer = pytest.importorskip("slicer", reason="slicer-core is not installed")
+    scene = slicer.vtkMRMLScene()
+    app = slicer.vtkMRMLApplicationLogic()
+    app.SetMRMLScene(scene)
+    layout_view = scene.AddNewNodeByClass("vtkMRMLPlotViewNode", "PlotView1")
+    table, curves = TrainingLogic.curveNodes("m", scene)
+    view = TrainingLogic.plotViewNode(curves, scene)
+    assert view is not layout_view and not view.GetDoPropagatePlotChartSelection()
+    assert view.GetPlotChartNodeID() == curves.GetID()
+    assert TrainingLogic.plotViewNode(curves, scene) is view  # one per scene, found again
+    per_slice = scene.AddNewNodeByClass("vtkMRMLPlotChartNode", "t1c per-slice probabilities")
+    app.GetSelectionNode().SetActivePlotChartID(per_slice.GetID())  # what ShowChartInLayout does
+    app.PropagatePlotChartSelection()
+    assert layout_view.GetPlotChartNodeID() == per_slice.GetID()
+    assert view.GetPlotChartNodeID() == curves.GetID()
+
+
+def test_run_json_records_its_process_a_live_run_is_never_resumed(tiny_set, isolated_catalogue):
+    """Two processes never train into one run folder: a live run (its pid in run.json) is not
+    offered for Resume and resumeRun refuses it; once its process is gone (killed, not
+    reaped: a zombie) it shows as interrupted and can be resumed."""
+    from BrainSpineAITrainLib.training_logic import canResume, processAlive, runState
+
+    logic = TrainingLogic()
+    run = logic.startRun("classifier", tiny_set, "tiny-live", params=dict(TINY, epochs=50), device="cpu")
+    try:
+        doc = json.loads((run.runDir / "run.json").read_text())
+        assert doc["state"] == "running" and doc["pid"] == run.job.process.pid and doc["host"]
+        (row,) = [r for r in logic.listRuns() if r["name"] == "tiny-live"]
+        assert row["state"] == "running" and row["resumable"] is False
+        with pytest.raises(ValueError, match="still running"):
+            logic.resumeRun("tiny-live")
+        with pytest.raises(ValueError, match="did not end"):
+            logic.startRun("classifier", tiny_set, "other-model", params=TINY, device="cpu", runName="tiny-live")
+    finally:
+        os.killpg(run.job.process.pid, signal.SIGKILL)  # a crash: run.json still says running
+    time.sleep(0.5)
+    assert not processAlive(doc["pid"], doc.get("pid_started"))  # a zombie is not alive
+    assert json.loads((run.runDir / "run.json").read_text())["state"] == "running"
+    (row,) = [r for r in logic.listRuns() if r["name"] == "tiny-live"]
+    assert row["state"] == "interrupted" and row["recorded_state"] == "running" and row["resumable"] is True
+    run.wait(timeout=60)
+    # recorded states: the file's word, unless the process proves otherwise
+    me = {"state": "running", "pid": os.getpid(), "pipeline": "classifier"}
+    assert runState(me) == "running" and not canResume(me)
+    assert runState(dict(me, pid_started="1")) == "interrupted"  # same pid, another process
+    assert runState(dict(me, host="some-other-machine", pid=1)) == "running"  # cannot be checked here
+    assert runState({"state": "running", "pipeline": "classifier"}) == "interrupted"  # no pid: an old run
+    assert canResume({"state": "cancelled", "pipeline": "classifier"})
+    assert not canResume({"state": "cancelled", "pipeline": "sicf"})  # no checkpoints
+    assert not canResume({"state": "succeeded", "pipeline": "classifier"})
+
+
+def test_shown_slice_applies_the_volume_parent_transform():
+    """A volume under a linear transform is shown moved: the plane under the view is picked
+    in world coordinates; a non-linear transform is refused."""
+    slicer = pytest.importorskip("slicer", reason="slicer-core is not installed")
+    import vtk
+
+    from BrainSpineAILib.training_set import viewPlaneAt
+
+    scene = slicer.vtkMRMLScene()
+    node = _volume(scene, np.zeros((20, 8, 8), np.float32), np.diag([1.0, 1.0, 2.0, 1.0]))
+    slicer.vtkMRMLSliceNode.AddDefaultSliceOrientationPresets(scene)
+    view = scene.AddNewNodeByClass("vtkMRMLSliceNode")
+    assert view.SetOrientationToAxial()
+    view.JumpSliceByCentering(3.0, 3.0, 20.0)  # K = 10 without the transform
+    assert viewPlaneAt(node, view).index == 10
+    shift = scene.AddNewNodeByClass("vtkMRMLLinearTransformNode")
+    m = vtk.vtkMatrix4x4()
+    m.SetElement(2, 3, 6.0)  # 6 mm superior: 3 slices
+    shift.SetMatrixTransformToParent(m)
+    node.SetAndObserveTransformNodeID(shift.GetID())
+    assert viewPlaneAt(node, view).index == 7
+    grid = scene.AddNewNodeByClass("vtkMRMLGridTransformNode")
+    node.SetAndObserveTransformNodeID(grid.GetID())
+    with pytest.raises(ValueError, match="non-linear"):
+        viewPlaneAt(node, view)
