@@ -228,6 +228,12 @@ def B(tmp_path_factory):
     b.model_classes_int = _model_copy(r, "classes-int", edit=lambda c, d: c.update(class_names=5))
     b.model_size_str = _model_copy(r, "size-str", edit=lambda c, d: c.update(input_size="abc"))
     b.model_arch_list = _model_copy(r, "arch-list", edit=lambda c, d: c.update(architecture=["resnet"]))
+    def garbage_weights(card, dst):  # corrupt weights whose card "agrees": the checksum cannot help
+        w = dst / "model.safetensors"
+        w.write_bytes(b"\x08\x00\x00\x00\x00\x00\x00\x00{garbage" + os.urandom(512))
+        card["sha256"] = hashlib.sha256(w.read_bytes()).hexdigest()
+
+    b.model_garbage = _model_copy(r, "garbage-weights", edit=garbage_weights)
     b.model_noweights = _model_copy(r, "no-weights")
     (b.model_noweights / "model.safetensors").unlink()
     b.model_file = b.txt
@@ -376,6 +382,8 @@ CASES = [
     ("classify-model-classes-int", lambda b, o: ["classify", b.jpg, "--model", b.model_classes_int], "model"),
     ("classify-model-size-str", lambda b, o: ["classify", b.jpg, "--model", b.model_size_str], "model"),
     ("classify-model-arch-list", lambda b, o: ["classify", b.jpg, "--model", b.model_arch_list], "model"),
+    ("classify-model-garbage-weights", lambda b, o: ["classify", b.jpg, "--model", b.model_garbage], "weights"),
+    ("classify-newline-in-name", lambda b, o: ["classify", b.root / "two\nlines\x1b[31m.jpg"], "input not found"),
     ("classify-model-no-weights", lambda b, o: ["classify", b.jpg, "--model", b.model_noweights], "missing"),
     ("classify-model-is-file", lambda b, o: ["classify", b.jpg, "--model", b.model_file], "model"),
     ("classify-model-traversal", lambda b, o: ["classify", b.jpg, "--model", b.model_traversal], "weights", P.card),

@@ -136,9 +136,6 @@ def guarded_load(ref, load, *args, **kwargs):
     turned into a :class:`brainspineai.errors.ModelError` naming the model as the user gave it.
 
     :raises ModelError: as described; errors of the library's own classes pass unchanged."""
-    import pickle
-    import zipfile
-
     from ..errors import BrainSpineAIError, ModelError
 
     name = ref if ref else "the default model"
@@ -151,8 +148,10 @@ def guarded_load(ref, load, *args, **kwargs):
     except OSError as exc:
         what = exc.filename if exc.filename is not None else ""
         raise ModelError(f"model {name}: cannot read {what} ({exc.strerror or exc})".replace("read  (", "read it (")) from None
-    except (KeyError, TypeError, ValueError, AttributeError, IndexError, RuntimeError, EOFError,
-            pickle.UnpicklingError, zipfile.BadZipFile) as exc:
+    except MemoryError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - a model folder is data: whatever breaks its loading is its fault
+        # (KeyError / TypeError / ValueError from card fields, SafetensorError, pickle and zip errors, ...)
         first = (str(exc).strip().splitlines() or [""])[0]
         raise ModelError(f"model {name}: the model card or its files are malformed or incompatible "
                          f"({type(exc).__name__}: {first})") from None
