@@ -44,8 +44,7 @@ def _parse_header(raw: bytes, name: str) -> dict:
             datatype, bitpix = struct.unpack(endian + "2h", raw[70:74])
             vox_offset = struct.unpack(endian + "f", raw[108:112])[0]
             magic = raw[344:348]
-            if magic not in (b"n+1\0", b"ni1\0") and not magic.startswith(b"n+1"):
-                # ANALYZE 7.5 has no magic; its data start at 0 of a separate .img file
+            if magic != b"n+1\0":  # "ni1": header-only (.hdr/.img pair); none: ANALYZE 7.5
                 raise InputError(f"{name}: not a readable image (not a single-file NIfTI-1 image: magic {magic!r})")
             break
         if sizeof_hdr == 540:
