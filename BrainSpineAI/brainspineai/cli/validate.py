@@ -16,6 +16,7 @@ import sys
 
 MAX_IMAGE_SIDE = 2048
 _ANSI = re.compile(r"\x1b\[[0-?]*[ -/]*[@-~]|\x1b[@-_]")
+_OWN = re.compile(r"^\S+: (must be|is not) ")  # the messages of the type functions below
 _LONG_LIST = re.compile(r"[\[\(\{][^\[\]\(\)\{\}]{200,}[\]\)\}]")
 
 
@@ -35,9 +36,12 @@ class OneLineParser(argparse.ArgumentParser):
     """An ``ArgumentParser`` whose errors are one line: ``brainspineai: error: PROG: MESSAGE``."""
 
     def error(self, message):
-        prog = self.prog if self.prog != "brainspineai" else ""
-        hint = f" (see '{self.prog} --help')"
-        sys.stderr.write("brainspineai: error: " + clean_message((prog + ": " if prog else "") + message + hint) + "\n")
+        m = re.match(r"argument ([^:]+): (.*)$", message, re.S)
+        if m:  # "argument --x: 0: must be ..." -> "--x 0: must be ..."; "--x: invalid choice ..."
+            opt, rest = m.groups()
+            opt = opt.split("/")[-1]
+            message = f"{opt} {rest}" if _OWN.match(rest) else f"{opt}: {rest}"
+        sys.stderr.write("brainspineai: error: " + clean_message(f"{message} (see '{self.prog} --help')") + "\n")
         sys.exit(2)
 
 
@@ -45,9 +49,9 @@ def _number(kind, text):
     try:
         value = kind(text)
     except (TypeError, ValueError):
-        raise argparse.ArgumentTypeError(f"'{text}' is not {'an integer' if kind is int else 'a number'}") from None
+        raise argparse.ArgumentTypeError(f"{text}: is not {'an integer' if kind is int else 'a number'}") from None
     if kind is float and not math.isfinite(value):
-        raise argparse.ArgumentTypeError(f"'{text}' is not a finite number")
+        raise argparse.ArgumentTypeError(f"{text}: is not a finite number")
     return value
 
 
@@ -61,7 +65,7 @@ def ranged(kind, lo=None, hi=None, lo_open=False, hi_open=False, what=""):
             left = "(" if lo_open else "["
             right = ")" if hi_open else "]"
             span = f"{left}{'-inf' if lo is None else lo}, {'inf' if hi is None else hi}{right}"
-            raise argparse.ArgumentTypeError(f"{text} is out of range; {what or 'give a value'} in {span}")
+            raise argparse.ArgumentTypeError(f"{text}: must be {what or 'a value'} in {span}")
         return v
     check.__name__ = f"{kind.__name__} in range"
     return check
@@ -76,8 +80,9 @@ probability = ranged(float, 0, 1, what="a probability")
 fraction_upto_1 = ranged(float, 0, 1, lo_open=True, what="a fraction")
 overlap_fraction = ranged(float, 0, 1, hi_open=True, what="a fraction")
 
-# option dest -> type function (for options whose default is 0 where 0 means "automatic",
-# see install_validators)
+# option dest -> type function (for options whose default is 0 where 0 means "automatic", see
+# install_validators). Options the pipelines check themselves with a sharper rule (--crop-fraction,
+# --temperature, --queue-size, --label-fraction) are left to them.
 RANGES = {
     "image_size": ranged(int, 8, MAX_IMAGE_SIDE, what="a side in pixels"),
     "epochs": ranged(int, 1, 100000, what="a number of epochs"),
@@ -94,13 +99,9 @@ RANGES = {
     "channels": ranged(int, 1, 4096, what="a channel count"),
     "val_cases": nonneg_int,
     "proj_dim": ranged(int, 1, 65536, what="a projection size"),
-    "temperature": positive_float,
-    "queue_size": nonneg_int,
-    "crop_fraction": fraction_upto_1,
     "supcon_weight": nonneg_float,
     "aux_weight": nonneg_float,
     "skull_strip_p": probability,
-    "label_fraction": fraction_upto_1,
     "fractions": fraction_upto_1,
     "words": ranged(int, 2, 100000, what="a codebook size"),
     "population": positive_int,
