@@ -166,6 +166,11 @@ def B(tmp_path_factory):
     d = mha.read_bytes()
     b.trunc_mha = r / "vol" / "t1c-cut.mha"
     b.trunc_mha.write_bytes(d[: len(d) * 2 // 3])
+    mhac = r / "vol" / "t1c-compressed.mha"
+    sitk.WriteImage(ref, str(mhac), True)
+    d = mhac.read_bytes()
+    b.trunc_mha_z = r / "vol" / "t1c-compressed-cut.mha"  # ITK's own refusal (and its C++ chatter, silenced)
+    b.trunc_mha_z.write_bytes(d[: len(d) // 2])
     nrrd = r / "vol" / "t1c-full.nrrd"
     sitk.WriteImage(ref, str(nrrd), True)
     d = nrrd.read_bytes()
@@ -345,6 +350,9 @@ CASES = [
     ("classify-constant-volume", lambda b, o: ["classify", b.vol_const], "same value"),
     ("classify-thin-volume", lambda b, o: ["classify", b.vol_thin], "fewer than 16"),
     ("classify-truncated-mha", lambda b, o: ["classify", b.trunc_mha], "t1c-cut.mha"),
+    ("classify-truncated-compressed-mha", lambda b, o: ["classify", b.trunc_mha_z], "truncated or corrupt"),
+    ("classify-heatmap-onto-input-respelled", lambda b, o: ["classify", b.t1c, "--heatmap", b.t1c.parent / ".." / "vol" / "t1c.nii.gz"],
+     "refusing to overwrite"),
     ("classify-truncated-nrrd", lambda b, o: ["classify", b.trunc_nrrd], "t1c-cut.nrrd"),
     ("classify-huge-nrrd", lambda b, o: ["classify", b.huge_nrrd], "more than the limit"),
     ("classify-huge-mha", lambda b, o: ["classify", b.huge_mha], "more than the limit"),
@@ -645,7 +653,7 @@ def test_bad_input_is_refused(B, tmp_path, capfd, argv, message):
 # a few through the real entry point (python -m brainspineai), for the process-level behaviour:
 # exit status, stderr as the shell sees it (also what C++ libraries print), no traceback
 REAL = ["classify-json-is-input", "classify-truncated-gz", "classify-huge-header", "classify-nan-nii-gz",
-        "classify-truncated-mha", "segment-shifted-500mm", "evaluate-split-invalid", "train-classifier-image-size-0"]
+        "classify-truncated-mha", "classify-truncated-compressed-mha", "segment-shifted-500mm", "evaluate-split-invalid", "train-classifier-image-size-0"]
 
 
 @pytest.mark.parametrize("cid", REAL)
