@@ -5,7 +5,6 @@ import json
 
 def cmd_models(args) -> int:
     from ..catalogue import list_models
-
     from .validate import clean_message
 
     for card in list_models():
@@ -22,9 +21,9 @@ def cmd_models(args) -> int:
 
 
 def cmd_dataset_summary(args) -> int:
-    from ..datasets import summarise, summary_text
     from pathlib import Path
 
+    from ..datasets import summarise, summary_text
     from ..errors import InputError
     from ..io import atomic_write_text
     from ..outputs import check_outputs
