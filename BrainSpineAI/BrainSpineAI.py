@@ -510,74 +510,113 @@ class BrainSpineAILogic(ScriptedLoadableModuleLogic, ClassificationLogic):
 
 
 class BrainSpineAITest(ScriptedLoadableModuleTest):
-    """
-    This is the test case for your scripted module.
+    """Self-test for "Reload and Test" in a user's Slicer: Slicer's own sample data (SampleData
+    module: ``MRBrainTumor1``, ``MRHead``) goes through the module's logic, the background
+    ``brainspineai classify`` process (PythonSlicer) and back into the scene, and the result is
+    checked (nodes, geometry, probabilities). Missing sample data or packages fail the test.
     Uses ScriptedLoadableModuleTest base class, available at:
     https://github.com/Slicer/Slicer/blob/main/Base/Python/slicer/ScriptedLoadableModule.py
     """
+
+    TIMEOUT_S = 1800  # a 3D volume on CPU, first start of torch included
 
     def setUp(self):
         """Reset the state: clear the scene."""
         slicer.mrmlScene.Clear()
 
     def runTest(self):
-        """Run as few or as many tests as needed here."""
         self.setUp()
-        self.test_ClassifySlice()
+        self.test_ClassifySampleVolumesInBackground()
+
+    # -- helpers
+    def _sample(self, name):
+        """A SampleData volume (downloaded once, cached by Slicer); fails when it cannot be had."""
+        import SampleData
+
+        self.delayDisplay(f"Loading sample data {name}")
+        nodes = SampleData.SampleDataLogic().downloadSamples(name)
+        self.assertTrue(nodes, f"SampleData could not provide '{name}' (no network?)")
+        self.assertTrue(nodes[0].IsA("vtkMRMLScalarVolumeNode"), f"{name} is not a volume")
+        return nodes[0]
+
+    def _requirePackages(self, logic):
+        """Install missing packages as a user would (one question; automatic under ctest)."""
+        confirm = (lambda message: True) if slicer.app.testingEnabled() else slicer.util.confirmOkCancelDisplay
+        ready = logic.ensureDependencies(confirm=confirm, pipInstall=slicer.util.pip_install)
+        self.assertTrue(ready, f"required Python packages are missing: {logic.missingPackages()}")
+
+    def _wait(self, job, what):
+        import time
+
+        start = time.time()
+        while not job.poll():
+            if time.time() - start > self.TIMEOUT_S:
+                job.cancel()
+                self.fail(f"{what} did not finish within {self.TIMEOUT_S} s")
+            slicer.app.processEvents()
+            time.sleep(0.1)
 
     @staticmethod
-    def _findTestData():
-        """The shared data folder: $BRAINSPINEAI_TEST_DATA, else ../../shared/data or
-        ../../../shared/data relative to this file; None when not found."""
-        env = os.environ.get("BRAINSPINEAI_TEST_DATA")
-        if env:
-            if not os.path.isdir(env):
-                raise FileNotFoundError(f"BRAINSPINEAI_TEST_DATA={env} is not a folder")
-            return env
-        here = os.path.dirname(os.path.abspath(__file__))
-        for relative in (("..", "..", "shared", "data"), ("..", "..", "..", "shared", "data")):
-            candidate = os.path.normpath(os.path.join(here, *relative))
-            if os.path.isdir(candidate):
-                return candidate
-        return None
+    def _matrix(node):
+        m = vtk.vtkMatrix4x4()
+        node.GetIJKToRASMatrix(m)
+        return [m.GetElement(i, j) for i in range(4) for j in range(4)]
 
-    def test_ClassifySlice(self):
-        """Classify a real pituitary tumour slice with the default model."""
-        dataDir = self._findTestData()
-        if dataDir is None:
-            self.delayDisplay("shared data not found, skipping")
-            return
-        # a held-out validation image of the default model (never trained on)
-        import json
-
-        from brainspineai.catalogue import resolve_model
-
-        split = json.loads((resolve_model(None) / "split.json").read_text())
-        relative = sorted(p for p in split["validation"] if p.startswith("pituitary/"))
-        self.assertTrue(relative, "no pituitary image in the default model's validation split")
-        folder = os.path.join(dataDir, "brain-mri-2d", "kaggle4-train")
-        jpgs = [relative[0]]
-
-        self.delayDisplay(f"Loading {jpgs[0]}")
-        # singleFile: do not let the reader assemble the numbered JPEGs of the folder into a volume
-        inputVolume = slicer.util.loadVolume(os.path.join(folder, jpgs[0]), properties={"singleFile": True})
-        self.assertIsNotNone(inputVolume)
+    # -- tests
+    def test_ClassifySampleVolumesInBackground(self):
+        """MRBrainTumor1 and MRHead -> background classification -> table, per-slice chart and
+        Grad-CAM volume on each input's grid."""
+        import numpy as np
 
         logic = BrainSpineAILogic()
-        self.assertTrue(logic.isSingleSlice(inputVolume))
-        output = logic.classify(inputVolume)
+        self._requirePackages(logic)
+        cards = logic.availableModels()
+        self.assertTrue(cards, "no classification model found (the default model ships with the extension)")
+        heatmaps = []
+        for name in ("MRBrainTumor1", "MRHead"):
+            volume = self._sample(name)
+            self.delayDisplay(f"Classifying {name} in a background process")
+            job = logic.startBackgroundClassification(volume, device="auto")
+            self.assertIsNotNone(job.process.pid)
+            self._wait(job, f"classification of {name}")
+            output = logic.finishBackgroundClassification(job)
+            self.assertFalse(job.workdir.exists(), "the job's temporary folder was not removed")
 
-        probabilities = output.result["probabilities"]
-        self.assertEqual(len(probabilities), len(output.result["classes"]))
-        self.assertAlmostEqual(sum(probabilities), 1.0, delta=1e-4)
-        self.assertEqual(output.result["predicted"], "pituitary")
+            result = output.result
+            classes, probabilities = result["classes"], result["probabilities"]
+            self.assertEqual(len(classes), len(probabilities))
+            self.assertAlmostEqual(sum(probabilities), 1.0, delta=1e-4)
+            self.assertIn(result["predicted"], classes)
+            self.assertEqual(result["predicted"], classes[int(np.argmax(probabilities))])
 
-        self.assertIsNotNone(output.heatmapNode)
-        inputMatrix, heatmapMatrix = vtk.vtkMatrix4x4(), vtk.vtkMatrix4x4()
-        inputVolume.GetIJKToRASMatrix(inputMatrix)
-        output.heatmapNode.GetIJKToRASMatrix(heatmapMatrix)
-        for i in range(4):
-            for j in range(4):
-                self.assertAlmostEqual(heatmapMatrix.GetElement(i, j), inputMatrix.GetElement(i, j), places=6,
-                                       msg=f"IJKToRAS element ({i}, {j}) differs")
+            # one probability table row per class, in the scene
+            table = output.tableNode
+            self.assertIsNotNone(slicer.mrmlScene.GetNodeByID(table.GetID()))
+            self.assertEqual(table.GetNumberOfRows(), len(classes))
+            self.assertEqual(table.GetAttribute("BrainSpineAI.predicted"), result["predicted"])
+
+            # a volume: per-slice probabilities, one plot series per class
+            dims = volume.GetImageData().GetDimensions()
+            slices = result.get("slices") or []
+            self.assertTrue(slices, f"{name} is a 3D volume: per-slice probabilities expected")
+            for s in slices:
+                self.assertTrue(0 <= s["index"] < max(dims), f"slice index {s['index']} outside the volume")
+                self.assertAlmostEqual(sum(s["probabilities"]), 1.0, delta=1e-3)
+            self.assertIsNotNone(output.plotChartNode)
+            self.assertEqual(output.plotChartNode.GetNumberOfPlotSeriesNodes(), len(classes))
+
+            # Grad-CAM: same grid and geometry as the input, values in [0, 1]
+            heat = output.heatmapNode
+            self.assertIsNotNone(heat, "no Grad-CAM volume")
+            self.assertEqual(heat.GetImageData().GetDimensions(), dims)
+            for a, b in zip(self._matrix(heat), self._matrix(volume)):
+                self.assertAlmostEqual(a, b, places=5, msg="Grad-CAM IJK-to-RAS differs from the input's")
+            arr = slicer.util.arrayFromVolume(heat)
+            self.assertTrue(np.isfinite(arr).all())
+            self.assertGreaterEqual(float(arr.min()), 0.0)
+            self.assertLessEqual(float(arr.max()), 1.0 + 1e-5)
+            self.assertGreater(float(arr.max()), 0.0, "Grad-CAM is empty")
+            heatmaps.append(heat.GetID())
+            self.delayDisplay(f"{name}: {result['predicted']} ({max(probabilities):.0%}), {len(slices)} slices")
+        self.assertEqual(len(set(heatmaps)), 2, "the second input replaced the first one's Grad-CAM")
         self.delayDisplay("Test passed")

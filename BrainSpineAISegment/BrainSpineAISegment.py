@@ -460,58 +460,141 @@ class BrainSpineAISegmentLogic(ScriptedLoadableModuleLogic, SegmentationLogic):
 
 
 class BrainSpineAISegmentTest(ScriptedLoadableModuleTest):
-    """Runs inside 3D Slicer on a real BraTS case when the shared data folder is found
-    ($BRAINSPINEAI_TEST_DATA, or ../../shared/data beside the source tree)."""
+    """Self-test for "Reload and Test" in a user's Slicer: Slicer's sample brain tumour MRI
+    (SampleData ``MRBrainTumor1``, contrast-enhanced T1) goes through the module's logic, the
+    background ``brainspineai segment`` process and back into the scene; the segmentation node is
+    checked (geometry, parent, nested WT / TC / ET segments, names, terminology from our
+    ``.term.json``). A cancelled job must leave the scene unchanged. Missing sample data, model or
+    packages fail the test."""
+
+    TIMEOUT_S = 1800
 
     def setUp(self):
         slicer.mrmlScene.Clear()
 
     def runTest(self):
         self.setUp()
-        self.test_SegmentRealCase()
+        self.test_SegmentSampleTumour()
+        self.setUp()
+        self.test_CancelledSegmentationLeavesSceneUnchanged()
 
-    @staticmethod
-    def _findTestData():
-        env = os.environ.get("BRAINSPINEAI_TEST_DATA")
-        if env:
-            if not os.path.isdir(env):
-                raise FileNotFoundError(f"BRAINSPINEAI_TEST_DATA={env} is not a folder")
-            return env
-        here = os.path.dirname(os.path.abspath(__file__))
-        for relative in (("..", "..", "shared", "data"), ("..", "..", "..", "shared", "data")):
-            candidate = os.path.normpath(os.path.join(here, *relative))
-            if os.path.isdir(candidate):
-                return candidate
-        return None
+    # -- helpers
+    def _sample(self, name):
+        import SampleData
 
-    def test_SegmentRealCase(self):
-        """Segment BraTS 2013 patient 5 (FLAIR + T1c) with the first segmentation model."""
-        dataDir = self._findTestData()
-        if dataDir is None:
-            self.delayDisplay("shared data not found, skipping")
-            return
-        case = os.path.join(dataDir, "volumes", "brats2015-flair-t1c", "brats_2013_pat0005_1")
-        flair = slicer.util.loadVolume(os.path.join(case, "Flair_subtrMeanDivStd.nii.gz"))
-        t1c = slicer.util.loadVolume(os.path.join(case, "T1c_subtrMeanDivStd.nii.gz"))
-        logic = BrainSpineAISegmentLogic()
-        volumes = logic.guessVolumes()
-        self.assertEqual(volumes.get("flair"), flair)
-        self.assertEqual(volumes.get("t1ce"), t1c)
-        if not logic.availableModels():
-            self.delayDisplay("no segmentation model installed, skipping")
-            return
-        reference = volumes[logic.requiredSequences()[0]]
-        job = logic.startSegmentation(volumes, device="cpu")
+        self.delayDisplay(f"Loading sample data {name}")
+        nodes = SampleData.SampleDataLogic().downloadSamples(name)
+        self.assertTrue(nodes, f"SampleData could not provide '{name}' (no network?)")
+        return nodes[0]
+
+    def _requirePackages(self, logic):
+        confirm = (lambda message: True) if slicer.app.testingEnabled() else slicer.util.confirmOkCancelDisplay
+        ready = logic.ensureDependencies(confirm=confirm, pipInstall=slicer.util.pip_install)
+        self.assertTrue(ready, f"required Python packages are missing: {logic.missingPackages()}")
+
+    def _inputs(self, logic):
+        """{sequence: volume} for the first model: MRBrainTumor1 is the only sample MRI of this
+        tumour, so each further sequence the model needs gets a copy of it (a pipeline test, not an
+        accuracy test)."""
+        tumour = self._sample("MRBrainTumor1")
+        self.assertTrue(logic.availableModels(), "no segmentation model found (one ships with the extension)")
+        required = logic.requiredSequences()
+        volumes = {required[0]: tumour}
+        for seq in required[1:]:
+            volumes[seq] = slicer.modules.volumes.logic().CloneVolume(slicer.mrmlScene, tumour, f"MRBrainTumor1 {seq}")
+        return volumes, tumour
+
+    def _tag(self, segment, name):
+        value = vtk.reference("")
+        self.assertTrue(segment.GetTag(name, value), f"segment '{segment.GetName()}' has no tag {name}")
+        return str(value)
+
+    def _wait(self, job, what):
+        start = time.time()
         while not job.poll():
+            if time.time() - start > self.TIMEOUT_S:
+                job.cancel()
+                self.fail(f"{what} did not finish within {self.TIMEOUT_S} s")
             slicer.app.processEvents()
-            time.sleep(0.2)
+            time.sleep(0.1)
+
+    # -- tests
+    def test_SegmentSampleTumour(self):
+        import numpy as np
+
+        from BrainSpineAISegmentLib.segment_logic import REGION_TAG, TERMINOLOGY_CONTEXT
+
+        logic = BrainSpineAISegmentLogic()
+        self._requirePackages(logic)
+        volumes, reference = self._inputs(logic)
+        self.delayDisplay("Segmenting MRBrainTumor1 in a background process")
+        job = logic.startSegmentation(volumes, device="auto")
+        self.assertEqual(slicer.mrmlScene.GetNumberOfNodesByClass("vtkMRMLSegmentationNode"), 0,
+                         "the scene changed before the process finished")
+        self._wait(job, "segmentation")
         output = logic.finishSegmentation(job)
+        self.assertFalse(job.workdir.exists(), "the job's temporary folder was not removed")
+
         node = output.segmentationNode
-        self.assertEqual([node.GetSegmentation().GetNthSegment(i).GetName() for i in range(3)],
+        self.assertEqual(slicer.mrmlScene.GetNumberOfNodesByClass("vtkMRMLSegmentationNode"), 1)
+        self.assertIs(output.referenceVolume, reference)
+        segmentation = node.GetSegmentation()
+        self.assertEqual([segmentation.GetNthSegment(i).GetName() for i in range(segmentation.GetNumberOfSegments())],
                          [region.name for region in REGIONS])
-        geometry = node.GetSegmentation().GetConversionParameter("Reference image geometry")
-        self.assertTrue(geometry)
-        labelmap = slicer.util.arrayFromSegmentBinaryLabelmap(node, "WT", reference)
-        self.assertEqual(labelmap.shape, slicer.util.arrayFromVolume(reference).shape)
-        self.assertGreater(int(labelmap.sum()), 0)
+
+        # geometry: the reference volume's grid, transform and place in the subject hierarchy
+        geometry = segmentation.GetConversionParameter(
+            slicer.vtkSegmentationConverter.GetReferenceImageGeometryParameterName())
+        expected = slicer.vtkSegmentationConverter.SerializeImageGeometry(
+            slicer.vtkSlicerSegmentationsModuleLogic.CreateOrientedImageDataFromVolumeNode(reference))
+        self.assertEqual(geometry, expected)
+        self.assertEqual(node.GetTransformNodeID(), reference.GetTransformNodeID())
+        sh = slicer.vtkMRMLSubjectHierarchyNode.GetSubjectHierarchyNode(slicer.mrmlScene)
+        self.assertEqual(sh.GetItemParent(sh.GetItemByDataNode(node)), sh.GetItemParent(sh.GetItemByDataNode(reference)))
+        self.assertTrue(segmentation.ContainsRepresentation("Closed surface"))
+
+        # voxels on the reference grid; BraTS regions are nested: ET within TC within WT
+        shape = slicer.util.arrayFromVolume(reference).shape
+        masks = {}
+        for region in REGIONS:
+            self.assertEqual(self._tag(segmentation.GetSegment(region.key), REGION_TAG), region.key)
+            masks[region.key] = slicer.util.arrayFromSegmentBinaryLabelmap(node, region.key, reference) > 0
+            self.assertEqual(masks[region.key].shape, shape)
+        self.assertFalse((masks["ET"] & ~masks["TC"]).any(), "enhancing tumour outside the tumour core")
+        self.assertFalse((masks["TC"] & ~masks["WT"]).any(), "tumour core outside the whole tumour")
+        if masks["WT"].any():  # inside the head, not in the air around it
+            voxels = slicer.util.arrayFromVolume(reference)
+            self.assertGreater(float(np.median(voxels[masks["WT"]])), float(np.percentile(voxels, 50)))
+
+        # terminology: our context is loaded in Slicer and every segment's entry is found in it
+        tlogic = slicer.modules.terminologies.logic()
+        loaded = vtk.vtkStringArray()
+        tlogic.GetLoadedTerminologyNames(loaded)
+        self.assertIn(TERMINOLOGY_CONTEXT, [loaded.GetValue(i) for i in range(loaded.GetNumberOfValues())])
+        for region in REGIONS:
+            tag = self._tag(segmentation.GetSegment(region.key), slicer.vtkSegment.GetTerminologyEntryTagName())
+            entry = slicer.vtkSlicerTerminologyEntry()
+            self.assertTrue(tlogic.DeserializeTerminologyEntry(tag, entry))
+            self.assertEqual(entry.GetTerminologyContextName(), TERMINOLOGY_CONTEXT)
+            typeCodes = []
+            for i in range(tlogic.GetNumberOfTypesInTerminologyCategory(TERMINOLOGY_CONTEXT, entry.GetCategoryObject())):
+                t = slicer.vtkSlicerTerminologyType()
+                tlogic.GetNthTypeInTerminologyCategory(TERMINOLOGY_CONTEXT, entry.GetCategoryObject(), i, t)
+                typeCodes.append(t.GetCodeValue())
+            self.assertIn(entry.GetTypeObject().GetCodeValue(), typeCodes, f"{region.name}: type not in {TERMINOLOGY_CONTEXT}")
+        self.delayDisplay(f"Segments: {', '.join(f'{k} {int(m.sum())} voxels' for k, m in masks.items())}")
+        self.delayDisplay("Test passed")
+
+    def test_CancelledSegmentationLeavesSceneUnchanged(self):
+        logic = BrainSpineAISegmentLogic()
+        self._requirePackages(logic)
+        volumes, _ = self._inputs(logic)
+        before = slicer.mrmlScene.GetNumberOfNodes()
+        job = logic.startSegmentation(volumes, device="auto")
+        job.cancel()
+        self.assertTrue(job.poll() and job.cancelled)
+        with self.assertRaises(RuntimeError):
+            logic.finishSegmentation(job)
+        self.assertEqual(slicer.mrmlScene.GetNumberOfNodes(), before)
+        self.assertFalse(job.workdir.exists())
         self.delayDisplay("Test passed")

@@ -446,9 +446,17 @@ class BrainSpineAITrainLogic(ScriptedLoadableModuleLogic, TrainingLogic):
 
 
 class BrainSpineAITrainTest(ScriptedLoadableModuleTest):
-    """Uses ScriptedLoadableModuleTest base class, available at:
+    """Self-test for "Reload and Test" in a user's Slicer: a tiny two-class training set is cut
+    from Slicer's sample data (SampleData ``MRBrainTumor1`` slices as "tumour", ``MRHead`` slices
+    as "normal"), trained for two epochs by the background ``brainspineai train classifier``
+    process, and the result is checked: run state, curves in the scene, the model registered in
+    the catalogue with our classes. Missing sample data or packages fail the test.
+    Uses ScriptedLoadableModuleTest base class, available at:
     https://github.com/Slicer/Slicer/blob/main/Base/Python/slicer/ScriptedLoadableModule.py
     """
+
+    TIMEOUT_S = 1800
+    SLICES_PER_CLASS = 12
 
     def setUp(self):
         slicer.mrmlScene.Clear()
@@ -456,40 +464,122 @@ class BrainSpineAITrainTest(ScriptedLoadableModuleTest):
     def runTest(self):
         self.setUp()
         self.test_LogicInstantiation()
-        self.test_TrainTinyClassifier()
+        self.setUp()
+        self.test_TrainOnSampleData()
 
+    # -- helpers
+    def _sample(self, name):
+        import SampleData
+
+        self.delayDisplay(f"Loading sample data {name}")
+        nodes = SampleData.SampleDataLogic().downloadSamples(name)
+        self.assertTrue(nodes, f"SampleData could not provide '{name}' (no network?)")
+        return nodes[0]
+
+    def _requirePackages(self, logic):
+        confirm = (lambda message: True) if slicer.app.testingEnabled() else slicer.util.confirmOkCancelDisplay
+        ready = logic.ensureDependencies(confirm=confirm, pipInstall=slicer.util.pip_install)
+        self.assertTrue(ready, f"required Python packages are missing: {logic.missingPackages()}")
+
+    def _writeSlices(self, volume, folder, count):
+        """``count`` central slices (along the array's first axis) as 8-bit PNG files."""
+        import numpy as np
+        import SimpleITK as sitk  # ships with Slicer
+
+        arr = slicer.util.arrayFromVolume(volume).astype("float32")
+        k = arr.shape[0]
+        indices = np.linspace(int(k * 0.35), int(k * 0.65), count).astype(int)
+        folder.mkdir(parents=True, exist_ok=True)
+        for n, index in enumerate(indices):
+            plane = arr[index]
+            lo, hi = np.percentile(plane, (1, 99))
+            self.assertGreater(hi, lo, f"{volume.GetName()} slice {index} is blank")
+            img = np.clip((plane - lo) / (hi - lo) * 255.0, 0, 255).astype("uint8")
+            sitk.WriteImage(sitk.GetImageFromArray(img), str(folder / f"{volume.GetName()}_{n:02d}.png"))
+        return len(indices)
+
+    # -- tests
     def test_LogicInstantiation(self):
         logic = BrainSpineAITrainLogic()
         self.assertIsInstance(logic, ScriptedLoadableModuleLogic)
         self.assertEqual(set(PIPELINES), {"classifier", "affcl", "simclr", "finetune", "sicf", "segmenter"})
         self.delayDisplay("Test passed")
 
-    def test_TrainTinyClassifier(self):
-        """A real 2-epoch training on 2 x 12 real slices (needs BRAINSPINEAI_TEST_DATA)."""
+    def test_TrainOnSampleData(self):
+        import json
         import shutil
         import tempfile
+        import time
         from pathlib import Path
 
-        data = os.environ.get("BRAINSPINEAI_TEST_DATA")
-        if not data or not os.path.isdir(os.path.join(data, "brain-mri-2d", "kaggle4-train")):
-            self.delayDisplay("Skipped: set BRAINSPINEAI_TEST_DATA to the shared data folder")
-            return
-        tmp = Path(tempfile.mkdtemp())
+        import vtk
+
+        logic = BrainSpineAITrainLogic()
+        self._requirePackages(logic)
+        tmp = Path(tempfile.mkdtemp(prefix="BrainSpineAITrain-selftest-"))
         old = os.environ.get("BRAINSPINEAI_HOME")
-        os.environ["BRAINSPINEAI_HOME"] = str(tmp / "home")
+        os.environ["BRAINSPINEAI_HOME"] = str(tmp / "home")  # the user's catalogue is left alone
         try:
-            for c in ("glioma", "pituitary"):
-                (tmp / "ds" / c).mkdir(parents=True)
-                for f in sorted(Path(data, "brain-mri-2d", "kaggle4-train", c).iterdir())[:12]:
-                    shutil.copy(f, tmp / "ds" / c / f.name)
-            logic = BrainSpineAITrainLogic()
-            run = logic.startRun("classifier", tmp / "ds", "slicer-test", {"epochs": 2, "image_size": 64},
-                                 device="cpu")
-            self.assertEqual(run.wait(timeout=600), "succeeded", run.errorText)
-            table, chart = logic.curveNodes(run.modelId)
+            for cls, sample in (("tumour", "MRBrainTumor1"), ("normal", "MRHead")):
+                written = self._writeSlices(self._sample(sample), tmp / "ds" / cls, self.SLICES_PER_CLASS)
+                self.assertEqual(written, self.SLICES_PER_CLASS)
+            modelId = "slicer-selftest"
+            self.delayDisplay("Training a tiny classifier in a background process")
+            run = logic.startRun("classifier", tmp / "ds", modelId,
+                                 {"epochs": 2, "image_size": 64, "batch_size": 8, "val_fraction": 0.25},
+                                 device="auto")
+            self.assertTrue((run.runDir / "run.json").is_file())
+            table = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLTableNode", f"{modelId} training curves")
+            chart = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLPlotChartNode", f"{modelId} training chart")
+            start = time.time()
+            while not run.poll():
+                if time.time() - start > self.TIMEOUT_S:
+                    run.cancel()
+                    self.fail(f"training did not finish within {self.TIMEOUT_S} s")
+                run.takeNewEvents()
+                slicer.app.processEvents()
+                time.sleep(0.2)
+            self.assertEqual(run.state, "succeeded", run.errorText)
+
+            # curves of both epochs in the scene
             logic.updateCurves(run.history, table, chart, slicer.mrmlScene)
             self.assertEqual(table.GetNumberOfRows(), 2)
-            self.assertTrue((tmp / "home" / "models" / "slicer-test" / "model.json").is_file())
+            epochs = [table.GetTable().GetValueByName(r, "epoch").ToDouble() for r in range(2)]
+            self.assertEqual(epochs, [1.0, 2.0])
+            losses = [table.GetTable().GetValueByName(r, "loss").ToDouble() for r in range(2)]
+            self.assertTrue(all(loss == loss and loss > 0 for loss in losses), f"losses {losses}")
+            self.assertGreaterEqual(chart.GetNumberOfPlotSeriesNodes(), 1)
+
+            # the model is in the (test) catalogue with our classes, and classifies a slice
+            self.assertEqual(Path(run.modelFolder), tmp / "home" / "models" / modelId)
+            card = json.loads((Path(run.modelFolder) / "model.json").read_text())
+            self.assertEqual(sorted(card["class_names"]), ["normal", "tumour"])
+            from BrainSpineAILib.classification_logic import ClassificationLogic
+
+            self.assertIn(modelId, [c["id"] for c in ClassificationLogic.availableModels()])
+            slicePath = sorted((tmp / "ds" / "tumour").iterdir())[0]
+            sliceNode = slicer.util.loadVolume(str(slicePath), properties={"singleFile": True})
+            classifier = ClassificationLogic(slicer.mrmlScene)
+            job = classifier.startBackgroundClassification(sliceNode, modelRef=modelId, device="auto")
+            start = time.time()
+            while not job.poll():
+                if time.time() - start > self.TIMEOUT_S:
+                    job.cancel()
+                    self.fail(f"classification with the new model did not finish within {self.TIMEOUT_S} s")
+                slicer.app.processEvents()
+                time.sleep(0.1)
+            output = classifier.finishBackgroundClassification(job)
+            self.assertEqual(sorted(output.result["classes"]), ["normal", "tumour"])
+            self.assertAlmostEqual(sum(output.result["probabilities"]), 1.0, delta=1e-4)
+            self.assertIsNotNone(output.heatmapNode)
+            self.assertEqual(output.heatmapNode.GetImageData().GetDimensions(), sliceNode.GetImageData().GetDimensions())
+            matrices = []
+            for node in (sliceNode, output.heatmapNode):
+                m = vtk.vtkMatrix4x4()
+                node.GetIJKToRASMatrix(m)
+                matrices.append([m.GetElement(i, j) for i in range(4) for j in range(4)])
+            for a, b in zip(*matrices):
+                self.assertAlmostEqual(a, b, places=5)
         finally:
             if old is None:
                 os.environ.pop("BRAINSPINEAI_HOME", None)

@@ -1,7 +1,8 @@
 """Background ``brainspineai`` processes for the Slicer modules, so the GUI never waits.
 
 A :class:`BackgroundJob` runs one CLI command in its own process group (the Python that
-Slicer ships, see :func:`pythonExecutable`), reads the JSON lines it prints on stdout and
+Slicer ships, see :func:`pythonExecutable`; never Slicer itself; on Windows without a console
+window, see :func:`processOptions`), reads the JSON lines it prints on stdout and
 keeps the latest progress. Every CLI job speaks the same line protocol:
 
 - ``{"event": "progress", "fraction": 0..1, "message": str}`` (inference jobs);
@@ -27,13 +28,51 @@ from pathlib import Path
 LIBRARY_PARENT = Path(__file__).resolve().parent.parent  # folder that holds the brainspineai package
 
 
+def _insideSlicer() -> bool:
+    """True in Slicer's own Python (``slicer.app`` exists; the slicer-core wheel has none)."""
+    slicer = sys.modules.get("slicer")
+    return slicer is not None and getattr(slicer, "app", None) is not None
+
+
 def pythonExecutable() -> str:
-    """The Python that runs background jobs: Slicer's ``PythonSlicer`` inside Slicer,
-    otherwise this interpreter."""
+    """The Python that runs background jobs: Slicer's ``PythonSlicer`` (found on ``PATH``, which
+    Slicer sets, as ``slicer.util._executePythonModule`` does), otherwise, outside Slicer, this
+    interpreter.
+
+    :raises RuntimeError: inside Slicer without ``PythonSlicer`` on ``PATH``, or when this
+        interpreter is the Slicer application itself: ``sys.executable`` would start a second
+        Slicer instead of running the job.
+    """
     exe = shutil.which("PythonSlicer")
     if exe:
         return exe
+    name = Path(sys.executable or "").name.lower()
+    if _insideSlicer() or name.startswith("slicer"):
+        raise RuntimeError(
+            "cannot start the background process: the PythonSlicer executable was not found on PATH "
+            f"(this Python is the Slicer application, {sys.executable!r}, which cannot run a script). "
+            "Start Slicer with its launcher (Slicer / Slicer.exe), which puts PythonSlicer on PATH.")
     return sys.executable
+
+
+STARTF_USESHOWWINDOW = 0x00000001  # Windows STARTUPINFO.dwFlags: use wShowWindow
+SW_HIDE = 0  # Windows ShowWindow: hidden
+
+
+def processOptions(osName: str | None = None) -> dict:
+    """Keyword arguments of ``subprocess.Popen`` for a background job.
+
+    POSIX: its own session (process group), so :meth:`BackgroundJob.cancel` can kill the tree.
+    Windows: a new process group and a hidden console window, as ``slicer.util.launchConsoleProcess``
+    does (``STARTUPINFO`` with ``dwFlags = STARTF_USESHOWWINDOW``, ``wShowWindow = SW_HIDE``);
+    processes the job starts (torchrun workers) share that hidden console.
+    """
+    if (osName or os.name) == "posix":
+        return {"start_new_session": True}
+    info = subprocess.STARTUPINFO()
+    info.dwFlags |= STARTF_USESHOWWINDOW
+    info.wShowWindow = SW_HIDE
+    return {"creationflags": subprocess.CREATE_NEW_PROCESS_GROUP, "startupinfo": info}
 
 
 def libraryEnvironment(extra: dict | None = None) -> dict:
@@ -77,11 +116,7 @@ class BackgroundJob:
         self.logLines: list[str] = []
         self._newEvents: list[dict] = []
         self._lines = queue.Queue()
-        kwargs = {}
-        if os.name == "posix":
-            kwargs["start_new_session"] = True
-        else:
-            kwargs["creationflags"] = subprocess.CREATE_NEW_PROCESS_GROUP
+        kwargs = processOptions()
         # UTF-8 both ways whatever the locale (VTK / Slicer may set the C locale in this process;
         # progress bars and messages are not ASCII)
         self.process = subprocess.Popen(self.command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
@@ -187,7 +222,8 @@ class BackgroundJob:
                 if os.name == "posix":
                     os.killpg(self.process.pid, signal.SIGKILL)
                 else:
-                    subprocess.run(["taskkill", "/F", "/T", "/PID", str(self.process.pid)], capture_output=True)
+                    subprocess.run(["taskkill", "/F", "/T", "/PID", str(self.process.pid)], capture_output=True,
+                                   startupinfo=processOptions()["startupinfo"])  # no console flash
             except (ProcessLookupError, PermissionError):
                 pass
             self.process.wait(timeout=30)

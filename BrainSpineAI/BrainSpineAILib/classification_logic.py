@@ -89,7 +89,7 @@ class ClassificationLogic(DependencyMixin):
         image = mrml_utils.sitk_image_from_volume_node(volumeNode)
         model = self.loadModel(modelRef, device)
         if getattr(model, "kind", "") == "sicf":  # random forest on SIFT + VGG16 features: no Grad-CAM
-            from brainspineai.sicf.pipeline.pipeline import classify_sicf
+            from brainspineai.sicf.inference import classify_sicf
 
             res = classify_sicf(image, model)
             return self._toScene(volumeNode, {**res.to_json(), "sicf": res.extra["sicf"]}, None)

@@ -1,7 +1,7 @@
 """Scene display of an SICF classification (no Qt): the ROI as a markups ROI node and the
 SIFT keypoints as a markups point list, in RAS.
 
-The CLI / library (:func:`brainspineai.sicf.pipeline.classify_sicf`) reports, under ``"sicf"``,
+The CLI / library (:func:`brainspineai.sicf.inference.classify_sicf`) reports, under ``"sicf"``,
 ``roi_box`` = (row0, col0, row1, col1) half-open pixel box and ``keypoints`` = (row, col)
 pixels of one slice: for a 2D input the slice's own array (``slice_array``: the image
 array with its one-voxel axis removed), for a volume the LPS axial slice ``slice_index``

@@ -3,18 +3,24 @@
 The library has no Slicer or Qt import. Heavy packages (torch, monai, SimpleITK) are
 imported by the submodules that need them, so ``import brainspineai`` stays cheap.
 
-Submodules
-----------
+Core (imports no capability package)
+------------------------------------
 ``errors``     error classes (all user-caused failures derive from BrainSpineAIError)
-``io``         reading NIfTI / NRRD / MHA / DICOM series / JPEG / PNG into SimpleITK images
-``preprocess`` slice extraction in radiological orientation, intensity normalisation
-``networks``   classifier architectures
-``catalogue``  model folders (weights + model card), checksums, download cache
-``inference``  slice and volume classification, the volume-level rule
-``explain``    Grad-CAM heatmaps with the input's exact geometry
-``training``   supervised classifier training
-``metrics``    accuracy, per-class precision / recall / F1, confusion matrix
-``cli``        the ``brainspineai`` command
+``io``         reading NIfTI / NRRD / MHA / DICOM series / JPEG / PNG; atomic writes
+``device``     device choice and autocast
+``catalogue``  model folders (weights + card), checksums, download cache, loader registry
+``engine``     the one Lightning Fabric training loop (checkpoints, resume, events, DDP)
+``metrics``    accuracy, per-class figures, AUC with bootstrap intervals, plots
+``datasets``   dataset summaries before training
+``cases``      BraTS / ``dataset.json`` volume case layouts
+``retrain``    retraining a model into its next version
+
+Capabilities
+------------
+``classification``  2D classifiers: data, networks, training, AFF-CL, SimCLR, inference, Grad-CAM
+``sicf``            SICF (LO-RF) for spinal tumour slices
+``segmentation``    CLIP-guided 3D U-Net for BraTS regions (ET / TC / WT)
+``cli``             the ``brainspineai`` command
 """
 
 __version__ = "0.1.0"

@@ -1,4 +1,5 @@
-"""The training loop shared by the contrastive pipelines (AFF-CL, SimCLR, fine-tuning).
+"""The training loop shared by every trained pipeline (supervised classifier, AFF-CL, SimCLR,
+fine-tuning, segmenter).
 
 Built on Lightning Fabric (``lightning_fabric``): mixed precision on CUDA (bf16 where the
 GPU supports it, else fp16 with loss scaling), and several GPUs or processes through DDP
@@ -9,17 +10,19 @@ process, and only process 0 writes checkpoints, events and the model).
 Per epoch it writes a checkpoint ``<out>.work/last.pt`` atomically (model, optimiser,
 scheduler, random states, history and every extra stateful object such as the SupCon
 memory queue); ``resume=True`` continues from it and refuses a checkpoint made with
-another configuration. Progress: a tqdm bar on stderr, and events (JSON-ready dicts) to a
+another configuration, naming the settings that differ. Checkpoints are loaded with
+``torch.load(weights_only=True)``, written under unique temporary names, and the run holds
+a lock on ``<out>.work/lock`` (a second run on the same ``--out`` is refused); SIGTERM stops
+it cleanly (see :mod:`brainspineai.checkpoint`). Progress: a tqdm bar on stderr, and events (JSON-ready dicts) to a
 callable: ``{"event": "step", "pipeline", "epoch", "epochs", "step", "steps", "loss",
 "eta_s"}`` every ``log_every`` steps, ``{"event": "epoch", ..., "metrics": {...}}`` after
-each epoch.
+each epoch (once its checkpoint is written), ``{"event": "resume", "pipeline", "epoch"}``.
 """
 from __future__ import annotations
 
 import os
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 
@@ -124,32 +127,42 @@ def fit(*, pipeline: str, fabric, model, optimizer, scheduler, n_train: int, bat
         maps names to detached scalar tensors, read only when a step event is emitted.
     :param eval_fn: ``eval_fn() -> dict`` of float metrics after each epoch (may be empty).
     :param config: JSON-ready configuration; a checkpoint is resumed only under the same one
-        (``device`` excepted).
-    :param stateful: extra objects with ``state_dict`` / ``load_state_dict`` to checkpoint.
+        and the same process count (``device`` excepted; see :mod:`brainspineai.checkpoint`).
+    :param stateful: extra objects with ``state_dict`` / ``load_state_dict`` to checkpoint
+        (their states: tensors and plain values only, as the checkpoint is loaded with
+        ``torch.load(weights_only=True)``).
     :returns: ``{"history": [per-epoch dicts], "train_seconds", "images_per_second"}``.
-    :raises InputError: a checkpoint of another configuration.
+    :raises InputError: a checkpoint of another pipeline or configuration, an unreadable
+        or unsafe checkpoint, another run holding ``<out>.work/lock``.
+    :raises BrainSpineAIError: a checkpoint could not be written (the last good one is kept).
+    :raises Terminated: SIGTERM (the checkpoint being written is removed, the last one kept).
     """
+    from .checkpoint import run_lock
+
+    with run_lock(out_dir, fabric.global_rank):
+        return _fit(pipeline, fabric, model, optimizer, scheduler, n_train, batch_size, epochs, step_fn, eval_fn,
+                    out_dir, config, seed, resume, progress, stateful or {}, log_every)
+
+
+def _fit(pipeline, fabric, model, optimizer, scheduler, n_train, batch_size, epochs, step_fn, eval_fn, out_dir,
+         config, seed, resume, progress, stateful, log_every) -> dict:
+    import json
+
     import torch
     from tqdm.auto import tqdm
 
-    stateful = stateful or {}
-    out_dir = Path(out_dir)
-    work = out_dir.with_name(out_dir.name + ".work")
-    ckpt_path = work / "last.pt"
+    from .checkpoint import CHECKPOINT_NAME, FORMAT, comparable_config, load_for_resume, work_dir, write_checkpoint
+
+    ckpt_path = work_dir(out_dir) / CHECKPOINT_NAME
     rank, world = fabric.global_rank, fabric.world_size
     per_step = batch_size * world
     steps = steps_per_epoch(n_train, batch_size, world)
     gen = torch.Generator().manual_seed(seed)
     history, start_epoch, seconds_before, images_seen = [], 0, 0.0, 0
-    comparable = {k: v for k, v in config.items() if k != "device"}
+    comparable = comparable_config(config, world)
 
-    if resume and ckpt_path.is_file():
-        ck = torch.load(ckpt_path, map_location="cpu", weights_only=False)
-        if ck.get("pipeline") != pipeline or ck.get("config") != comparable:
-            theirs = ck.get("config", {})
-            diff = sorted(k for k in set(theirs) | set(comparable) if theirs.get(k) != comparable.get(k))
-            raise InputError(f"{ckpt_path}: checkpoint was made by pipeline '{ck.get('pipeline')}' with other "
-                             f"settings ({', '.join(diff) or 'pipeline'}); use the same options or a new --out")
+    ck = load_for_resume(out_dir, pipeline, config, world) if resume else None
+    if ck is not None:  # pipeline and configuration checked before anything of it is used
         model.load_state_dict(ck["model"])
         optimizer.load_state_dict(ck["optimizer"])
         scheduler.load_state_dict(ck["scheduler"])
@@ -157,12 +170,11 @@ def fit(*, pipeline: str, fabric, model, optimizer, scheduler, n_train: int, bat
         torch.set_rng_state(ck["torch_rng"])
         for name, obj in stateful.items():
             obj.load_state_dict(ck["stateful"][name])
-        start_epoch, history, seconds_before = ck["epoch"], ck["history"], ck["train_seconds"]
-        images_seen = ck.get("images_seen", 0)
+        start_epoch, history, seconds_before = int(ck["epoch"]), json.loads(ck["history"]), float(ck["train_seconds"])
+        images_seen = int(ck.get("images_seen", 0))
+        del ck
         if progress and rank == 0:
             progress({"event": "resume", "pipeline": pipeline, "epoch": start_epoch})
-    elif rank == 0:
-        work.mkdir(parents=True, exist_ok=True)
 
     t_start = time.time()
     steps_done_here, total_steps = 0, steps * epochs
@@ -202,14 +214,15 @@ def fit(*, pipeline: str, fabric, model, optimizer, scheduler, n_train: int, bat
                "lr": float(scheduler.get_last_lr()[0]), **metrics}
         history.append(rec)
         if rank == 0:
-            state = {"pipeline": pipeline, "config": comparable, "model": model.state_dict(),
-                     "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                     "generator": gen.get_state(), "torch_rng": torch.get_rng_state(), "epoch": epoch + 1,
-                     "history": history, "train_seconds": elapsed, "images_seen": images_seen,
+            # tensors and plain values only (loaded back with weights_only=True); config and history as JSON
+            state = {"format": FORMAT, "pipeline": pipeline, "config": json.dumps(comparable, sort_keys=True),
+                     "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                     "scheduler": scheduler.state_dict(), "generator": gen.get_state(),
+                     "torch_rng": torch.get_rng_state(), "epoch": epoch + 1, "history": json.dumps(history),
+                     "train_seconds": float(elapsed), "images_seen": int(images_seen),
                      "stateful": {name: obj.state_dict() for name, obj in stateful.items()}}
-            tmp = ckpt_path.with_suffix(".tmp")
-            torch.save(state, tmp)
-            os.replace(tmp, ckpt_path)
+            write_checkpoint(state, ckpt_path)
+            del state
             eta = (time.time() - t_start) / max(1, epoch + 1 - start_epoch) * (epochs - epoch - 1)
             if progress:  # after the checkpoint: an epoch event means the epoch is saved
                 progress({"event": "epoch", "pipeline": pipeline, "epoch": epoch + 1, "epochs": epochs, "step": step,

@@ -8,7 +8,8 @@ grid of the model's first sequence) into ONE ``vtkMRMLSegmentationNode`` with th
 overlapping segments, one binary labelmap each:
 
 ======================  ===========  ======================================================
-segment                 voxels       terminology (category SCT 49755003 Morphologically
+segment                 voxels       terminology (context TERMINOLOGY_CONTEXT of our
+                                     TERMINOLOGY_FILE; category SCT 49755003 Morphologically
                                      Altered Structure; region SCT 12738006 Brain)
 ======================  ===========  ======================================================
 Whole tumour (WT)       label > 0    SCT 52988006 Lesion (tumour + peritumoural oedema)
@@ -46,6 +47,10 @@ from .sequences import SEQUENCE_LABELS, SEQUENCES, assign_sequences
 SEGMENTATION_TASK = "segmentation-3d"
 REGION_TAG = "BrainSpineAI.region"  # segment tag holding "WT", "TC" or "ET"
 
+# Our terminology context (Slicer's terminologies hold none of these types); loaded into Slicer's
+# terminology logic like SlicerMONAIAuto3DSeg does, see loadTerminology()
+TERMINOLOGY_FILE = Path(__file__).resolve().parent.parent / "Resources" / "SegmentationCategoryTypeModifier-BrainSpineAI.term.json"
+TERMINOLOGY_CONTEXT = "Segmentation category and type - BrainSpineAI"
 _CATEGORY = "SCT^49755003^Morphologically Altered Structure"
 _BRAIN = "Anatomic codes - DICOM master list~SCT^12738006^Brain~^^"
 
@@ -54,7 +59,34 @@ def _terminology(type_code: str) -> str:
     """Serialised terminology entry (the ``TerminologyEntry`` segment tag format of 3D Slicer:
     context~category~type~type modifier~anatomic context~region~region modifier; each code is
     coding scheme^value^meaning)."""
-    return f"Segmentation category and type - 3D Slicer General Anatomy list~{_CATEGORY}~{type_code}~^^~{_BRAIN}"
+    return f"{TERMINOLOGY_CONTEXT}~{_CATEGORY}~{type_code}~^^~{_BRAIN}"
+
+
+def loadTerminology(terminologiesLogic=None) -> str:
+    """Load :data:`TERMINOLOGY_FILE` into Slicer's terminology logic (once) so the terminology
+    selector finds our segment types; returns the context name. Without a logic (the slicer-core
+    wheel has no ``slicer.modules``) nothing is loaded.
+
+    :raises RuntimeError: the file could not be loaded.
+    """
+    if terminologiesLogic is None:
+        import slicer
+
+        modules = getattr(slicer, "modules", None)
+        terminologies = getattr(modules, "terminologies", None)
+        if terminologies is None:
+            return TERMINOLOGY_CONTEXT
+        terminologiesLogic = terminologies.logic()
+    import vtk
+
+    loaded = vtk.vtkStringArray()
+    terminologiesLogic.GetLoadedTerminologyNames(loaded)  # Slicer 5.8 has no IsTerminologyContextLoaded
+    if TERMINOLOGY_CONTEXT in [loaded.GetValue(i) for i in range(loaded.GetNumberOfValues())]:
+        return TERMINOLOGY_CONTEXT
+    name = terminologiesLogic.LoadTerminologyFromFile(str(TERMINOLOGY_FILE))
+    if name != TERMINOLOGY_CONTEXT:
+        raise RuntimeError(f"could not load the segment terminology {TERMINOLOGY_FILE}")
+    return name
 
 
 @dataclass(frozen=True)
@@ -343,6 +375,7 @@ class SegmentationLogic(DependencyMixin):
         if unknown:
             raise RuntimeError(f"the segmentation holds labels {unknown}; a BraTS labelmap has 0, 1, 2 and 4 only")
         self._ensureConverters()
+        loadTerminology()
         masks = region_masks(labelmap)
         node = self.scene.AddNewNodeByClass("vtkMRMLSegmentationNode", self.scene.GenerateUniqueName(name))
         try:

@@ -31,8 +31,10 @@ def main() -> None:
 
     from brainspineai.classification.data import limit_per_class_subset, scan_image_folder, stratified_split
     from brainspineai.io import read_image
-    from brainspineai.sicf.pipeline.pipeline import (VGGFeatures, equalised_roi, fit_codebook, bovw_histogram, make_forest, roi_box,
-                                   select_features, sift_features, slice_from_image)
+    from brainspineai.sicf.features import (VGGFeatures, bovw_histogram, equalised_roi, fit_codebook, roi_box,
+                                            sift_features, slice_from_image)
+    from brainspineai.sicf.forest import make_forest
+    from brainspineai.sicf.lyrebird import select_features
 
     ap = argparse.ArgumentParser()
     ap.add_argument("--data", default=str(DATA / "brain-mri-2d" / "figshare3"))
@@ -87,7 +89,7 @@ def spine_roi_report() -> None:
     import numpy as np
     import SimpleITK as sitk
 
-    from brainspineai.sicf.pipeline.roi import quadrant_roi
+    from brainspineai.sicf.roi import quadrant_roi
 
     spine = DATA / "volumes" / "spine-cervical-t1-t2"
     for image, mask in (("t1/t1w.nii.gz", "t1/t1w_seg-manual.nii.gz"), ("t2/t2.nii.gz", "t2/t2_seg-manual.nii.gz")):

@@ -35,7 +35,7 @@ def main() -> None:
     from brainspineai.classification.inference import classify_image
     from brainspineai.io import read_image
     from brainspineai.classification.preprocess import crop_mode, prepare_slices, slice_array
-    from brainspineai.classification.training import predict_batches
+    from brainspineai.classification.predict import predict_batches
 
     ap = argparse.ArgumentParser()
     ap.add_argument("--model")

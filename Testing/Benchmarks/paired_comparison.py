@@ -33,7 +33,7 @@ def main():
 
     from brainspineai.catalogue import load_model
     from brainspineai.classification.data import load_slice_batch, scan_image_folder
-    from brainspineai.classification.training import predict_batches
+    from brainspineai.classification.predict import predict_batches
 
     a, b = load_model(args.model_a, args.device), load_model(args.model_b, args.device)
     root = Path(args.data_dir)

@@ -43,7 +43,7 @@ def held_out(default_model, validation_images):
     """The default model's softmax on its whole held-out validation split (666 kaggle4 slices)."""
     from brainspineai.classification.data import load_slice_batch
     from brainspineai.classification.preprocess import crop_mode
-    from brainspineai.classification.training import predict_batches
+    from brainspineai.classification.predict import predict_batches
 
     names = default_model.class_names
     paths = [p for c in names for p in validation_images[c]]
@@ -189,7 +189,7 @@ def test_penultimate_features_are_the_input_of_fc(default_model, real_slices):
 
     from brainspineai.classification.embeddings import penultimate_features
     from brainspineai.errors import ModelError
-    from brainspineai.classification.training import predict_batches
+    from brainspineai.classification.predict import predict_batches
 
     batch, _ = real_slices
     net = default_model.network

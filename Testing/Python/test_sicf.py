@@ -23,7 +23,7 @@ def lps_axial(path):
 @pytest.mark.parametrize("image,mask", [("t1/t1w.nii.gz", "t1/t1w_seg-manual.nii.gz"),
                                         ("t2/t2.nii.gz", "t2/t2_seg-manual.nii.gz")])
 def test_quadrant_roi_keeps_the_spinal_cord(image, mask):
-    from brainspineai.sicf.pipeline.roi import quadrant_roi
+    from brainspineai.sicf.roi import quadrant_roi
 
     vol = lps_axial(need(SPINE) / image).astype(np.float32)
     cord = lps_axial(SPINE / mask) > 0
@@ -42,7 +42,7 @@ def test_quadrant_roi_keeps_the_spinal_cord(image, mask):
 
 def test_roi_bad_input():
     from brainspineai.errors import InputError
-    from brainspineai.sicf.pipeline.roi import find_midline, quadrant_roi
+    from brainspineai.sicf.roi import find_midline, quadrant_roi
 
     with pytest.raises(InputError, match="NaN"):
         quadrant_roi(np.full((40, 40), np.nan))
@@ -57,22 +57,45 @@ def test_roi_bad_input():
 
 
 def test_lyrebird_optimiser_minimises_a_sphere():
-    from mealpy import FloatVar
+    from brainspineai.sicf.lyrebird import lyrebird_optimize
 
-    from brainspineai.sicf.pipeline.pipeline import LyrebirdOptimizer
+    def sphere(x):
+        return float(np.sum(x ** 2))
 
-    problem = {"bounds": FloatVar(lb=[-10.0] * 8, ub=[10.0] * 8), "minmax": "min",
-               "obj_func": lambda x: float(np.sum(x ** 2)), "log_to": None}
-    opt = LyrebirdOptimizer(epoch=30, pop_size=10)
-    best = opt.solve(problem, seed=1)
-    fits = opt.history.list_global_best_fit  # best after initialisation, then per iteration
-    assert fits[-1] == best.target.fitness < 1e-3 * fits[0]
+    best = lyrebird_optimize(sphere, [-10.0] * 8, [10.0] * 8, population=10, iterations=30, seed=1)
+    fits = best.history  # best after initialisation, then per iteration
+    assert len(fits) == 31 and best.evaluations == 10 * 31
+    assert fits[-1] == best.fitness == pytest.approx(sphere(best.position))
+    assert best.fitness < 1e-3 * fits[0]
     assert all(b <= a for a, b in zip(fits, fits[1:]))  # greedy: the best never gets worse
+    again = lyrebird_optimize(sphere, [-10.0] * 8, [10.0] * 8, population=10, iterations=30, seed=1)
+    np.testing.assert_array_equal(again.position, best.position)  # one seed, one result
+    other = lyrebird_optimize(sphere, [-10.0] * 8, [10.0] * 8, population=10, iterations=30, seed=2)
+    assert not np.array_equal(other.position, best.position)
+
+
+def test_lyrebird_optimiser_maximises_off_centre_better_than_random_search():
+    """An optimum away from the origin (the escape phase pulls towards 0), maximised, inside
+    bounds: LOA must beat a random search with the same number of evaluations by far."""
+    from brainspineai.sicf.lyrebird import lyrebird_optimize
+
+    centre = np.array([3.0, -2.0, 5.0, 1.0, -4.0, 2.5, -1.0, 0.5])
+    lb, ub = [-10.0] * 8, [10.0] * 8
+    worse_by = []
+    for seed in range(3):
+        best = lyrebird_optimize(lambda x: -float(np.sum((x - centre) ** 2)), lb, ub, 10, 30, seed, maximize=True)
+        assert np.all(best.position >= -10) and np.all(best.position <= 10)
+        assert all(b >= a for a, b in zip(best.history, best.history[1:]))
+        rs = np.random.default_rng(100 + seed).uniform(-10, 10, (best.evaluations, 8))
+        worse_by.append(np.min(np.sum((rs - centre) ** 2, 1)) / -best.fitness)
+    assert min(worse_by) > 5, worse_by
+    with pytest.raises(ValueError, match="lb < ub"):
+        lyrebird_optimize(lambda x: 0.0, [1.0], [0.0])
 
 
 @pytest.fixture(scope="module")
 def tiny_sicf(tmp_path_factory):
-    from brainspineai.sicf.pipeline.pipeline import SICFConfig, train_sicf
+    from brainspineai.sicf.pipeline import SICFConfig, train_sicf
 
     out = tmp_path_factory.mktemp("sicf") / "tiny-sicf"
     events = []
@@ -90,7 +113,10 @@ def test_trained_model_folder_and_card(tiny_sicf):
     folder, events = tiny_sicf
     card = read_card(folder)
     assert card["task"] == "sicf-2d" and card["class_names"] == ["glioma", "meningioma", "pituitary"]
-    assert card["sha256"] == sha256_file(folder / "forest.joblib")
+    # the forest is stored with skops (no pickle); every model file is listed with its digest
+    assert card["weights"] == "forest.skops" and card["sha256"] == sha256_file(folder / "forest.skops")
+    assert not (folder / "forest.joblib").exists()
+    assert card["files"] == {n: sha256_file(folder / n) for n in ("forest.skops", "codebook.npy", "feature_mask.npy")}
     assert card["vgg16"]["source"] == "random-init" and len(card["vgg16"]["fingerprint"]) == 64
     mask = np.load(folder / "feature_mask.npy")
     assert mask.shape == (32 + 4096,) and mask.dtype == bool
@@ -111,7 +137,7 @@ def test_trained_model_folder_and_card(tiny_sicf):
 def test_reload_gives_identical_predictions(tiny_sicf):
     from brainspineai.catalogue import load_model
     from brainspineai.io import read_image
-    from brainspineai.sicf.pipeline.pipeline import classify_sicf
+    from brainspineai.sicf.inference import classify_sicf
 
     folder, _ = tiny_sicf
     split = json.loads((folder / "split.json").read_text())
@@ -126,7 +152,7 @@ def test_reload_gives_identical_predictions(tiny_sicf):
     assert ra.extra["sicf"]["n_features_kept"] == a.card["n_features_kept"]
 
 
-def test_tampered_forest_is_refused_before_unpickling(tiny_sicf, tmp_path):
+def test_tampered_forest_is_refused_before_reading(tiny_sicf, tmp_path):
     import shutil
 
     from brainspineai.catalogue import load_model
@@ -134,7 +160,8 @@ def test_tampered_forest_is_refused_before_unpickling(tiny_sicf, tmp_path):
 
     folder = tmp_path / "copy"
     shutil.copytree(tiny_sicf[0], folder)
-    (folder / "forest.joblib").write_bytes(b"cos\nsystem\n(S'echo pwned'\ntR.")
+    with open(folder / "forest.skops", "ab") as fh:
+        fh.write(b"\0")
     with pytest.raises(ChecksumError, match="checksum mismatch"):
         load_model(folder, "cpu")
 
@@ -177,7 +204,7 @@ def test_cli_bad_inputs(tmp_path):
 def test_nan_slice_is_refused(tiny_sicf):
     from brainspineai.catalogue import load_model
     from brainspineai.errors import InputError
-    from brainspineai.sicf.pipeline.pipeline import classify_sicf
+    from brainspineai.sicf.inference import classify_sicf
 
     img = sitk.GetImageFromArray(np.full((1, 32, 32), np.nan, np.float32))
     with warnings.catch_warnings():
@@ -188,7 +215,7 @@ def test_nan_slice_is_refused(tiny_sicf):
 
 
 def test_ablation_table(tmp_path):
-    from brainspineai.sicf.pipeline.pipeline import ABLATION_VARIANTS, SICFConfig, run_ablation
+    from brainspineai.sicf.pipeline import ABLATION_VARIANTS, SICFConfig, run_ablation
 
     cfg = SICFConfig(**TINY, cache_dir=str(tmp_path / "cache"))
     with warnings.catch_warnings():
@@ -204,3 +231,146 @@ def test_ablation_table(tmp_path):
         assert 0 <= r["accuracy"]["value"] <= 1 and r["f1"]["ci95"] is not None
     md = (tmp_path / "ab" / "ablation.md").read_text(encoding="utf-8")
     assert md.count("\n| ") == 6 and "RANDOM-INIT" in md
+
+
+# --------------------------------------------------------------------------------------
+# Model folders that must not run code: legacy pickled forests and foreign skops content
+
+
+class _CreatesMarker:
+    """Unpickling this runs ``open(path, "w")``: the file appearing proves code ran."""
+
+    def __init__(self, path):
+        self.path = str(path)
+
+    def __reduce__(self):
+        return (open, (self.path, "w"))
+
+
+def forest_replaced(src, dst, name, payload: bytes):
+    """A copy of model folder ``src`` whose forest is ``payload`` stored as ``name``, with a card
+    that matches it (weights, sha256, files), as the folder's author would write it: the card's
+    digests protect nothing against its own author."""
+    import hashlib
+    import shutil
+
+    shutil.copytree(src, dst)
+    (dst / "forest.skops").unlink()
+    (dst / name).write_bytes(payload)
+    card = json.loads((dst / "model.json").read_text())
+    digest = hashlib.sha256(payload).hexdigest()
+    card.update(weights=name, sha256=digest)
+    card["files"] = {**{k: v for k, v in card["files"].items() if k != "forest.skops"}, name: digest}
+    (dst / "model.json").write_text(json.dumps(card))
+    return dst
+
+
+def folder_digests(folder):
+    import hashlib
+
+    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.iterdir())}
+
+
+def test_legacy_pickle_is_refused_and_never_unpickled(tiny_sicf, tmp_path, monkeypatch):
+    import pickle
+
+    import joblib
+
+    from brainspineai.catalogue import load_model
+    from brainspineai.errors import ModelError
+
+    monkeypatch.delenv("BRAINSPINEAI_TRUST_PICKLE", raising=False)
+    # the payload is live: unpickled, it creates its marker
+    (tmp_path / "control.joblib").write_bytes(pickle.dumps(_CreatesMarker(tmp_path / "control-marker")))
+    joblib.load(tmp_path / "control.joblib")
+    assert (tmp_path / "control-marker").exists()
+    marker = tmp_path / "pwned"
+    folder = forest_replaced(tiny_sicf[0], tmp_path / "legacy", "forest.joblib", pickle.dumps(_CreatesMarker(marker)))
+    before = folder_digests(folder)
+    with pytest.raises(ModelError, match="forest as a pickle.*--trust-pickle.*BRAINSPINEAI_TRUST_PICKLE=1") as err:
+        load_model(folder, "cpu")
+    assert "\n" not in str(err.value)
+    img = FIGSHARE / json.loads((folder / "split.json").read_text())["validation"][0]
+    r = run_cli("classify", img, "--model", folder, "--json", tmp_path / "c.json")
+    assert r.returncode == 2 and r.stderr.startswith("brainspineai: error:") and len(r.stderr.splitlines()) == 1
+    assert "--trust-pickle" in r.stderr and "Traceback" not in r.stderr and not (tmp_path / "c.json").exists()
+    r = run_cli("evaluate", FIGSHARE, "--model", folder, "--json", tmp_path / "e.json")
+    assert r.returncode == 2 and "--trust-pickle" in r.stderr and not (tmp_path / "e.json").exists()
+    r = run_cli("train", "sicf", "--data", FIGSHARE, "--out", tmp_path / "v2", "--init-model", folder)
+    assert r.returncode == 2 and "--trust-pickle" in r.stderr and len(r.stderr.splitlines()) == 1, r.stderr
+    assert not (tmp_path / "v2").exists()
+    assert not marker.exists() and folder_digests(folder) == before
+
+
+def test_trusted_legacy_forest_loads_and_predicts_as_before(tiny_sicf, tmp_path, monkeypatch):
+    import io
+
+    import joblib
+
+    from brainspineai.catalogue import load_model, read_card
+    from brainspineai.errors import ModelError
+    from brainspineai.io import read_image
+    from brainspineai.sicf.inference import classify_sicf
+    from brainspineai.sicf.model import load_sicf_model
+
+    monkeypatch.delenv("BRAINSPINEAI_TRUST_PICKLE", raising=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        safe = load_model(tiny_sicf[0], "cpu")
+    buf = io.BytesIO()
+    joblib.dump(safe.forest, buf, compress=3)  # what the pre-skops code wrote
+    folder = forest_replaced(tiny_sicf[0], tmp_path / "legacy", "forest.joblib", buf.getvalue())
+    split = json.loads((folder / "split.json").read_text())
+    img = FIGSHARE / split["validation"][0]
+    expected = classify_sicf(read_image(img), safe).probabilities
+    with pytest.raises(ModelError, match="--trust-pickle"):
+        load_sicf_model(folder)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        trusted = load_sicf_model(folder, trust_pickle=True)
+        np.testing.assert_array_equal(classify_sicf(read_image(img), trusted).probabilities, expected)
+        monkeypatch.setenv("BRAINSPINEAI_TRUST_PICKLE", "1")  # how 3D Slicer is told
+        assert load_model(folder, "cpu").forest.n_features_in_ == safe.forest.n_features_in_
+    monkeypatch.delenv("BRAINSPINEAI_TRUST_PICKLE")
+    r = run_cli("classify", img, "--model", folder, "--trust-pickle", "--json", tmp_path / "c.json")
+    assert r.returncode == 0, r.stderr
+    np.testing.assert_allclose(json.loads((tmp_path / "c.json").read_text())["probabilities"], expected, atol=1e-12)
+    r = run_cli("evaluate", FIGSHARE, "--model", folder, "--trust-pickle", "--split", folder / "split.json",
+                "--bootstrap", "0", "--json", tmp_path / "e.json")
+    assert r.returncode == 0, r.stderr
+    assert json.loads((tmp_path / "e.json").read_text())["n"] == len(split["validation"])
+    # retraining a trusted legacy model writes a safe forest
+    r = run_cli("train", "sicf", "--data", FIGSHARE, "--out", tmp_path / "v2", "--init-model", folder, "--trust-pickle",
+                "--limit-per-class", "10", "--bootstrap", "0")
+    assert r.returncode == 0, r.stderr
+    card = read_card(tmp_path / "v2")
+    assert card["weights"] == "forest.skops" and card["parent"] == "tiny-sicf" and set(card["files"]) == {
+        "forest.skops", "codebook.npy", "feature_mask.npy"}
+    assert not (tmp_path / "v2" / "forest.joblib").exists()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        assert load_model(tmp_path / "v2", "cpu").kind == "sicf"  # no trust needed any more
+    r = run_cli("train", "sicf", "--data", FIGSHARE, "--out", tmp_path / "m", "--trust-pickle")
+    assert r.returncode == 2 and "give --init-model too" in r.stderr and not (tmp_path / "m").exists()
+
+
+def test_skops_forest_with_foreign_content_is_refused(tiny_sicf, tmp_path):
+    import os
+
+    import skops.io as sio
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.preprocessing import FunctionTransformer
+
+    from brainspineai.catalogue import load_model
+    from brainspineai.errors import ModelError
+
+    evil = forest_replaced(tiny_sicf[0], tmp_path / "evil", "forest.skops", sio.dumps(FunctionTransformer(func=os.system)))
+    with pytest.raises(ModelError, match="types a random forest does not need.*system"):
+        load_model(evil, "cpu")
+    other = LogisticRegression().fit(np.eye(4), [0, 1, 0, 1])  # skops trusts it, but it is no forest
+    odd = forest_replaced(tiny_sicf[0], tmp_path / "odd", "forest.skops", sio.dumps(other))
+    with pytest.raises(ModelError, match="does not hold a fitted random forest"):
+        load_model(odd, "cpu")
+    junk = forest_replaced(tiny_sicf[0], tmp_path / "junk", "forest.skops", b"not a zip file")
+    r = run_cli("classify", FIGSHARE / json.loads((junk / "split.json").read_text())["validation"][0], "--model", junk)
+    assert r.returncode == 2 and "cannot read its files" in r.stderr and len(r.stderr.splitlines()) == 1, r.stderr

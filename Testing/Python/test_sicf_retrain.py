@@ -34,7 +34,7 @@ def copy_slices(src, dst, start, stop):
 def predictions(folder, images):
     from brainspineai.catalogue import load_model
     from brainspineai.io import read_image
-    from brainspineai.sicf.pipeline.pipeline import classify_sicf
+    from brainspineai.sicf.inference import classify_sicf
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -46,7 +46,7 @@ def predictions(folder, images):
 def grown(tmp_path_factory):
     """(data folder grown by 4 slices per class, parent folder, parent's predictions and file
     digests taken before the dataset grew, feature cache folder)."""
-    from brainspineai.sicf.pipeline.pipeline import SICFConfig, train_sicf
+    from brainspineai.sicf.pipeline import SICFConfig, train_sicf
 
     base = tmp_path_factory.mktemp("sicf-retrain")
     data = base / "slices"
@@ -99,7 +99,7 @@ def test_retrain_makes_version_2_from_the_parents_features(grown, tmp_path):
 
 
 def test_retrain_with_reselect_runs_the_selection_again(grown, tmp_path):
-    from brainspineai.sicf.pipeline.pipeline import SICFConfig, train_sicf
+    from brainspineai.sicf.pipeline import SICFConfig, train_sicf
 
     data, parent, _, _, _, cache = grown
     cfg = SICFConfig(roi=None, image_size=None, n_words=None, population=5, iterations=1, val_fraction=0.4,
@@ -117,7 +117,7 @@ def test_retrain_with_reselect_runs_the_selection_again(grown, tmp_path):
 
 def test_unusable_parents_are_refused(grown, tmp_path):
     from brainspineai.errors import InputError
-    from brainspineai.sicf.pipeline.pipeline import SICFConfig, train_sicf
+    from brainspineai.sicf.pipeline import SICFConfig, train_sicf
 
     data, parent, _, _, digests, cache = grown
 

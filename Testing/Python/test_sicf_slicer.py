@@ -15,7 +15,7 @@ from conftest import SPINE, need, load_volume as load  # noqa: E402
 def sicf_result_for(node, k):
     """The 'sicf' part of a result for LPS axial slice k, from the library's own functions."""
     from brainspineai.classification.preprocess import to_lps_axial
-    from brainspineai.sicf.pipeline.pipeline import equalised_roi, roi_box, sift_features
+    from brainspineai.sicf.features import equalised_roi, roi_box, sift_features
 
     arr = sitk.GetArrayFromImage(to_lps_axial(mrml_utils.sitk_image_from_volume_node(node))).astype(np.float32)[k]
     box = roi_box(arr, "quadrant")
@@ -76,7 +76,7 @@ def test_logic_classifies_with_an_sicf_model(tmp_path, monkeypatch):
     import warnings
 
     from BrainSpineAILib.classification_logic import ClassificationLogic
-    from brainspineai.sicf.pipeline.pipeline import SICFConfig, train_sicf
+    from brainspineai.sicf.pipeline import SICFConfig, train_sicf
     from conftest import FIGSHARE
 
     cfg = SICFConfig(roi="quadrant", image_size=64, n_words=16, population=5, iterations=1, limit_per_class=6,

@@ -62,7 +62,7 @@ def test_pipeline_table_and_commands(tmp_path):
     assert set(PIPELINES) == {"classifier", "affcl", "simclr", "finetune", "sicf", "segmenter"}
     # every command line the table builds is accepted by the library's parser (sicf and
     # segmenter only where those commands exist on this branch)
-    from brainspineai.cli.main.main import build_parser
+    from brainspineai.cli.main import build_parser
 
     parser = build_parser()
     train_cmds = parser._subparsers._group_actions[0].choices["train"]._subparsers._group_actions[0].choices

@@ -38,13 +38,17 @@ def test_train_small_subset_produces_a_loadable_model(tmp_path):
 def test_bad_dataset_is_refused_and_existing_model_kept(tmp_path):
     out = tmp_path / "model"
     out.mkdir()
-    (out / "model.json").write_text("{}")
+    card = json.dumps({"id": "model", "task": "classification-2d", "architecture": "resnet10-w32", "class_names": ["a"],
+                       "input_size": [64, 64], "sha256": "0" * 64, "weights": "model.safetensors"})
+    (out / "model.json").write_text(card)
     empty = tmp_path / "data"
     (empty / "a").mkdir(parents=True)
     (empty / "b").mkdir()
-    r = run_cli("train", "classifier", "--data", empty, "--out", out, *QUICK)
+    r = run_cli("train", "classifier", "--data", empty, "--out", out, "--overwrite", *QUICK)
     assert r.returncode == 2 and "no images found" in r.stderr
-    assert (out / "model.json").read_text() == "{}"
+    assert (out / "model.json").read_text() == card
+    r = run_cli("train", "classifier", "--data", empty, "--out", out, *QUICK)  # without --overwrite: refused first
+    assert r.returncode == 2 and "pass --overwrite" in r.stderr and (out / "model.json").read_text() == card
 
 
 def test_interrupted_training_resumes_from_its_checkpoint(tmp_path):

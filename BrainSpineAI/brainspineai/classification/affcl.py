@@ -138,7 +138,8 @@ def train_affcl(data_dir, out_dir, config: AFFCLConfig, resume: bool = False, pr
     from .data import load_labelled_split
     from .networks import SingleBranchNet, TwoBranchNet
     from ..retrain import init_weights, keep_parent_split, load_parent, version_card
-    from .training import augment, predict_batches, skull_strip_like
+    from .predict import predict_batches
+    from .training import augment, skull_strip_like
 
     cfg = config
     cfg.check()
@@ -212,7 +213,7 @@ def train_affcl(data_dir, out_dir, config: AFFCLConfig, resume: bool = False, pr
         last["probs"] = predict_batches(net, x_va, fabric.device)
         return {"val_accuracy": float(np.mean(last["probs"].argmax(1) == y_va.numpy()))}
 
-    conf = {k2: v for k2, v in asdict(cfg).items() if k2 not in ("extra_card", "model_id")}
+    conf = {k2: v for k2, v in asdict(cfg).items() if k2 not in ("extra_card", "model_id")} | {"data": str(Path(data.root).resolve())}  # resume only on the same data
     result = engine.fit(pipeline="affcl", fabric=fabric, model=model, optimizer=opt, scheduler=sched,
                         n_train=len(tr), batch_size=cfg.batch_size, epochs=cfg.epochs, step_fn=step,
                         eval_fn=evaluate, out_dir=out_dir, config=conf, seed=cfg.seed, resume=resume,

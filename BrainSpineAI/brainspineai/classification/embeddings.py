@@ -12,7 +12,7 @@ def penultimate_features(network, batch, device, batch_size: int = 128) -> np.nd
 
     A forward hook on ``network.fc`` captures what enters the layer while the network runs
     in eval mode under ``torch.no_grad`` (mixed precision on CUDA, as
-    :func:`brainspineai.classification.training.predict_batches`); the network's train / eval mode is
+    :func:`brainspineai.classification.predict.predict_batches`); the network's train / eval mode is
     restored afterwards and the hook removed.
 
     :param network: a classifier whose final layer is the ``torch.nn.Linear`` attribute

@@ -59,7 +59,7 @@ class ClassificationResult:
 
 
 def _probabilities(model, batch, batch_size: int = 64) -> np.ndarray:
-    from .training import predict_batches
+    from .predict import predict_batches
 
     return predict_batches(model.network, batch, model.device, batch_size).astype(np.float64)
 

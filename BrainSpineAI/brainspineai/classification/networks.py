@@ -321,8 +321,54 @@ def load_network_model(folder, card: dict, device="auto"):
         raise ModelError(f"model '{card['id']}': its card does not describe a network this version builds ({exc})") from None
     try:
         state = load_file(str(weights))
+    except Exception as exc:  # safetensors raises its own error types
+        raise ModelError(f"model '{card['id']}': cannot read its weights {card['weights']} ({str(exc)[:200]})") from None
+    check_card_fits_weights(card, net, state)
+    try:
         net.load_state_dict(state)
-    except Exception as exc:  # safetensors / torch raise several types
-        raise ModelError(f"model '{card['id']}': weights do not fit architecture {card['architecture']} ({exc})") from None
+    except Exception as exc:  # torch raises several types
+        raise ModelError(f"model '{card['id']}': weights do not fit architecture {card['architecture']} "
+                         f"({str(exc)[:300]})") from None
     net.to(dev).eval()
     return LoadedModel(card=card, folder=Path(folder), network=net, device=dev, class_names=list(card["class_names"]))
+
+
+def check_card_fits_weights(card: dict, net, state: dict) -> None:
+    """Check that a card agrees with its weights before loading them: the input channels
+    (``in_channels``) against the first convolution's weight (out, in, kh, kw), the class
+    count (``len(class_names)``, task ``classification-2d``) against the output size of every
+    final linear layer built for that many classes, then every tensor's name and shape.
+
+    :param net: the network :func:`build_network` made from the card.
+    :param state: the weights (name -> tensor), e.g. from ``safetensors.torch.load_file``.
+    :raises ModelError: naming the first disagreement (a card with swapped or extra class
+        names, or another channel count, than the weights were trained for).
+    """
+    import torch
+
+    from ..errors import ModelError
+
+    mid, own = card["id"], net.state_dict()
+    convs = [n for n, m in net.named_modules() if isinstance(m, torch.nn.Conv2d)]
+    if convs and f"{convs[0]}.weight" in state and state[f"{convs[0]}.weight"].ndim == 4:
+        got = int(state[f"{convs[0]}.weight"].shape[1])
+        if got != int(card.get("in_channels", 1)):
+            raise ModelError(f"model '{mid}': the card says {card.get('in_channels', 1)} input channel(s) but the "
+                             f"weights' first convolution takes {got}")
+    if card.get("task") == "classification-2d":
+        n = len(card["class_names"])
+        heads = [name for name, m in net.named_modules() if isinstance(m, torch.nn.Linear) and m.out_features == n]
+        for name in heads[-1:]:
+            w = state.get(f"{name}.weight")
+            if w is not None and w.ndim == 2 and int(w.shape[0]) != n:
+                raise ModelError(f"model '{mid}': the card lists {n} classes but the weights' final layer has "
+                                 f"{int(w.shape[0])} outputs")
+    missing, unexpected = sorted(set(own) - set(state)), sorted(set(state) - set(own))
+    if missing or unexpected:
+        raise ModelError(f"model '{mid}': weights do not fit architecture {card['architecture']} "
+                         f"({len(missing)} tensors missing, e.g. {missing[:2]}; {len(unexpected)} unexpected, "
+                         f"e.g. {unexpected[:2]})")
+    for name, t in own.items():
+        if tuple(state[name].shape) != tuple(t.shape):
+            raise ModelError(f"model '{mid}': weights do not fit the card: tensor {name} has shape "
+                             f"{tuple(state[name].shape)}, the card's network needs {tuple(t.shape)}")

@@ -161,7 +161,7 @@ def train_simclr(data_dir, out_dir, config: SimCLRConfig, resume: bool = False, 
         loss = loss_fn(z.float(), pair)
         return loss, {}
 
-    conf = {k: v for k, v in asdict(cfg).items() if k not in ("extra_card", "model_id")}
+    conf = {k: v for k, v in asdict(cfg).items() if k not in ("extra_card", "model_id")} | {"data": str(data_dir.resolve())}
     result = engine.fit(pipeline="simclr", fabric=fabric, model=model, optimizer=opt, scheduler=sched,
                         n_train=len(train_idx), batch_size=cfg.batch_size, epochs=cfg.epochs, step_fn=step,
                         eval_fn=None, out_dir=out_dir, config=conf, seed=cfg.seed, resume=resume, progress=progress)
@@ -276,7 +276,8 @@ def train_finetune(data_dir, out_dir, config: FinetuneConfig, resume: bool = Fal
     from .data import load_labelled_split
     from .networks import SingleBranchNet
     from ..retrain import init_weights, keep_parent_split, load_parent, version_card
-    from .training import augment, predict_batches, skull_strip_like
+    from .predict import predict_batches
+    from .training import augment, skull_strip_like
 
     cfg = config
     cfg.check()
@@ -333,7 +334,7 @@ def train_finetune(data_dir, out_dir, config: FinetuneConfig, resume: bool = Fal
         last["probs"] = predict_batches(net, x_va, fabric.device)
         return {"val_accuracy": float(np.mean(last["probs"].argmax(1) == y_va.numpy()))}
 
-    conf = {k: v for k, v in asdict(cfg).items() if k not in ("extra_card", "model_id")} | {"image_size": size}
+    conf = {k: v for k, v in asdict(cfg).items() if k not in ("extra_card", "model_id")} | {"image_size": size, "data": str(Path(data.root).resolve())}
     result = engine.fit(pipeline="finetune", fabric=fabric, model=model, optimizer=opt, scheduler=sched,
                         n_train=len(sub), batch_size=cfg.batch_size, epochs=cfg.epochs, step_fn=step,
                         eval_fn=evaluate, out_dir=out_dir, config=conf, seed=cfg.seed, resume=resume,

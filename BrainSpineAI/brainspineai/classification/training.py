@@ -13,23 +13,26 @@ never trained on. By default (``keep="last"``) the weights of the last epoch are
 validation accuracy in the model card is an unbiased estimate: the validation images choose
 nothing. ``keep="best"`` keeps the epoch with the best validation accuracy instead (the card
 then says so, and its validation figure is optimistic).
-Checkpoints go to ``<out>.work/last.pt`` after every epoch; ``resume=True`` continues from
-there. The final model folder is written atomically (see :func:`catalogue.save_model`),
-with ``split.json`` listing the validation images.
+The loop is the shared :func:`brainspineai.engine.fit` (as for AFF-CL, SimCLR and the
+segmenter): AMP on CUDA, DDP under ``torchrun`` (``batch_size`` per process), checkpoints in
+``<out>.work/last.pt`` after every epoch, ``resume=True`` continues from there under the same
+settings only. The final model folder is written atomically (see
+:func:`catalogue.save_model`), with ``split.json`` listing the validation images.
 """
 from __future__ import annotations
 
 import json
 import math
-import os
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 
-from ..engine import CommonConfig, one_cycle, seed_everything
+from ..engine import CommonConfig
 from ..errors import InputError
+
+PIPELINE = "classifier"
 
 
 @dataclass
@@ -42,6 +45,12 @@ class TrainConfig(CommonConfig):
     label_smoothing: float = 0.05
     keep: str = "last"  # "last" epoch (unbiased validation figure) or "best" validation epoch
     skull_strip_p: float = 0.5  # probability of showing a training slice skull-stripped
+
+    def extra_rules(self) -> list:
+        return [("image_size", self.image_size >= 32, ">= 32"), ("keep", self.keep in ("last", "best"), "last or best"),
+                ("val_fraction", 0 < self.val_fraction < 1, "between 0 and 1"),
+                ("label_smoothing", 0 <= self.label_smoothing < 1, "in [0, 1)"),
+                ("skull_strip_p", 0 <= self.skull_strip_p <= 1, "between 0 and 1")]
 
 
 def augment(x, generator):
@@ -104,72 +113,79 @@ def skull_strip_like(x, seed: int = 0):
     return out
 
 
-@dataclass
-class Events:
-    """Progress reporting: a callable receiving one JSON-ready dict per event
-    (``{"event": "epoch", "epoch", "epochs", "step", "loss", "metrics", "eta_s"}``)."""
+class BestEpoch:
+    """The epoch with the best validation accuracy so far (``keep="best"``), a stateful
+    object of :func:`engine.fit`, so that it survives a resume: ``acc`` (-1 before the first
+    epoch) and, when ``keep_weights``, a CPU copy of that epoch's weights."""
 
-    sink: object = None
+    def __init__(self, network, keep_weights: bool):
+        self.network, self.keep_weights = network, keep_weights
+        self.acc, self.state = -1.0, None
 
-    def emit(self, **event) -> None:
-        if self.sink is not None:
-            self.sink(event)
+    def update(self, acc: float) -> None:
+        if acc > self.acc:
+            self.acc = float(acc)
+            if self.keep_weights:
+                self.state = {k: v.detach().cpu().clone() for k, v in self.network.state_dict().items()}
 
+    def state_dict(self) -> dict:
+        return {"acc": self.acc, "state": self.state if self.state is not None else {}}
 
-def predict_batches(network, x, device, batch_size: int = 128):
-    """Softmax probabilities (N, C) float32 numpy for a prepared batch tensor (N, 1, H, W)."""
-    import torch
-
-    from ..device import autocast
-
-    network.eval()
-    outs = []
-    with torch.no_grad():
-        for i in range(0, x.shape[0], batch_size):
-            with autocast(device):
-                logits = network(x[i:i + batch_size].to(device))
-            outs.append(torch.softmax(logits.float(), dim=1).cpu())
-    return torch.cat(outs).numpy() if outs else np.zeros((0, 0), dtype=np.float32)
+    def load_state_dict(self, state: dict) -> None:
+        self.acc, self.state = float(state["acc"]), (state["state"] or None)
 
 
 def train_classifier(data_dir, out_dir, config: TrainConfig, resume: bool = False, progress=None) -> Path:
     """Train a classifier on an ImageFolder dataset and save it as a catalogue model.
 
+    The loop is :func:`brainspineai.engine.fit` (Lightning Fabric: AMP on CUDA, DDP under
+    ``torchrun`` with every process training on its share and only process 0 writing;
+    checkpoints in ``<out_dir>.work/last.pt``, loaded with ``weights_only=True``; a lock on
+    the run). Events: ``data``, ``resume``, ``step``, ``epoch`` (after its checkpoint, with
+    ``metrics`` ``val_accuracy`` and ``best_val_accuracy``) and ``done``, each with
+    ``"pipeline": "classifier"``.
+
     :param data_dir: ImageFolder root (one folder per class of 2D slices).
     :param out_dir: model folder to create (replaced atomically when training succeeds).
     :param config: :class:`TrainConfig`.
-    :param resume: continue from ``<out_dir>.work/last.pt`` if it exists.
-    :param progress: optional callable receiving event dicts (see :class:`Events`).
+    :param resume: continue from ``<out_dir>.work/last.pt`` if it exists; refused (before
+        the images are loaded) when it was made with other settings or data.
+    :param progress: optional callable receiving event dicts (JSON-ready).
     :returns: the model folder.
-    :raises InputError: bad dataset (see :func:`data.scan_image_folder`) or a config that
-        leaves a class without training or validation images.
+    :raises InputError: bad options or dataset (see :func:`data.scan_image_folder`), a
+        config that leaves a class without training or validation images, a checkpoint of
+        other settings or an unsafe one, another run on ``out_dir``.
+    :raises BrainSpineAIError: a checkpoint or the model could not be written.
+    :raises checkpoint.Terminated: SIGTERM (the last finished epoch's checkpoint is kept).
     """
+    from .. import engine
+    from ..checkpoint import run_lock
+
+    config.check()
+    with run_lock(out_dir):
+        return _train(Path(data_dir), Path(out_dir), config, resume, progress, engine.make_fabric(config.device))
+
+
+def _train(data_dir: Path, out_dir: Path, cfg: TrainConfig, resume: bool, progress, fabric) -> Path:
     import torch
     import torch.nn.functional as F
-    from tqdm.auto import tqdm
 
-    from ..catalogue import save_model
-    from .preprocess import NORMALISATION_CARD
-    from .data import limit_per_class_subset, load_slice_batch, scan_image_folder, stratified_split
-    from ..device import autocast, resolve_device
-    from ..metrics import classification_metrics
-    from .networks import GRADCAM_LAYER, build_classifier
+    from .. import engine
+    from ..checkpoint import load_for_resume
     from ..retrain import init_weights, keep_parent_split, load_parent, version_card
+    from .data import limit_per_class_subset, load_slice_batch, scan_image_folder, stratified_split
+    from .networks import build_classifier
+    from .predict import predict_batches
 
-    cfg = config
-    cfg.check()
-    events = Events(progress)
-    out_dir = Path(out_dir)
-    work = out_dir.with_name(out_dir.name + ".work")
-    work.mkdir(parents=True, exist_ok=True)
-    data_dir = Path(data_dir)
-    seed_everything(cfg.seed)
-    device = resolve_device(cfg.device)
-
+    engine.seed_everything(cfg.seed)
     paths, labels, class_names = scan_image_folder(data_dir)
     paths, labels = limit_per_class_subset(paths, labels, cfg.limit_per_class, cfg.seed)
     if len(class_names) < 2:
         raise InputError(f"{data_dir}: need at least two class folders, found {len(class_names)}")
+    conf = {k: v for k, v in asdict(cfg).items() if k not in ("extra_card", "model_id")}
+    config = {"data": str(data_dir.resolve()), "class_names": list(class_names), "n_images": len(paths), **conf}
+    if resume:  # refuse other settings before the images are loaded (fit checks again)
+        load_for_resume(out_dir, PIPELINE, config, fabric.world_size)
     parent = load_parent(cfg.init_model, "classification-2d", class_names, cfg.image_size) if cfg.init_model else None
     train_idx, val_idx = stratified_split(labels, cfg.val_fraction, cfg.seed)
     train_idx, val_idx, n_kept = keep_parent_split(parent, paths, data_dir, train_idx, val_idx)
@@ -183,91 +199,76 @@ def train_classifier(data_dir, out_dir, config: TrainConfig, resume: bool = Fals
     x_tr, y_tr = x_all[train_idx], y_all[train_idx]
     x_va, y_va = x_all[val_idx], y_all[val_idx]
     x_tr_stripped = skull_strip_like(x_tr, cfg.seed) if cfg.skull_strip_p > 0 else None
-    events.emit(event="data", n_train=len(train_idx), n_val=len(val_idx), classes=class_names,
-                seconds=round(time.time() - t0, 1))
+    if progress and fabric.is_global_zero:
+        progress({"event": "data", "pipeline": PIPELINE, "n_train": len(train_idx), "n_val": len(val_idx),
+                  "classes": class_names, "seconds": round(time.time() - t0, 1)})
 
     net = build_classifier(cfg.architecture, len(class_names))
     if parent is not None:
         init_weights(net, parent)
-    net = net.to(device)
     opt = torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    steps_per_epoch = math.ceil(len(train_idx) / cfg.batch_size)
-    sched = one_cycle(opt, cfg.lr, cfg.epochs, steps_per_epoch)
-    use_scaler = device.type == "cuda" and not torch.cuda.is_bf16_supported()
-    scaler = torch.amp.GradScaler("cuda", enabled=use_scaler)
-    gen = torch.Generator().manual_seed(cfg.seed)
-    if cfg.keep not in ("last", "best"):
-        raise InputError(f"keep must be 'last' or 'best', got '{cfg.keep}'")
-    start_epoch, best_acc, best_state, history, seconds_before = 0, -1.0, None, [], 0.0
-    ckpt_path = work / "last.pt"
-    if resume and ckpt_path.is_file():
-        ck = torch.load(ckpt_path, map_location="cpu", weights_only=False)
-        if ck["config"]["architecture"] != cfg.architecture or ck["class_names"] != class_names:
-            raise InputError(f"{ckpt_path}: checkpoint was made with another architecture or class list")
-        net.load_state_dict(ck["model"])
-        opt.load_state_dict(ck["optimizer"])
-        sched.load_state_dict(ck["scheduler"])
-        gen.set_state(ck["generator"])
-        torch.set_rng_state(ck["torch_rng"])
-        start_epoch, best_acc, best_state, history = ck["epoch"], ck["best_acc"], ck["best_state"], ck["history"]
-        seconds_before = ck.get("train_seconds", 0.0)
-        events.emit(event="resume", epoch=start_epoch)
+    model, opt = fabric.setup(net, opt)
+    steps = engine.steps_per_epoch(len(train_idx), cfg.batch_size, fabric.world_size)
+    sched = engine.one_cycle(opt, cfg.lr, cfg.epochs, steps)
+    best = BestEpoch(net, keep_weights=cfg.keep == "best")
 
-    step = start_epoch * steps_per_epoch
-    t_start = time.time()
-    for epoch in range(start_epoch, cfg.epochs):
-        net.train()
-        perm = torch.randperm(len(y_tr), generator=gen)
-        losses = []
-        bar = tqdm(range(steps_per_epoch), desc=f"epoch {epoch + 1}/{cfg.epochs}", leave=False, disable=None)
-        for b in bar:
-            idx = perm[b * cfg.batch_size:(b + 1) * cfg.batch_size]
-            xb = x_tr[idx]
-            if x_tr_stripped is not None:
-                use = (torch.rand(len(idx), generator=gen) < cfg.skull_strip_p)[:, None, None, None]
-                xb = torch.where(use, x_tr_stripped[idx], xb)
-            xb = augment(xb, gen).to(device, non_blocking=True)
-            yb = y_tr[idx].to(device)
-            with autocast(device):
-                loss = F.cross_entropy(net(xb), yb, label_smoothing=cfg.label_smoothing)
-            opt.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            scaler.step(opt)
-            scaler.update()
-            sched.step()
-            step += 1
-            losses.append(loss.item())
-            bar.set_postfix(loss=f"{np.mean(losses[-20:]):.3f}")
-        probs = predict_batches(net, x_va, device)
-        val_acc = float(np.mean(probs.argmax(1) == y_va.numpy()))
-        if val_acc > best_acc:
-            best_acc = val_acc
-            best_state = {k: v.detach().cpu().clone() for k, v in net.state_dict().items()}
-        done = epoch + 1 - start_epoch
-        eta = (time.time() - t_start) / done * (cfg.epochs - epoch - 1)
-        rec = {"epoch": epoch + 1, "loss": float(np.mean(losses)), "val_accuracy": val_acc,
-               "lr": float(sched.get_last_lr()[0])}
-        history.append(rec)
-        tmp = ckpt_path.with_suffix(".tmp")
-        torch.save({"model": net.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
-                    "generator": gen.get_state(), "torch_rng": torch.get_rng_state(), "epoch": epoch + 1,
-                    "best_acc": best_acc, "best_state": best_state, "history": history,
-                    "config": asdict(cfg), "class_names": class_names,
-                    "train_seconds": seconds_before + time.time() - t_start}, tmp)
-        os.replace(tmp, ckpt_path)
-        # after the checkpoint, as in engine.fit: an epoch event means the epoch is saved (Cancel, then Resume)
-        events.emit(event="epoch", epoch=epoch + 1, epochs=cfg.epochs, step=step, loss=rec["loss"],
-                    metrics={"val_accuracy": val_acc, "best_val_accuracy": best_acc}, eta_s=round(eta, 1))
+    def step(idx, gen):
+        xb = x_tr[idx]
+        if x_tr_stripped is not None:
+            use = (torch.rand(len(idx), generator=gen) < cfg.skull_strip_p)[:, None, None, None]
+            xb = torch.where(use, x_tr_stripped[idx], xb)
+        xb = augment(xb, gen).to(fabric.device, non_blocking=True)
+        yb = y_tr[idx].to(fabric.device)
+        with fabric.autocast():
+            loss = F.cross_entropy(model(xb).float(), yb, label_smoothing=cfg.label_smoothing)
+        return loss, {}
 
-    if cfg.keep == "best":
-        net.load_state_dict(best_state)
+    def evaluate():
+        acc = float(np.mean(predict_batches(net, x_va, fabric.device).argmax(1) == y_va.numpy()))
+        best.update(acc)
+        return {"val_accuracy": acc, "best_val_accuracy": best.acc}
+
+    result = engine.fit(pipeline=PIPELINE, fabric=fabric, model=model, optimizer=opt, scheduler=sched,
+                        n_train=len(train_idx), batch_size=cfg.batch_size, epochs=cfg.epochs, step_fn=step,
+                        eval_fn=evaluate, out_dir=out_dir, config=config, seed=cfg.seed, resume=resume,
+                        progress=progress, stateful={"best": best}, log_every=max(1, min(10, steps)))
+    if not fabric.is_global_zero:
+        return out_dir
+    history = result["history"]
+    if cfg.keep == "best" and best.state is not None:
+        net.load_state_dict(best.state)
         selected = max(history, key=lambda h: h["val_accuracy"])["epoch"]
     else:
         selected = len(history)
-    probs = predict_batches(net, x_va, device)
-    metrics = classification_metrics(y_va.numpy(), probs.argmax(1), class_names)
+    probs = predict_batches(net, x_va, fabric.device)
+    card = _card(cfg, out_dir, data_dir, class_names, labels, train_idx, val_idx, y_va.numpy(), probs, history,
+                 selected, result, fabric)
+    split = {"data_folder": data_dir.name, "class_names": class_names,
+             "validation": [str(paths[i].relative_to(data_dir)) for i in val_idx],
+             "train": [str(paths[i].relative_to(data_dir)) for i in train_idx]}
+    card = version_card(card, parent, cfg.model_id, n_kept)
+    folder = _save(net, card, out_dir, {"split.json": json.dumps(split, indent=1)})
+    if progress:
+        progress({"event": "done", "pipeline": PIPELINE, "model": str(folder),
+                  "metrics": {"val_accuracy": card["metrics"]["validation"]["accuracy"]}})
+    return folder
+
+
+def _card(cfg, out_dir, data_dir, class_names, labels, train_idx, val_idx, y_va, probs, history, selected, result,
+          fabric) -> dict:
+    from ..engine import precision_for
+    from ..metrics import classification_metrics
+    from .networks import GRADCAM_LAYER
+    from .preprocess import NORMALISATION_CARD
+
     counts = {n: int(np.sum(labels == i)) for i, n in enumerate(class_names)}
-    card = {
+    training = {k: v for k, v in asdict(cfg).items() if k not in ("extra_card", "model_id", "device")}
+    training.update({"device": str(fabric.device), "processes": fabric.world_size,
+                     "precision": precision_for(fabric.device.type), "history": history, "selected_epoch": selected,
+                     "selection": "last epoch (validation images choose nothing)" if cfg.keep == "last"
+                     else "epoch with the best validation accuracy (validation figure is optimistic)",
+                     "train_seconds": result["train_seconds"], "images_per_second": result["images_per_second"]})
+    return {
         "id": cfg.model_id or out_dir.name,
         "version": 1,
         "task": "classification-2d",
@@ -280,18 +281,20 @@ def train_classifier(data_dir, out_dir, config: TrainConfig, resume: bool = Fals
         "training_data": {"folder": data_dir.name, "images_per_class": counts, "n_train": int(len(train_idx)),
                           "n_validation": int(len(val_idx)), "validation_fraction": cfg.val_fraction,
                           "split_seed": cfg.seed, "split_file": "split.json"},
-        "training": {k: v for k, v in asdict(cfg).items() if k not in ("extra_card", "model_id", "device")}
-        | {"device": str(device), "history": history, "selected_epoch": selected,
-           "selection": "last epoch (validation images choose nothing)" if cfg.keep == "last"
-           else "epoch with the best validation accuracy (validation figure is optimistic)",
-           "train_seconds": round(seconds_before + time.time() - t_start, 1)},
-        "metrics": {"validation": metrics},
+        "training": training,
+        "metrics": {"validation": classification_metrics(y_va, probs.argmax(1), class_names)},
         **cfg.extra_card,
     }
-    split = {"data_folder": data_dir.name, "class_names": class_names,
-             "validation": [str(paths[i].relative_to(data_dir)) for i in val_idx],
-             "train": [str(paths[i].relative_to(data_dir)) for i in train_idx]}
-    card = version_card(card, parent, cfg.model_id, n_kept)
-    folder = save_model(net, card, out_dir, extra_files={"split.json": json.dumps(split, indent=1)})
-    events.emit(event="done", model=str(folder), metrics={"val_accuracy": metrics["accuracy"]})
-    return folder
+
+
+def _save(net, card: dict, out_dir: Path, extra_files: dict) -> Path:
+    """:func:`catalogue.save_model`, a write error (e.g. a full disk) as one line."""
+    from ..catalogue import save_model
+    from ..errors import BrainSpineAIError
+
+    try:
+        return save_model(net, card, out_dir, extra_files=extra_files)
+    except OSError as exc:
+        raise BrainSpineAIError(f"cannot write the model folder {out_dir}: "
+                                f"{exc.strerror or exc}; the checkpoint in {out_dir.name}.work is kept "
+                                "(--resume writes the model again)") from None

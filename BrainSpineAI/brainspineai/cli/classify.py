@@ -5,10 +5,10 @@ import json
 
 from ..errors import InputError
 from .common import HEATMAP_VOLUME_SUFFIXES, _json_line, _suffix_ok
+from .sicf import add_trust_pickle_arg, load_model_trusting
 
 
 def cmd_classify(args) -> int:
-    from ..catalogue import load_model
     from ..classification.explain import overlay_png
     from ..io import atomic_write_bytes, atomic_write_text, is_slice, read_image, write_image_atomic
     from ..classification.inference import classify_image
@@ -24,7 +24,7 @@ def cmd_classify(args) -> int:
     if args.heatmap:
         if not slice_input and not _suffix_ok(args.heatmap, HEATMAP_VOLUME_SUFFIXES):
             raise InputError(f"--heatmap {args.heatmap}: a volume's heatmap is a volume; use .nii.gz, .nii, .nrrd or .mha")
-    model = guarded_load(args.model, load_model, args.model, args.device)
+    model = guarded_load(args.model, load_model_trusting, args)  # --trust-pickle: legacy SICF forests
     if getattr(model, "kind", "") == "sicf":
         from . import sicf as cli_sicf
 
@@ -72,5 +72,6 @@ def add_parser(sub) -> None:
     c.add_argument("--json", metavar="OUT", help="write the result as JSON")
     c.add_argument("--progress", choices=["text", "jsonl"], default="text",
                    help="jsonl: progress and result as JSON lines on stdout (for 3D Slicer)")
+    add_trust_pickle_arg(c)
     c.set_defaults(func=cmd_classify)
 

@@ -79,10 +79,25 @@ def _common_train_args(p, image_size: int, epochs: int, lr: float, batch_size: i
     p.add_argument("--description", help="one-line description for the model card")
     p.add_argument("--events", metavar="FILE", help="append progress events as JSON lines to FILE ('-' = stdout)")
     if resume:
+        _overwrite_arg(p)
         p.add_argument("--resume", action="store_true", help="continue from <out>.work/last.pt")
         p.add_argument("--init-model", metavar="ID|DIR",
                        help="retrain: start from this model's weights (same classes); the result is its next "
                             "version (id <id>-v<N> unless --model-id)")
+
+
+def _overwrite_arg(p) -> None:
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace an existing model folder at --out (never a file or any other folder)")
+
+
+def _check_train_out(args) -> None:
+    """Refuse an --out that is not a new, empty or (with --overwrite) model folder, before any
+    work (see :func:`brainspineai.catalogue.check_out_dir`)."""
+    from ..catalogue import check_out_dir
+
+    model_id = getattr(args, "model_id", None) or ("" if getattr(args, "init_model", None) else None)
+    check_out_dir(args.out, args.overwrite, model_id=model_id)
 
 
 def _skull_strip_arg(p) -> None:

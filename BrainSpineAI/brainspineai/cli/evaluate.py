@@ -6,16 +6,16 @@ import json
 from pathlib import Path
 
 from ..errors import BrainSpineAIError, InputError
+from .sicf import add_trust_pickle_arg, load_model_trusting
 
 
 def cmd_evaluate(args) -> int:
     import numpy as np
 
-    from ..catalogue import load_model
     from ..classification.data import load_slice_batch, scan_image_folder
     from ..io import atomic_write_bytes, atomic_write_text
     from ..metrics import classification_metrics, embedding_png_bytes, probability_metrics, save_confusion_png
-    from ..classification.training import predict_batches
+    from ..classification.predict import predict_batches
     from ..outputs import check_outputs
     from .validate import guarded_load
 
@@ -30,7 +30,7 @@ def cmd_evaluate(args) -> int:
         raise InputError(f"dataset folder not found: {args.data_dir}" if not Path(args.data_dir).exists()
                          else f"{args.data_dir}: not a folder (give an ImageFolder root: ROOT/<class>/<image>)")
     wanted = read_split(args.split) if args.split else None
-    model = guarded_load(args.model, load_model, args.model, args.device)
+    model = guarded_load(args.model, load_model_trusting, args)  # --trust-pickle: legacy SICF forests
     if getattr(model, "kind", "") == "sicf":
         from . import sicf as cli_sicf
 
@@ -124,5 +124,6 @@ def add_parser(sub) -> None:
                         "(0: point values only)")
     e.add_argument("--embedding-png", metavar="OUT",
                    help="write a t-SNE plot of the penultimate-layer features, coloured by class, as a PNG")
+    add_trust_pickle_arg(e)
     e.set_defaults(func=cmd_evaluate)
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 import json
 
 def cmd_models(args) -> int:
-    from ..catalogue import list_models
+    from ..catalogue import list_models, shadowed_models
     from .validate import clean_message
 
     for card in list_models():
@@ -17,6 +17,8 @@ def cmd_models(args) -> int:
         line = (f"{str(card.get('id')):<40} {str(card.get('task')):<18} {names}"
                 + (f"  (validation accuracy {acc:.1%})" if isinstance(acc, (int, float)) else "") + f"  {card.get('path')}")
         print(clean_message(line, total=2000))
+    for entry in shadowed_models():
+        print(clean_message(f"note: {entry['path']} is shadowed and never used by id: it {entry['reason']}", total=2000))
     return 0
 
 

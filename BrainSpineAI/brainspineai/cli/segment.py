@@ -6,7 +6,7 @@ import sys
 from pathlib import Path
 
 from ..errors import InputError
-from .common import _event_sink, _json_line, _suffix_ok
+from .common import _check_train_out, _event_sink, _json_line, _overwrite_arg, _suffix_ok
 
 
 def _read_sequences(args, needed) -> tuple:
@@ -60,6 +60,7 @@ def cmd_segment(args) -> int:
 
 
 def cmd_train_segmenter(args) -> int:
+    _check_train_out(args)
     from ..segmentation.training import SegTrainConfig, train_segmenter
 
     cfg = SegTrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=args.seed, device=args.device,
@@ -133,6 +134,7 @@ def add_train_parser(tsub) -> None:
     tg = tsub.add_parser("segmenter", help="CLIP-guided 3D U-Net on BraTS-layout cases (leave-cases-out)")
     tg.add_argument("--data", required=True, help="BraTS 2015/2020/2023 case folders or a dataset.json root")
     tg.add_argument("--out", required=True, help="model folder to write")
+    _overwrite_arg(tg)
     tg.add_argument("--sequences", nargs="+", default=["flair", "t1ce"], help="input sequences; the first is the reference grid")
     tg.add_argument("--epochs", type=int, default=30)
     tg.add_argument("--patch-size", type=int, default=48, help="training patch / sliding window side in voxels")

@@ -10,7 +10,7 @@ from ..errors import BrainSpineAIError, InputError
 
 
 def _config(args):
-    from ..sicf.pipeline import SICFConfig
+    from ..sicf.config import SICFConfig
 
     init = getattr(args, "init_model", None) or ""
     base = SICFConfig()  # --roi, --image-size, --words left out: the defaults, or with --init-model the parent's
@@ -24,7 +24,8 @@ def _config(args):
                       limit_per_class=args.limit_per_class, seed=args.seed, vgg_weights=args.vgg_weights or "",
                       n_bootstrap=args.bootstrap, model_id=getattr(args, "model_id", None) or "",
                       extra_card={"description": args.description} if getattr(args, "description", None) else {},
-                      init_model=init, reselect=bool(getattr(args, "reselect", False)))
+                      init_model=init, reselect=bool(getattr(args, "reselect", False)),
+                      trust_pickle=bool(getattr(args, "trust_pickle", False)))
 
 
 def add_sicf_args(p) -> None:
@@ -51,9 +52,12 @@ def add_sicf_args(p) -> None:
 
 
 def cmd_train_sicf(args) -> int:
-    from .common import _event_sink
+    from .common import _check_train_out, _event_sink
     from ..sicf.pipeline import train_sicf
 
+    _check_train_out(args)
+    if args.trust_pickle and not args.init_model:
+        raise InputError("--trust-pickle lets --init-model start from a legacy SICF model (forest.joblib); give --init-model too")
     if args.reselect and not args.init_model:
         raise InputError("--reselect re-runs the feature selection of a retrained model; give --init-model too")
     folder = train_sicf(args.data, args.out, _config(args), progress=_event_sink(args.events))
@@ -82,7 +86,7 @@ def classify(args, image, model) -> int:
     """``classify`` with an SICF model (called by :func:`brainspineai.cli.main.cmd_classify`)."""
     from .common import _json_line
     from ..io import atomic_write_text
-    from ..sicf.pipeline import classify_sicf
+    from ..sicf.inference import classify_sicf
 
     if args.heatmap:
         raise InputError(f"model '{model.id}' is an SICF model (random forest on SIFT + VGG16 features): it has no "
@@ -119,7 +123,8 @@ def evaluate(args, model) -> int:
     from ..classification.data import scan_image_folder
     from ..io import atomic_write_text
     from ..metrics import save_confusion_png
-    from ..sicf.pipeline import extract_features, fused_matrix, sicf_metrics
+    from ..sicf.features import extract_features, fused_matrix
+    from ..sicf.forest import sicf_metrics
 
     if args.embedding_png:
         raise InputError(f"model '{model.id}' is an SICF model: --embedding-png needs a network's features; leave it out")
@@ -159,10 +164,31 @@ def evaluate(args, model) -> int:
     return 0
 
 
+def add_trust_pickle_arg(p, prefix: str = "") -> None:
+    """``--trust-pickle``: accept a legacy SICF model folder whose forest is a pickle
+    (``forest.joblib``), which can run code when loaded (see :mod:`brainspineai.sicf.model`)."""
+    p.add_argument("--trust-pickle", action="store_true",
+                   help=prefix + "accept a legacy SICF model whose forest is a pickle (forest.joblib); loading a pickle "
+                        "can run any code it holds: only for a model folder you trust")
+
+
+def load_model_trusting(args):
+    """:func:`brainspineai.catalogue.load_model` for ``args.model`` / ``args.device``, with
+    legacy pickled SICF forests accepted when ``args.trust_pickle`` is set."""
+    from ..catalogue import load_model
+    from ..sicf.model import trust_pickle_scope
+
+    with trust_pickle_scope(bool(getattr(args, "trust_pickle", False))):
+        return load_model(args.model, args.device)
+
+
 def add_parsers(train_sub, ablation_sub) -> None:
     """Add ``train sicf`` and ``ablation sicf`` to the ``train`` / ``ablation`` sub-parsers."""
     t = train_sub.add_parser("sicf", help="SICF (LO-RF): ROI, SIFT + VGG16 fusion, Lyrebird-optimised random forest")
     add_sicf_args(t)
+    from .common import _overwrite_arg
+
+    _overwrite_arg(t)
     t.add_argument("--model-id", help="id in the model card (default: the --out folder name)")
     t.add_argument("--description", help="one-line description for the model card")
     t.add_argument("--init-model", metavar="ID|DIR",
@@ -170,6 +196,7 @@ def add_parsers(train_sub, ablation_sub) -> None:
                         "forest on the grown dataset; the result is its next version (<id>-v<N> unless --model-id)")
     t.add_argument("--reselect", action="store_true",
                    help="with --init-model: run the Lyrebird feature selection again instead of keeping the parent's mask")
+    add_trust_pickle_arg(t, "with --init-model: ")
     t.set_defaults(func=cmd_train_sicf)
     a = ablation_sub.add_parser("sicf", help="SIFT->RF, VGG16->RF, SIFT+VGG16->RF, VGG16->LO-RF, SIFT+VGG16->LO-RF")
     add_sicf_args(a)

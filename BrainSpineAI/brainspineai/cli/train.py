@@ -2,12 +2,34 @@
 label-efficiency``: the 2D classification pipelines."""
 from __future__ import annotations
 
+import functools
+import sys
 from pathlib import Path
 
-from .common import _event_sink, _report_model, _backbones, _common_train_args, _skull_strip_arg
+from .common import _backbones, _check_train_out, _common_train_args, _event_sink, _report_model, _skull_strip_arg
 
 
+def _guarded(fn):
+    """A ``train`` command run under the lock of its ``--out`` (:func:`checkpoint.run_lock`:
+    a second run on the same folder is refused, a killed run's leftovers are removed), with
+    SIGTERM ending it by one line (exit 128 + signal number) once the files being written
+    are removed; the last finished epoch's checkpoint stays for ``--resume``."""
+    @functools.wraps(fn)
+    def run(args) -> int:
+        from ..checkpoint import Terminated, run_lock
+
+        try:
+            with run_lock(args.out):
+                return fn(args)
+        except Terminated as exc:
+            print(f"brainspineai: {exc}", file=sys.stderr)
+            return 128 + exc.signum
+    return run
+
+
+@_guarded
 def cmd_train_classifier(args) -> int:
+    _check_train_out(args)
     from ..classification.training import TrainConfig, train_classifier
 
     cfg = TrainConfig(architecture=args.architecture, image_size=args.image_size, epochs=args.epochs,
@@ -34,7 +56,9 @@ def _affcl_config(args):
                        init_model=getattr(args, "init_model", None) or "")
 
 
+@_guarded
 def cmd_train_affcl(args) -> int:
+    _check_train_out(args)
     from ..classification.affcl import train_affcl
 
     folder = train_affcl(args.data, args.out, _affcl_config(args), resume=args.resume, progress=_event_sink(args.events))
@@ -53,7 +77,9 @@ def cmd_ablation_affcl(args) -> int:
     return 0
 
 
+@_guarded
 def cmd_train_simclr(args) -> int:
+    _check_train_out(args)
     from ..classification.simclr import SimCLRConfig, train_simclr
 
     cfg = SimCLRConfig(backbone=args.backbone, image_size=args.image_size, proj_dim=args.proj_dim,
@@ -80,7 +106,9 @@ def _finetune_config(args):
                           init_model=getattr(args, "init_model", None) or "")
 
 
+@_guarded
 def cmd_train_finetune(args) -> int:
+    _check_train_out(args)
     from ..classification.simclr import train_finetune
 
     folder = train_finetune(args.data, args.out, _finetune_config(args), resume=args.resume,

@@ -96,6 +96,18 @@ def _transforms(patch: int, seed: int):
 
 
 def train_segmenter(data, out, cfg: SegTrainConfig, resume: bool = False, progress=None) -> Path:
+    """Train a segmenter on the cases under ``data`` and write the model folder ``out``,
+    holding the lock of ``out`` for the whole run (:func:`brainspineai.checkpoint.run_lock`:
+    a second run on it is refused, a killed run's leftovers removed, SIGTERM raises
+    :class:`brainspineai.checkpoint.Terminated` once the files being written are removed).
+    See :func:`_train_segmenter`."""
+    from ..checkpoint import run_lock
+
+    with run_lock(out):
+        return _train_segmenter(data, out, cfg, resume, progress)
+
+
+def _train_segmenter(data, out, cfg: SegTrainConfig, resume: bool = False, progress=None) -> Path:
     """Train a segmenter on the cases under ``data`` and write the model folder ``out``.
 
     :returns: the model folder (card task ``segmentation-3d``).
@@ -108,6 +120,7 @@ def train_segmenter(data, out, cfg: SegTrainConfig, resume: bool = False, progre
     from monai.losses import DiceCELoss
 
     from ..catalogue import save_model
+    from ..checkpoint import load_for_resume
     from ..retrain import init_weights, load_parent, version_card
     from ..engine import fit, make_fabric, one_cycle, seed_everything, steps_per_epoch
     from .data import LABELS, REGIONS, discover_cases, label_to_regions
@@ -187,9 +200,12 @@ def train_segmenter(data, out, cfg: SegTrainConfig, resume: bool = False, progre
 
     every = cfg.eval_every or max(1, cfg.epochs // 5)
     counter = {"epoch": 0}
-    ckpt = out.with_name(out.name + ".work") / "last.pt"
-    if resume and ckpt.is_file():  # epochs already done, so that evaluation keeps its schedule
-        counter["epoch"] = int(torch.load(ckpt, map_location="cpu", weights_only=False).get("epoch", 0))
+    config = {"data": str(Path(data).resolve()), **{k: (list(v) if isinstance(v, tuple) else v)
+                                                      for k, v in cfg.__dict__.items() if k not in ("extra_card",)}}
+    ck = load_for_resume(out, PIPELINE, config, fabric.world_size) if resume else None  # checked, weights_only
+    if ck is not None:  # epochs already done, so that evaluation keeps its schedule
+        counter["epoch"] = int(ck["epoch"])
+        del ck
     val_prepared = [load_case_arrays(c, cfg.sequences, cfg.spacing) for c in val_cases]
 
     def eval_fn():
@@ -207,8 +223,6 @@ def train_segmenter(data, out, cfg: SegTrainConfig, resume: bool = False, progre
         d = np.mean(dices, axis=0)
         return {f"val_dice_{r}": round(float(v), 4) for r, v in zip(REGIONS, d)}
 
-    config = {"data": str(Path(data).resolve()), **{k: (list(v) if isinstance(v, tuple) else v)
-                                                      for k, v in cfg.__dict__.items() if k not in ("extra_card",)}}
     result = fit(pipeline=PIPELINE, fabric=fabric, model=model, optimizer=optimizer, scheduler=scheduler,
                  n_train=n_train, batch_size=cfg.batch_size, epochs=cfg.epochs, step_fn=step_fn, eval_fn=eval_fn,
                  out_dir=out, config=config, seed=cfg.seed, resume=resume, progress=progress,
