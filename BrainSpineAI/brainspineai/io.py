@@ -17,7 +17,9 @@ truncated NIfTI as zeros and turns NaN / infinite voxels into 0 (so their raw va
 checked here too). NRRD and MetaImage headers get the same limit and, for raw data in the
 file, the same length check; every format then gets the limit again from
 ``ImageFileReader.ReadImageInformation`` (no voxels read); ITK itself refuses other
-truncated NRRD and MetaImage data. JPEG / PNG slices are fully decoded with Pillow first, because
+truncated NRRD and MetaImage data. A DICOM folder is refused when GDCM leaves one of its
+DICOM files out of the series (a truncated slice is dropped silently) or when the slice
+positions are unevenly spaced (a missing slice would stretch the volume). JPEG / PNG slices are fully decoded with Pillow first, because
 SimpleITK pads a truncated JPEG with grey. Images are then refused when degenerate
 (:func:`validate_image`: fewer than :data:`MIN_SIDE` pixels per in-plane side, constant).
 """
@@ -115,8 +117,9 @@ def read_image(path) -> "SimpleITK.Image":
     :param path: a file with one of :data:`SUPPORTED` suffixes, or a DICOM series folder.
     :raises InputError: missing path, unsupported file type, unreadable, truncated or
         corrupt file, a header larger than :data:`MAX_VOXELS`, NaN / infinite values (also
-        in NIfTI files, whose reader would turn them into 0), no DICOM series in a folder,
-        4D data, or a degenerate image (see :func:`validate_image`).
+        in NIfTI files, whose reader would turn them into 0), no DICOM series in a folder or
+        more than one, a DICOM file left out of the series, unevenly spaced DICOM slices, 4D
+        data, or a degenerate image (see :func:`validate_image`).
     """
     import SimpleITK as sitk
 
@@ -131,12 +134,16 @@ def read_image(path) -> "SimpleITK.Image":
             raise InputError(f"{path}: folder holds no DICOM series")
         if len(series) > 1:
             raise InputError(f"{path}: folder holds {len(series)} DICOM series; give a folder with exactly one")
-        reader.SetFileNames(reader.GetGDCMSeriesFileNames(str(path), series[0]))
+        files = reader.GetGDCMSeriesFileNames(str(path), series[0])
+        _check_dicom_files(path, files)
+        reader.SetFileNames(files)
+        reader.MetaDataDictionaryArrayUpdateOn()
         try:
             with _quiet_native_stderr():
                 image = reader.Execute()
         except RuntimeError as exc:
             raise InputError(f"{path}: DICOM series could not be read ({_first_line(exc)})") from None
+        _check_dicom_spacing(path, reader, len(files))
     else:
         check_image_file(path)
         try:
@@ -196,6 +203,40 @@ def check_image_file(path) -> None:
     if n > MAX_VOXELS:
         raise InputError(f"{path.name}: header claims {_size_text(size)} voxels, more than the limit of {MAX_VOXELS}; "
                          "refusing to read it")
+
+
+def _check_dicom_files(folder: Path, files) -> None:
+    """Refuse a DICOM folder holding DICOM files (``DICM`` at byte 128) that GDCM left out of
+    its one series: a truncated or corrupt slice is dropped silently, leaving a gap."""
+    used = {os.path.realpath(f) for f in files}
+    left_out = []
+    for f in sorted(folder.iterdir()):
+        if f.is_file() and not f.name.startswith(".") and os.path.realpath(f) not in used:
+            with open(f, "rb") as fh:
+                fh.seek(128)
+                if fh.read(4) == b"DICM":
+                    left_out.append(f.name)
+    if left_out:
+        shown = ", ".join(left_out[:5]) + (f" and {len(left_out) - 5} more" if len(left_out) > 5 else "")
+        raise InputError(f"{folder}: {len(left_out)} DICOM file(s) cannot be read as part of the series "
+                         f"(truncated or corrupt?): {shown}")
+
+
+def _check_dicom_spacing(folder: Path, reader, n: int) -> None:
+    """Refuse a series whose slice positions (0020|0032, along the slice normal) are not
+    evenly spaced within 10%: a missing slice would silently stretch the volume."""
+    if n < 3:
+        return
+    try:
+        pos = np.array([[float(v) for v in reader.GetMetaData(i, "0020|0032").split("\\")] for i in range(n)])
+        ori = np.array([float(v) for v in reader.GetMetaData(0, "0020|0037").split("\\")])
+    except (RuntimeError, ValueError, IndexError):
+        return  # no positions: nothing to compare
+    normal = np.cross(ori[:3], ori[3:6])
+    gaps = np.diff(np.sort(pos @ normal))
+    if gaps.size and (gaps.min() <= 0 or gaps.max() > 1.1 * np.median(gaps) or gaps.min() < 0.9 * np.median(gaps)):
+        raise InputError(f"{folder}: DICOM slice positions are not evenly spaced (gaps from {gaps.min():.2f} to "
+                         f"{gaps.max():.2f} mm): missing or duplicated slices")
 
 
 def _check_slice_decodes(path: Path) -> None:

@@ -58,6 +58,25 @@ def _nifti_with_dims(header_src: bytes, dims, path, data=b"\0" * 16, gz=False, d
     return Path(path)
 
 
+def _dicom_series(vol, folder: Path) -> Path:
+    """Six real axial slices as a DICOM series (as in test_io)."""
+    vol = sitk.Cast(vol[60:180, 40:200, 70:76], sitk.sitkInt16)
+    uid = "1.2.826.0.1.3680043.2.1125.1.43"
+    folder.mkdir(parents=True)
+    writer = sitk.ImageFileWriter()
+    writer.KeepOriginalImageUIDOn()
+    for k in range(vol.GetDepth()):
+        sl = vol[:, :, k]
+        for tag, value in [("0008|0060", "MR"), ("0020|000d", uid + ".0"), ("0020|000e", uid),
+                           ("0020|0037", "1\\0\\0\\0\\1\\0"), ("0020|0013", str(k + 1)),
+                           ("0020|0032", "\\".join(map(str, vol.TransformIndexToPhysicalPoint((0, 0, k))))),
+                           ("0028|0030", "1\\1"), ("0018|0050", "1")]:
+            sl.SetMetaData(tag, value)
+        writer.SetFileName(str(folder / f"s{k:03d}.dcm"))
+        writer.Execute(sl)
+    return folder
+
+
 def _model_copy(root: Path, name: str, model_id=DEFAULT_MODEL_ID, edit=None) -> Path:
     dst = root / "models" / name
     shutil.copytree(ZOO_DIR / model_id, dst, copy_function=shutil.copyfile)
@@ -181,6 +200,10 @@ def B(tmp_path_factory):
     b.huge_mha = r / "vol" / "huge.mha"
     b.huge_mha.write_bytes(b"ObjectType = Image\nNDims = 3\nDimSize = 32767 32767 32767\nElementType = MET_SHORT\n"
                            b"ElementDataFile = LOCAL\n" + b"\0" * 64)
+    b.dicom_cut, b.dicom_gap = _dicom_series(ref, r / "dicom-cut"), _dicom_series(ref, r / "dicom-gap")
+    cut = b.dicom_cut / "s003.dcm"
+    cut.write_bytes(cut.read_bytes()[:-20000])  # one truncated slice: GDCM would leave it out silently
+    (b.dicom_gap / "s003.dcm").unlink()  # one slice missing: the volume would be stretched
     b.dicom_empty = r / "dicom-empty"
     b.dicom_empty.mkdir()
     b.existing_dir = r / "existing-folder"
@@ -353,6 +376,8 @@ CASES = [
     ("classify-truncated-nrrd", lambda b, o: ["classify", b.trunc_nrrd], "t1c-cut.nrrd"),
     ("classify-huge-nrrd", lambda b, o: ["classify", b.huge_nrrd], "more than the limit"),
     ("classify-huge-mha", lambda b, o: ["classify", b.huge_mha], "more than the limit"),
+    ("classify-dicom-truncated-slice", lambda b, o: ["classify", b.dicom_cut], "s003.dcm"),
+    ("classify-dicom-missing-slice", lambda b, o: ["classify", b.dicom_gap], "not evenly spaced"),
     ("classify-empty-dicom-folder", lambda b, o: ["classify", b.dicom_empty], "no DICOM series"),
     # ---------------- classify: outputs
     ("classify-json-is-input", lambda b, o: ["classify", b.jpg, "--json", b.jpg], "refusing to overwrite an input"),
