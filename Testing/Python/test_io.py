@@ -1,6 +1,8 @@
 """Reading images: every supported format on real data, and a clear error for bad input."""
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
 import SimpleITK as sitk
@@ -99,3 +101,49 @@ def test_two_component_image_is_rejected():
     img = sitk.GetImageFromArray(np.random.rand(8, 8, 2).astype(np.float32), isVector=True)
     with pytest.raises(InputError, match="2 components"):
         to_grayscale(img)
+
+
+def test_header_checks_accept_every_real_volume_and_format(tmp_path):
+    """The file checks must not refuse good data: real NIfTI (BraTS 2015 float, BraTS 2023
+    int16), and the same volume as NRRD / MetaImage, raw and compressed."""
+    from brainspineai.io import check_image_file
+
+    for p in [CASE / "T1c_subtrMeanDivStd.nii.gz", CASE / "OTMultiClass.nii.gz", BRATS23 / "BraTS-GLI-00001-000-t2f.nii.gz"]:
+        check_image_file(need(p))
+    img = sitk.ReadImage(str(BRATS23 / "BraTS-GLI-00001-000-t1c.nii.gz"))[40:200, 40:200, 60:90]
+    for name, compress in [("a.nrrd", False), ("b.nrrd", True), ("c.mha", False), ("d.mha", True), ("e.nii", False)]:
+        sitk.WriteImage(img, str(tmp_path / name), compress)
+        check_image_file(tmp_path / name)
+        assert read_image(tmp_path / name).GetSize() == img.GetSize()
+
+
+@pytest.mark.parametrize("umask, mode", [(0o022, 0o644), (0o077, 0o600), (0o002, 0o664)])
+def test_atomic_writes_respect_the_umask(tmp_path, umask, mode):
+    from brainspineai.io import atomic_write_text
+
+    img = sitk.GetImageFromArray(np.arange(32 * 32, dtype=np.float32).reshape(32, 32))
+    old = os.umask(umask)
+    try:
+        atomic_write_text(tmp_path / "a.json", "{}")
+        write_image_atomic(img, tmp_path / "b.nii.gz")
+    finally:
+        os.umask(old)
+    assert (tmp_path / "a.json").stat().st_mode & 0o777 == mode
+    assert (tmp_path / "b.nii.gz").stat().st_mode & 0o777 == mode
+
+
+def test_output_paths_are_compared_as_files_not_strings(tmp_path):
+    from brainspineai.outputs import check_outputs
+
+    src = tmp_path / "in" / "a.nii.gz"
+    src.parent.mkdir()
+    src.write_bytes(b"x")
+    (tmp_path / "link.nii.gz").symlink_to(src)
+    os.link(src, tmp_path / "hard.nii.gz")
+    for spelling in [src, tmp_path / "link.nii.gz", tmp_path / "hard.nii.gz", tmp_path / "in" / ".." / "in" / "a.nii.gz"]:
+        with pytest.raises(InputError, match="refusing to overwrite an input"):
+            check_outputs([("--out", spelling)], inputs=[src])
+    with pytest.raises(InputError, match="the same file as --json"):
+        check_outputs([("--json", tmp_path / "r.json"), ("--out", tmp_path / "x" / ".." / "r.json")])
+    check_outputs([("--out", tmp_path / "new" / "deeper" / "s.nii.gz")], inputs=[src])  # fine: folders get created
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["hard.nii.gz", "in", "link.nii.gz"]  # nothing created

@@ -98,13 +98,14 @@ def classify_image(image, model, heatmap: bool = False, heatmap_class=None, prog
     :param heatmap: also compute the Grad-CAM heatmap.
     :param heatmap_class: class name or index to explain; default: the predicted class.
     :param progress: optional callable ``(fraction_done: float, message: str)``.
-    :raises InputError: unusable image (see :func:`io.validate_image`), or a volume with no
-        slice holding enough foreground.
+    :raises InputError: unusable image (see :func:`io.validate_image`), a volume whose axial
+        slices are smaller than :data:`io.MIN_SIDE` pixels, or a volume with no slice holding
+        enough foreground.
     """
     import SimpleITK as sitk
 
     from .explain import gradcam_batch
-    from ..io import is_slice, to_grayscale, validate_image
+    from ..io import MIN_SIDE, is_slice, to_grayscale, validate_image
     from .preprocess import (MIN_FOREGROUND_FRACTION, crop_mode, prepare_slices, restore_map, slice_array,
                              to_lps_axial)
 
@@ -133,6 +134,10 @@ def classify_image(image, model, heatmap: bool = False, heatmap_class=None, prog
 
     oriented = to_lps_axial(image)
     vol = sitk.GetArrayFromImage(oriented)  # (K, J, I): axial slices, inferior to superior
+    if min(vol.shape[1:]) < MIN_SIDE:
+        raise InputError(f"volume of {' x '.join(map(str, image.GetSize()))} voxels: its axial slices are "
+                         f"{vol.shape[2]} x {vol.shape[1]} pixels, fewer than {MIN_SIDE} per side; give an axial "
+                         "series or a single slice")
     report(0.05, f"preparing {vol.shape[0]} axial slices")
     batch, geoms, fractions = prepare_slices(list(vol), size, crop=crop_mode(model.card, volume=True))
     keep = np.flatnonzero(fractions >= MIN_FOREGROUND_FRACTION)

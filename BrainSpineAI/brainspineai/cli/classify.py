@@ -13,15 +13,18 @@ def cmd_classify(args) -> int:
     from ..io import atomic_write_bytes, atomic_write_text, is_slice, read_image, write_image_atomic
     from ..classification.inference import classify_image
     from ..classification.preprocess import slice_array
+    from ..outputs import check_outputs
+    from .validate import guarded_load
 
+    if args.heatmap and not args.heatmap.lower().endswith(".png") and not _suffix_ok(args.heatmap, HEATMAP_VOLUME_SUFFIXES):
+        raise InputError(f"--heatmap {args.heatmap}: use a .png file (2D overlay) or .nii.gz, .nii, .nrrd or .mha")
+    check_outputs([("--json", args.json), ("--heatmap", args.heatmap)], inputs=[args.input, args.model])
     image = read_image(args.input)
     slice_input = is_slice(image)
     if args.heatmap:
-        if slice_input and not args.heatmap.lower().endswith(".png") and not _suffix_ok(args.heatmap, HEATMAP_VOLUME_SUFFIXES):
-            raise InputError(f"--heatmap {args.heatmap}: use a .png file (overlay) or a volume file for a 2D input")
         if not slice_input and not _suffix_ok(args.heatmap, HEATMAP_VOLUME_SUFFIXES):
             raise InputError(f"--heatmap {args.heatmap}: a volume's heatmap is a volume; use .nii.gz, .nii, .nrrd or .mha")
-    model = load_model_trusting(args)  # --trust-pickle: legacy SICF forests
+    model = guarded_load(args.model, load_model_trusting, args)  # --trust-pickle: legacy SICF forests
     if getattr(model, "kind", "") == "sicf":
         from . import sicf as cli_sicf
 

@@ -16,12 +16,21 @@ def cmd_evaluate(args) -> int:
     from ..io import atomic_write_bytes, atomic_write_text
     from ..metrics import classification_metrics, embedding_png_bytes, probability_metrics, save_confusion_png
     from ..classification.predict import predict_batches
+    from ..outputs import check_outputs
+    from .validate import guarded_load
 
     if args.bootstrap < 0:
         raise InputError(f"--bootstrap {args.bootstrap}: give 0 (no confidence intervals) or a positive number of resamples")
-    if args.embedding_png and not args.embedding_png.lower().endswith(".png"):
-        raise InputError(f"--embedding-png {args.embedding_png}: use a .png file")
-    model = load_model_trusting(args)  # --trust-pickle: legacy SICF forests
+    for opt, path in (("--embedding-png", args.embedding_png), ("--confusion-png", args.confusion_png)):
+        if path and not path.lower().endswith(".png"):
+            raise InputError(f"{opt} {path}: use a .png file")
+    check_outputs([("--json", args.json), ("--confusion-png", args.confusion_png), ("--embedding-png", args.embedding_png)],
+                  inputs=[args.data_dir, args.split, args.model])
+    if not Path(args.data_dir).is_dir():
+        raise InputError(f"dataset folder not found: {args.data_dir}" if not Path(args.data_dir).exists()
+                         else f"{args.data_dir}: not a folder (give an ImageFolder root: ROOT/<class>/<image>)")
+    wanted = read_split(args.split) if args.split else None
+    model = guarded_load(args.model, load_model_trusting, args)  # --trust-pickle: legacy SICF forests
     if getattr(model, "kind", "") == "sicf":
         from . import sicf as cli_sicf
 
@@ -29,12 +38,7 @@ def cmd_evaluate(args) -> int:
     paths, labels, classes = scan_image_folder(args.data_dir, model.class_names)
     root = Path(args.data_dir)
     if args.split:
-        try:
-            split = json.loads(Path(args.split).read_text())
-            wanted = set(split["validation"])
-        except (OSError, ValueError, KeyError) as exc:
-            raise InputError(f"--split {args.split}: not a split file with a 'validation' list ({exc})") from None
-        keep = [i for i, p in enumerate(paths) if str(p.relative_to(root)) in wanted]
+        keep = [i for i, p in enumerate(paths) if p.relative_to(root).as_posix() in wanted]
         if not keep:
             raise InputError(f"--split {args.split}: none of its validation images is in {root}")
         paths, labels = [paths[i] for i in keep], labels[keep]
@@ -85,6 +89,23 @@ def cmd_evaluate(args) -> int:
     if embedding_png is not None:
         print(f"embedding (t-SNE of penultimate features): {args.embedding_png}")
     return 0
+
+
+def read_split(path) -> set:
+    """The ``validation`` list of a training ``split.json`` as a set of relative paths.
+
+    :raises InputError: unreadable file, invalid JSON, not an object, or no list of strings
+        under ``validation``."""
+    try:
+        doc = json.loads(Path(path).read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise InputError(f"--split {path}: cannot be read ({exc.strerror or exc})") from None
+    except ValueError as exc:
+        raise InputError(f"--split {path}: not valid JSON ({exc})") from None
+    val = doc.get("validation") if isinstance(doc, dict) else None
+    if not isinstance(val, list) or not val or not all(isinstance(v, str) for v in val):
+        raise InputError(f"--split {path}: not a split file (needs a non-empty 'validation' list of relative image paths)")
+    return set(val)
 
 
 def add_parser(sub) -> None:

@@ -2,10 +2,13 @@
 group (:mod:`.classify`, :mod:`.train`, :mod:`.sicf`, :mod:`.evaluate`, :mod:`.segment`,
 :mod:`.models`); this one assembles the parser and turns errors into exit codes.
 
-Exit status: 0 on success, 2 when the input, the model or the options are at fault (one
-line ``brainspineai: error: ...`` on stderr, and no output file written), 1 for an
-unexpected failure. Outputs are written only after the whole job succeeded, each
-atomically (temporary file, then rename).
+Exit status: 0 on success, 2 when the input, the model, the options or the environment
+are at fault (one line ``brainspineai: error: ...`` on stderr, and no output file written:
+option ranges are checked by the parser, output paths before anything is computed, see
+:func:`brainspineai.outputs.check_outputs`), 1 for an unexpected failure (a bug: one line
+``brainspineai: internal error: ...``; ``--debug`` shows the traceback), 130 when
+interrupted. Outputs are written only after the whole job succeeded, each atomically
+(temporary file, then rename) with the mode the umask allows.
 """
 from __future__ import annotations
 
@@ -14,10 +17,11 @@ import sys
 
 from ..errors import BrainSpineAIError
 from . import classify, evaluate, models, segment, sicf, train
+from .validate import OneLineParser, clean_message, install_validators
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="brainspineai", description="Tumour AI for brain and spine MRI (research use only).")
+    p = OneLineParser(prog="brainspineai", description="Tumour AI for brain and spine MRI (research use only).")
     p.add_argument("--debug", action="store_true", help="show tracebacks")
     sub = p.add_subparsers(dest="command", required=True)
     classify.add_parser(sub)
@@ -34,22 +38,49 @@ def build_parser() -> argparse.ArgumentParser:
     segment.add_train_parser(tsub)
     segment.add_evaluate_parser(sub)
     models.add_parsers(sub)
+    install_validators(p)
     return p
 
 
+def _error(text: str, prefix: str = "brainspineai: error: ") -> None:
+    sys.stderr.write(prefix + clean_message(text) + "\n")
+    sys.stderr.flush()
+
+
+def _os_error_text(exc: OSError) -> str:
+    name = exc.filename if exc.filename is not None else None
+    why = exc.strerror or str(exc) or type(exc).__name__
+    return f"{name}: {why}" if name is not None else why
+
+
 def main(argv=None) -> int:
+    """Run the command line ``argv`` (default ``sys.argv[1:]``) and return the exit status."""
     parser = build_parser()
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # --help (0) or a parser error (2, already printed as one line)
+        return exc.code if isinstance(exc.code, int) else 2
     try:
         return args.func(args)
-    except BrainSpineAIError as exc:
-        if args.debug:
-            raise
-        print(f"brainspineai: error: {exc}", file=sys.stderr)
-        return 2
     except KeyboardInterrupt:
         print("brainspineai: interrupted", file=sys.stderr)
         return 130
+    except Exception as exc:  # noqa: BLE001 - every failure becomes one line (tracebacks with --debug)
+        if args.debug:
+            raise
+        if isinstance(exc, BrainSpineAIError):
+            _error(str(exc))
+            return 2
+        if isinstance(exc, OSError):  # a file of the user's that cannot be read or written
+            _error(_os_error_text(exc))
+            return 2
+        if isinstance(exc, MemoryError):
+            _error("not enough memory for this input (is it far larger than a clinical scan?)")
+            return 2
+        first = (str(exc).strip().splitlines() or [""])[0]
+        _error(f"{type(exc).__name__}: {first} (this is a bug; rerun with --debug for the traceback)",
+               prefix="brainspineai: internal error: ")
+        return 1
 
 
 if __name__ == "__main__":

@@ -5,20 +5,35 @@ import json
 
 def cmd_models(args) -> int:
     from ..catalogue import list_models, shadowed_models
+    from .validate import clean_message
 
     for card in list_models():
-        acc = card.get("metrics", {}).get("validation", {}).get("accuracy")
-        print(f"{card['id']:<40} {card['task']:<18} {', '.join(card['class_names'])}"
-              + (f"  (validation accuracy {acc:.1%})" if acc is not None else "") + f"  {card['path']}")
+        # a card from the user's folder may hold anything: show it as text, never fail on it
+        metrics = card.get("metrics")
+        val = metrics.get("validation") if isinstance(metrics, dict) else None
+        acc = val.get("accuracy") if isinstance(val, dict) else None
+        names = card.get("class_names")
+        names = ", ".join(map(str, names)) if isinstance(names, list) else str(names)
+        line = (f"{str(card.get('id')):<40} {str(card.get('task')):<18} {names}"
+                + (f"  (validation accuracy {acc:.1%})" if isinstance(acc, (int, float)) else "") + f"  {card.get('path')}")
+        print(clean_message(line, total=2000))
     for entry in shadowed_models():
-        print(f"note: {entry['path']} is shadowed and never used by id: it {entry['reason']}")
+        print(clean_message(f"note: {entry['path']} is shadowed and never used by id: it {entry['reason']}", total=2000))
     return 0
 
 
 def cmd_dataset_summary(args) -> int:
-    from ..datasets import summarise, summary_text
-    from ..io import atomic_write_text
+    from pathlib import Path
 
+    from ..datasets import summarise, summary_text
+    from ..errors import InputError
+    from ..io import atomic_write_text
+    from ..outputs import check_outputs
+
+    check_outputs([("--json", args.json)], inputs=[args.data_dir])
+    if not Path(args.data_dir).is_dir():
+        raise InputError(f"{args.data_dir}: not a dataset folder" if Path(args.data_dir).exists()
+                         else f"dataset folder not found: {args.data_dir}")
     doc = summarise(args.data_dir)
     if args.json:
         atomic_write_text(args.json, json.dumps(doc, indent=2) + "\n")

@@ -22,15 +22,17 @@ def _read_sequences(args, needed) -> tuple:
 
 def cmd_segment(args) -> int:
     from ..io import atomic_write_text, write_image_atomic
+    from ..outputs import check_outputs
     from ..segmentation.inference import load_segmenter, segment
+    from .validate import guarded_load
 
     if not _suffix_ok(args.out, (".nii.gz", ".nii", ".nrrd", ".mha", ".seg.nrrd")):
         raise InputError(f"--out {args.out}: use a .nii.gz, .nii, .nrrd or .mha file")
-    model = load_segmenter(args.model, args.device)
+    check_outputs([("--out", args.out), ("--json", args.json)],
+                  inputs=[getattr(args, s) for s in ("t1", "t1ce", "t2", "flair")] + [args.model])
+    model = guarded_load(args.model, load_segmenter, args.model, args.device)
     images, extra = _read_sequences(args, model.sequences)
     jsonl = args.progress == "jsonl"
-    if extra and not jsonl:
-        print(f"note: ignoring {', '.join(extra)} (model '{model.id}' uses {', '.join(model.sequences)})", file=sys.stderr)
     progress = None
     if jsonl:
         progress = lambda f, m: _json_line({"event": "progress", "fraction": round(f, 3), "message": m})  # noqa: E731
@@ -39,6 +41,8 @@ def cmd_segment(args) -> int:
     res = segment(images, model, report=args.report, overlap=args.overlap, tta=args.tta, progress=progress)
     from ..segmentation.data import LABELS
 
+    if extra and not jsonl:  # said after the work, so that a refused input gives one line only
+        print(f"note: ignoring {', '.join(extra)} (model '{model.id}' uses {', '.join(model.sequences)})", file=sys.stderr)
     doc = {"model": model.id, "sequences": model.sequences, "reference": model.sequences[0],
            "labelmap": str(Path(args.out).resolve()), "labels": {str(k): v for k, v in LABELS.items()},
            "regions": res.regions(), "report": args.report or None, "seconds": res.seconds}
@@ -80,11 +84,17 @@ def cmd_train_segmenter(args) -> int:
 
 def cmd_evaluate_seg(args) -> int:
     from ..io import atomic_write_text
+    from ..outputs import check_outputs
     from ..segmentation.inference import evaluate_cases, load_segmenter
+    from .validate import guarded_load
 
     if not 0 <= args.overlap < 1:
         raise InputError(f"--overlap {args.overlap}: must be in [0, 1)")
-    model = load_segmenter(args.model, args.device)
+    check_outputs([("--json", args.json)], inputs=[args.data_dir, args.model])
+    if not Path(args.data_dir).is_dir():
+        raise InputError(f"{args.data_dir}: not a dataset folder" if Path(args.data_dir).exists()
+                         else f"dataset folder not found: {args.data_dir}")
+    model = guarded_load(args.model, load_segmenter, args.model, args.device)
     doc = evaluate_cases(args.data_dir, model, overlap=args.overlap, tta=args.tta)
     if args.json:
         atomic_write_text(args.json, json.dumps(doc, indent=2) + "\n")

@@ -55,8 +55,11 @@ def read_labelmap(case: Case):
     :raises InputError: no label, unreadable file, or values outside the convention."""
     import SimpleITK as sitk
 
+    from ..io import check_image_file
+
     if case.label is None:
         raise InputError(f"case {case.case_id}: no labelmap")
+    check_image_file(case.label)  # a truncated labelmap would read as background
     try:
         img = sitk.ReadImage(str(case.label))
     except RuntimeError as exc:

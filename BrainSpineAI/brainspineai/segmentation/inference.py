@@ -192,17 +192,23 @@ def evaluate_network(net, card: dict, cases, device="cpu", overlap: float = 0.5,
     from ..io import read_image
     from .data import read_labelmap
 
+    from ..io import check_image_file
+
     model = LoadedSegmenter(card=card, folder=Path("."), network=net, device=device)
-    per_case = {}
-    for c in cases:
+    for c in cases:  # every case's files are checked before any is segmented
         if c.label is None:
             raise InputError(f"case {c.case_id}: no labelmap to evaluate against")
         missing = [s for s in model.sequences if s not in c.images]
         if missing:
             raise InputError(f"case {c.case_id}: missing sequence {missing[0]} (the model needs {', '.join(model.sequences)})")
+        for f in [c.images[s] for s in model.sequences] + [c.label]:
+            if not Path(f).is_dir():
+                check_image_file(f)
+    per_case = {}
+    for c in cases:
+        truth = read_labelmap(c)
         res = segment({s: read_image(c.images[s]) for s in model.sequences}, model, overlap=overlap, tta=tta,
                       postprocess=postprocess)
-        truth = read_labelmap(c)
         per_case[c.case_id] = region_metrics(sitk.GetArrayFromImage(res.labelmap), sitk.GetArrayFromImage(truth),
                                              truth.GetSpacing()[::-1])
     return {"cases": per_case, "mean": _mean(per_case), "overlap": overlap, "tta": tta, "postprocess": postprocess}

@@ -25,6 +25,8 @@ import numpy as np
 from ..errors import InputError
 
 CLIP_PERCENTILES = (0.5, 99.5)
+MIN_OVERLAP = 0.5  # fraction of the reference's physical box another sequence must cover
+MIN_SEG_SIDE = 16  # voxels along every axis of a volume to segment
 
 
 @dataclass
@@ -46,6 +48,39 @@ def _corner_value(arr: np.ndarray) -> float:
     corners = [arr[a, b, c] for a in (0, z) for b in (0, y) for c in (0, x)]
     vals, counts = np.unique(np.asarray(corners), return_counts=True)
     return float(vals[counts.argmax()])
+
+
+def physical_box(image) -> tuple:
+    """Axis-aligned bounding box ``(lo, hi)`` (LPS, mm, numpy arrays of 3) of the whole voxel
+    extent of a 3D ``SimpleITK.Image`` (voxel corners, so a one-slice volume has a thickness)."""
+    size = image.GetSize()
+    pts = np.array([image.TransformContinuousIndexToPhysicalPoint(
+        [(-0.5 if b == 0 else s - 0.5) for b, s in zip(bits, size)])
+        for bits in np.ndindex(2, 2, 2)], float)
+    return pts.min(0), pts.max(0)
+
+
+def check_overlap(images: dict, sequences, min_overlap: float = MIN_OVERLAP) -> None:
+    """Refuse sequences that do not cover the reference (``sequences[0]``) in physical space.
+
+    The overlap is the volume of the intersection of the two axis-aligned physical boxes
+    (:func:`physical_box`) as a fraction of the reference's box.
+
+    :raises InputError: a sequence covering less than ``min_overlap`` of the reference,
+        naming both, the fraction and the distance between the box centres in mm.
+    """
+    ref_name = sequences[0]
+    rlo, rhi = physical_box(images[ref_name])
+    rvol = float(np.prod(rhi - rlo))
+    for seq in sequences[1:]:
+        lo, hi = physical_box(images[seq])
+        inter = float(np.prod(np.clip(np.minimum(hi, rhi) - np.maximum(lo, rlo), 0, None)))
+        frac = inter / rvol if rvol > 0 else 0.0
+        if frac < min_overlap:
+            shift = float(np.linalg.norm((lo + hi) / 2 - (rlo + rhi) / 2))
+            raise InputError(f"{seq} covers only {frac:.0%} of the physical extent of the reference {ref_name} "
+                             f"(at least {min_overlap:.0%} needed; box centres {shift:.1f} mm apart): are they "
+                             "scans of the same session, with their origins kept?")
 
 
 def check_sequences(images: dict, sequences) -> None:
@@ -85,8 +120,10 @@ def prepare(images: dict, sequences, spacing: float, label=None, margin_mm: floa
     :param sequences: the model's sequences; the first is the reference grid.
     :param spacing: model voxel size in mm (isotropic).
     :param label: optional BraTS 2020 labelmap ``SimpleITK.Image`` on the reference grid.
-    :raises InputError: a missing sequence, a non-3D image, NaN / infinite voxels, an empty
-        brain mask, or a labelmap whose geometry differs from the reference.
+    :raises InputError: a missing sequence, a non-3D image, one smaller than
+        :data:`MIN_SEG_SIDE` voxels along an axis, sequences that barely overlap in physical
+        space (:func:`check_overlap`), NaN / infinite voxels, an empty brain mask, or a
+        labelmap whose geometry differs from the reference.
     """
     import SimpleITK as sitk
 
@@ -103,6 +140,12 @@ def prepare(images: dict, sequences, spacing: float, label=None, margin_mm: floa
             raise InputError(f"{seq}: a 3D volume is needed (got {img.GetDimension()}D)")
         if img.GetNumberOfComponentsPerPixel() != 1:
             raise InputError(f"{seq}: a scalar volume is needed (got {img.GetNumberOfComponentsPerPixel()} components)")
+        if min(img.GetSize()) < MIN_SEG_SIDE:
+            raise InputError(f"{seq}: a volume of {' x '.join(map(str, img.GetSize()))} voxels is too small to segment "
+                             f"(at least {MIN_SEG_SIDE} voxels along every axis)")
+    check_overlap(images, sequences)
+    for seq in sequences:
+        img = images[seq]
         img = sitk.Cast(img, sitk.sitkFloat32)
         if not same_geometry(img, ref):
             img = sitk.Resample(img, ref, sitk.Transform(), sitk.sitkLinear, _corner_value(sitk.GetArrayViewFromImage(img)),
