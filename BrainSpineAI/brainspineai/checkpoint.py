@@ -294,12 +294,19 @@ def run_lock(out_dir, rank: int | None = None):
 def _acquire(out_dir: Path, work: Path) -> dict:
     lock = work / LOCK_NAME
     made = [d for d in [work, *work.absolute().parents] if not d.exists()]  # removed again if left empty
-    try:
-        work.mkdir(parents=True, exist_ok=True)
-        fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o666)
-    except OSError as exc:
-        raise InputError(f"--out {out_dir}: cannot create its work folder {work} ({_why(exc)})") from None
-    if not _try_lock(fd):
+    for _attempt in range(5):
+        try:
+            work.mkdir(parents=True, exist_ok=True)
+            fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o666)
+        except OSError as exc:
+            raise InputError(f"--out {out_dir}: cannot create its work folder {work} ({_why(exc)})") from None
+        locked = _try_lock(fd)
+        if not locked or _same_file(fd, lock):
+            break
+        # the run that held it removed the lock file meanwhile (see _release): lock the new one
+        _unlock(fd)
+        os.close(fd)
+    if not locked:
         try:
             pid = os.read(fd, 32).decode("ascii", "replace").strip()
         except OSError:
@@ -333,19 +340,29 @@ def _release(work: Path, entry: dict) -> None:
     empty = False
     with contextlib.suppress(OSError):
         empty = [p.name for p in work.iterdir()] == [LOCK_NAME]
+    # the lock file never outlives the run (unlinked while still locked where the OS allows;
+    # a run that opened it meanwhile sees another file under the name and retries, see _acquire)
     unlinked = False
-    if empty:  # no checkpoint: leave nothing behind (unlinked while still locked where the OS allows)
-        with contextlib.suppress(OSError):
-            os.unlink(work / LOCK_NAME)
-            unlinked = True
+    with contextlib.suppress(OSError):
+        os.unlink(work / LOCK_NAME)
+        unlinked = True
     _unlock(fd)
     with contextlib.suppress(OSError):
         os.close(fd)
+    if not unlinked:  # Windows: an open file cannot be removed
+        with contextlib.suppress(OSError):
+            os.unlink(work / LOCK_NAME)
     if empty:
-        if not unlinked:  # Windows: an open file cannot be removed
-            with contextlib.suppress(OSError):
-                os.unlink(work / LOCK_NAME)
         _remove_empty([work, *entry["made"]])
+
+
+def _same_file(fd: int, path: Path) -> bool:
+    """Whether ``path`` still names the open file ``fd`` (same device and inode)."""
+    try:
+        a, b = os.fstat(fd), os.stat(path)
+    except OSError:
+        return False
+    return (a.st_dev, a.st_ino) == (b.st_dev, b.st_ino)
 
 
 def _remove_empty(folders) -> None:

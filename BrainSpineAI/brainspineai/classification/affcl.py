@@ -277,6 +277,8 @@ def run_ablation(data_dir, out_dir, base: AFFCLConfig, progress=None, variants=N
 
     from ..io import atomic_write_text
 
+    if not Path(data_dir).is_dir():  # before the results folder is made
+        raise InputError(f"{data_dir}: dataset folder not found")
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     rows = []

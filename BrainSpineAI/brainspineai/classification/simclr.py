@@ -387,6 +387,8 @@ def run_label_efficiency(data_dir, out_dir, encoder: str, base: FinetuneConfig, 
         raise InputError("the label-efficiency report needs --encoder (a SimCLR model)")
     enc = load_model(encoder, "cpu", task="encoder-2d")
     size = base.image_size or enc.input_size
+    if not Path(data_dir).is_dir():  # before the results folder is made
+        raise InputError(f"{data_dir}: dataset folder not found")
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     rows = []

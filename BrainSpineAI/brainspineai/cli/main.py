@@ -62,9 +62,10 @@ def main(argv=None) -> int:
         return exc.code if isinstance(exc.code, int) else 2
     try:
         return args.func(args)
-    except KeyboardInterrupt:
-        print("brainspineai: interrupted", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM during a training run (checkpoint.Terminated)
+        signum = getattr(exc, "signum", None)
+        print(f"brainspineai: {exc}" if signum else "brainspineai: interrupted", file=sys.stderr)
+        return 128 + int(signum) if signum else 130
     except Exception as exc:  # noqa: BLE001 - every failure becomes one line (tracebacks with --debug)
         if args.debug:
             raise
