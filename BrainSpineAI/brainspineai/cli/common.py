@@ -96,8 +96,12 @@ def _check_train_out(args) -> None:
     work (see :func:`brainspineai.catalogue.check_out_dir`)."""
     from ..catalogue import check_out_dir
 
+    from ..checkpoint import work_dir
+
     model_id = getattr(args, "model_id", None) or ("" if getattr(args, "init_model", None) else None)
-    check_out_dir(args.out, args.overwrite, model_id=model_id)
+    # --resume continues the run that writes this folder: its model may be replaced
+    resuming = bool(getattr(args, "resume", False)) and (work_dir(args.out) / "last.pt").is_file()
+    check_out_dir(args.out, args.overwrite or resuming, model_id=model_id)
 
 
 def _skull_strip_arg(p) -> None:

@@ -16,8 +16,11 @@ def _guarded(fn):
     are removed; the last finished epoch's checkpoint stays for ``--resume``."""
     @functools.wraps(fn)
     def run(args) -> int:
-        from ..checkpoint import Terminated, run_lock
+        from ..checkpoint import Terminated, read_checkpoint, run_lock, work_dir
 
+        last = work_dir(args.out) / "last.pt"
+        if getattr(args, "resume", False) and last.is_file():
+            read_checkpoint(last)  # an unusable checkpoint is refused before anything is touched
         try:
             with run_lock(args.out):
                 return fn(args)
