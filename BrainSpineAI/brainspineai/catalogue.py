@@ -121,7 +121,8 @@ def parse_card(data: bytes, source) -> dict:
         raise ModelError(f"{source}: {exc}") from None
     bad = [f for f in ("task", "architecture") if not isinstance(card[f], str)]
     names = card["class_names"]
-    if not _is_list_of(names, str) or not names or len(set(names)) != len(names):
+    # a classifier lists its classes; an encoder (task encoder-2d) has none
+    if not _is_list_of(names, str) or len(set(names)) != len(names) or (not names and card["task"] != "encoder-2d"):
         bad.append("class_names (a list of distinct names)")
     size = card["input_size"]
     if not _is_list_of(size, int) or not 1 <= len(size) <= 3 or min(size) < 1:
