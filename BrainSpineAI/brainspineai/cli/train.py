@@ -18,6 +18,7 @@ def _guarded(fn):
     def run(args) -> int:
         from ..checkpoint import Terminated, read_checkpoint, run_lock, work_dir
 
+        _check_train_out(args)  # before the lock makes <out>.work
         last = work_dir(args.out) / "last.pt"
         if getattr(args, "resume", False) and last.is_file():
             read_checkpoint(last)  # an unusable checkpoint is refused before anything is touched
