@@ -45,8 +45,11 @@ def summary_line(rep: dict) -> str:
     parts = [f"{s}: {'registered' if d['applied'] else 'header only'} (moved {d['motion_mm']:.1f} mm, NMI "
              f"{d['quality_nmi']:.3f})" for s, d in rep["registration"].items()]
     be = rep["brain_extraction"]
-    parts.append(f"brain mask on {be['sequence']} {be['volume_ml']:.0f} ml, "
-                 + ("applied" if be["applied"] else "not applied (already skull-stripped)"))
+    if be.get("model") is None:
+        parts.append(f"brain extraction {be['reason']}")
+    else:
+        parts.append(f"brain mask on {be['sequence']} {be['volume_ml']:.0f} ml, "
+                     + ("applied" if be["applied"] else "not applied (already skull-stripped)"))
     return f"preprocessing ({rep['mode']}): " + "; ".join(parts)
 
 
@@ -67,11 +70,13 @@ def cmd_preprocess(args) -> int:
     res = preprocess(images, ref, mode=args.mode, affine=args.affine, device=_device(args.device),
                      extract_on=args.extract_on, brain_ml=tuple(args.brain_ml))
     files = {s: str((out / f"{s}.nii.gz").resolve()) for s in res.images}
-    files["brain_mask"] = str((out / "brain_mask.nii.gz").resolve())
+    if res.mask is not None:
+        files["brain_mask"] = str((out / "brain_mask.nii.gz").resolve())
     doc = dict(res.report, inputs={s: str(Path(p).resolve()) for s, p in given.items()}, outputs=files)
     for s, img in res.images.items():
         write_image_atomic(img, files[s])
-    write_image_atomic(res.mask, files["brain_mask"])
+    if res.mask is not None:
+        write_image_atomic(res.mask, files["brain_mask"])
     atomic_write_text(out / "preprocessing.json", json.dumps(doc, indent=2) + "\n")
     print(summary_line(res.report))
     print(f"written to {out} ({', '.join(sorted(Path(f).name for f in files.values()))}, preprocessing.json)")

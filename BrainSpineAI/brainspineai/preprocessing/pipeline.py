@@ -16,8 +16,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..errors import InputError
-from .brain import BRAIN_ML, EXTRACT_ORDER, extract_brain
+from ..errors import InputError, ModelError
+from .brain import BRAIN_ML, EXTRACT_ORDER, extract_brain, model_name
 from .registration import foreground, register, resample_onto
 
 MODES = ("auto", "on", "off")
@@ -79,6 +79,8 @@ def preprocess(images: dict, reference: str, mode: str = "auto", affine: bool = 
         "spacing_mm"}, "registration": {seq: {..., "applied", "reason"}}, "brain_extraction":
         {"model", "sequence", "volume_ml", "outside_fraction", "applied", "reason", "seconds"},
         "seconds"}``.
+    :raises ModelError: ``mode="on"`` and deepbet is not installed (``auto`` then skips the
+        extraction and says so in the report).
     :raises InputError: unknown mode or sequence, a non-3D / NaN volume, sequences that do not
         overlap, a registration below the quality floor, an implausible brain mask volume.
     """
@@ -117,11 +119,17 @@ def preprocess(images: dict, reference: str, mode: str = "auto", affine: bool = 
     src = extract_on or next((s for s in EXTRACT_ORDER if s in out), reference)
     if src not in out:
         raise InputError(f"--extract-on {src}: that sequence was not given")
+    try:
+        model_name()
+    except ModelError as exc:
+        if mode == "on":
+            raise
+        be = {"model": None, "sequence": src, "applied": False, "reason": f"skipped: {exc}"}
+        return Preprocessed(images=out, mask=None, report=_report(mode, reference, ref, regs, be, t0))
     say(0.0, f"brain extraction (deepbet) on {src}")
     bm = extract_brain(out[src], device=device, brain_ml=brain_ml, name=src)
     mask = sitk.GetArrayFromImage(bm.mask).astype(bool)
-    ref_arr = sitk.GetArrayFromImage(out[reference])
-    fg = foreground(ref_arr)
+    fg = foreground(sitk.GetArrayFromImage(out[reference]))
     outside = float((fg & ~mask).sum() / max(int(fg.sum()), 1))
     apply = mode == "on" or outside > STRIPPED_FRACTION
     reason = "mode on" if mode == "on" else (
@@ -134,11 +142,12 @@ def preprocess(images: dict, reference: str, mode: str = "auto", affine: bool = 
             new = sitk.GetImageFromArray(a)
             new.CopyInformation(img)
             out[seq] = new
-    report = {"mode": mode, "reference": reference,
-              "grid": {"size": list(ref.GetSize()), "spacing_mm": [round(s, 6) for s in ref.GetSpacing()]},
-              "registration": regs,
-              "brain_extraction": {"model": bm.model, "sequence": src, "volume_ml": round(bm.volume_ml, 2),
-                                   "outside_fraction": round(outside, 4), "applied": apply, "reason": reason,
-                                   "seconds": round(bm.seconds, 2)},
-              "seconds": round(time.time() - t0, 2)}
-    return Preprocessed(images=out, mask=bm.mask, report=report)
+    be = {"model": bm.model, "sequence": src, "volume_ml": round(bm.volume_ml, 2), "outside_fraction": round(outside, 4),
+          "applied": apply, "reason": reason, "seconds": round(bm.seconds, 2)}
+    return Preprocessed(images=out, mask=bm.mask, report=_report(mode, reference, ref, regs, be, t0))
+
+
+def _report(mode, reference, ref, regs, be, t0) -> dict:
+    return {"mode": mode, "reference": reference,
+            "grid": {"size": list(ref.GetSize()), "spacing_mm": [round(s, 6) for s in ref.GetSpacing()]},
+            "registration": regs, "brain_extraction": be, "seconds": round(time.time() - t0, 2)}
