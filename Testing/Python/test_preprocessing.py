@@ -100,3 +100,28 @@ def test_library_refuses_an_unknown_mode_and_a_missing_reference(brats):
         preprocess({"flair": fl}, "t1")
     off = preprocess({"flair": fl, "t1ce": t1c}, "flair", mode="off")
     assert off.mask is None and off.images["flair"] is fl and off.report == {"mode": "off"}
+
+
+def test_auto_skips_extraction_without_deepbet_and_on_refuses(brats, monkeypatch):
+    from brainspineai.errors import ModelError
+    from brainspineai.preprocessing import pipeline
+
+    def missing():
+        raise ModelError("brain extraction needs the deepbet package (pip install deepbet): no module")
+    monkeypatch.setattr(pipeline, "model_name", missing)
+    fl, _, _ = brats
+    p = pipeline.preprocess({"flair": fl}, "flair", mode="auto")
+    assert p.mask is None and p.report["brain_extraction"]["applied"] is False
+    assert p.report["brain_extraction"]["reason"].startswith("skipped: brain extraction needs the deepbet package")
+    with pytest.raises(ModelError, match="deepbet"):
+        pipeline.preprocess({"flair": fl}, "flair", mode="on")
+
+
+def test_affine_refinement_reports_its_matrix(brats):
+    from brainspineai.preprocessing.registration import register
+
+    fl, t1c, _ = brats
+    r = register(fl, t1c, affine=True)
+    s = r.summary()
+    assert s["kind"] == "affine" and len(s["matrix"]) == 9 and r.quality >= 1.03
+    assert s["motion_mm"] < 1.5  # an aligned pair stays where it is
