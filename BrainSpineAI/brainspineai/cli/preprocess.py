@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 from ..errors import InputError
+from .common import _json_line
 
 SEQUENCES = ("t1", "t1ce", "t2", "flair")
 
@@ -67,8 +68,10 @@ def cmd_preprocess(args) -> int:
     if out.exists() and not out.is_dir():
         raise InputError(f"--out-dir {out}: exists and is not a folder")
     images = {s: read_image(p) for s, p in given.items()}
+    jsonl = args.progress == "jsonl"
+    progress = (lambda f, m: _json_line({"event": "progress", "fraction": round(f, 3), "message": m})) if jsonl else None  # noqa: E731
     res = preprocess(images, ref, mode=args.mode, affine=args.affine, device=_device(args.device),
-                     extract_on=args.extract_on, brain_ml=tuple(args.brain_ml))
+                     extract_on=args.extract_on, brain_ml=tuple(args.brain_ml), progress=progress)
     files = {s: str((out / f"{s}.nii.gz").resolve()) for s in res.images}
     if res.mask is not None:
         files["brain_mask"] = str((out / "brain_mask.nii.gz").resolve())
@@ -78,6 +81,10 @@ def cmd_preprocess(args) -> int:
     if res.mask is not None:
         write_image_atomic(res.mask, files["brain_mask"])
     atomic_write_text(out / "preprocessing.json", json.dumps(doc, indent=2) + "\n")
+    if jsonl:
+        _json_line({"event": "progress", "fraction": 1.0, "message": summary_line(res.report)})
+        _json_line({"event": "done", "result": doc})
+        return 0
     print(summary_line(res.report))
     print(f"written to {out} ({', '.join(sorted(Path(f).name for f in files.values()))}, preprocessing.json)")
     return 0
@@ -98,4 +105,6 @@ def add_parser(sub) -> None:
     p.add_argument("--brain-ml", type=float, nargs=2, default=[400.0, 2500.0], metavar=("MIN", "MAX"),
                    help="plausible brain mask volume in ml; outside it: error")
     p.add_argument("--device", default="auto", choices=DEVICE_CHOICES)
+    p.add_argument("--progress", choices=["text", "jsonl"], default="text",
+                   help="jsonl: progress and result as JSON lines on stdout (for 3D Slicer)")
     p.set_defaults(func=cmd_preprocess)
