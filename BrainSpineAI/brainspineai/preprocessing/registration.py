@@ -60,9 +60,9 @@ class Registration:
 
 
 def _corners(img) -> np.ndarray:
+    """The 8 physical corners (mm) of the volume's outer voxel edges."""
     n = img.GetSize()
-    return np.array([img.TransformContinuousIndexToPhysicalPoint([(i - 0.5) if not b else (s - 0.5)
-                                                                  for i, b, s in zip((0, 0, 0), bits, n)])
+    return np.array([img.TransformContinuousIndexToPhysicalPoint([s - 0.5 if b else -0.5 for b, s in zip(bits, n)])
                      for bits in np.ndindex(2, 2, 2)])
 
 
