@@ -34,6 +34,7 @@ REQUIRED_PACKAGES = {
     "matplotlib": "matplotlib>=3.7", "pytorch_metric_learning": "pytorch-metric-learning>=2.5",
     "lightning_fabric": "lightning-fabric>=2.3",
     "skops": "skops>=0.10",
+    "deepbet": "deepbet>=1.0.2",  # brain extraction before segmentation (segment --preprocess auto)
 }
 
 # import name -> requirement, installed through PyTorchUtils (never pip)

@@ -9,7 +9,7 @@ from pathlib import Path
 from conftest import LIB_PARENT
 
 PKG = LIB_PARENT / "brainspineai"
-CAPABILITIES = ("classification", "sicf", "segmentation", "cli")
+CAPABILITIES = ("classification", "sicf", "segmentation", "preprocessing", "cli")
 MAX_LINES = 500
 
 

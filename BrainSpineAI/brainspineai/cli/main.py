@@ -16,7 +16,7 @@ import argparse
 import sys
 
 from ..errors import BrainSpineAIError
-from . import classify, evaluate, models, segment, sicf, train
+from . import classify, evaluate, models, preprocess, segment, sicf, train
 from .validate import OneLineParser, clean_message, install_validators
 
 
@@ -38,6 +38,7 @@ def build_parser() -> argparse.ArgumentParser:
     segment.add_train_parser(tsub)
     segment.add_evaluate_parser(sub)
     models.add_parsers(sub)
+    preprocess.add_parser(sub)
     install_validators(p)
     return p
 

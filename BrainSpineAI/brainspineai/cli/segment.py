@@ -7,6 +7,7 @@ from pathlib import Path
 
 from ..errors import InputError
 from .common import _check_train_out, _event_sink, _json_line, _overwrite_arg, _suffix_ok
+from .preprocess import add_preprocess_arg, preprocess_for
 
 
 def _read_sequences(args, needed) -> tuple:
@@ -38,6 +39,7 @@ def cmd_segment(args) -> int:
         progress = lambda f, m: _json_line({"event": "progress", "fraction": round(f, 3), "message": m})  # noqa: E731
         if extra:
             progress(0.0, f"ignoring {', '.join(extra)} (model uses {', '.join(model.sequences)})")
+    images, prep = preprocess_for(args, images, model.sequences[0], progress)
     res = segment(images, model, report=args.report, overlap=args.overlap, tta=args.tta, progress=progress)
     from ..segmentation.data import LABELS
 
@@ -46,6 +48,8 @@ def cmd_segment(args) -> int:
     doc = {"model": model.id, "sequences": model.sequences, "reference": model.sequences[0],
            "labelmap": str(Path(args.out).resolve()), "labels": {str(k): v for k, v in LABELS.items()},
            "regions": res.regions(), "report": args.report or None, "seconds": res.seconds}
+    if prep:
+        doc["preprocessing"] = prep
     write_image_atomic(res.labelmap, args.out)
     if args.json:
         atomic_write_text(args.json, json.dumps(doc, indent=2) + "\n")
@@ -124,6 +128,7 @@ def add_segment_parser(sub) -> None:
     sg.add_argument("--json", metavar="OUT", help="write the result as JSON")
     sg.add_argument("--progress", choices=["text", "jsonl"], default="text",
                     help="jsonl: progress and result as JSON lines on stdout (for 3D Slicer)")
+    add_preprocess_arg(sg)
     sg.set_defaults(func=cmd_segment)
 
 
