@@ -13,7 +13,7 @@ import argparse
 import sys
 
 from ..errors import BrainSpineAIError
-from . import classify, evaluate, models, segment, sicf, train
+from . import classify, evaluate, models, prognosis, segment, sicf, train
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -34,6 +34,8 @@ def build_parser() -> argparse.ArgumentParser:
     segment.add_train_parser(tsub)
     segment.add_evaluate_parser(sub)
     models.add_parsers(sub)
+    prognosis.add_train_parser(tsub)
+    prognosis.add_parsers(sub)
     return p
 
 
