@@ -134,7 +134,7 @@ def small_model(lgg, tmp_path_factory, cache):
     tmp = tmp_path_factory.mktemp("prog")
     data = _small_cohort(lgg, tmp, extra_rows=2)
     cfg = PrognosisConfig(str(data), str(data / "clinical.csv"), str(tmp / "lgg-small"), folds=2, bootstrap=50,
-                          cache=str(cache))
+                          cache=str(cache), net_epochs=2)
     return data, train_prognosis(cfg, log=lambda m: None)
 
 
@@ -220,3 +220,54 @@ def test_cli_bad_inputs_are_one_line(small_model, lgg, tmp_path):
     r = run_cli("train", "prognosis", "--data", lgg, "--clinical", bad, "--out", out)
     assert r.returncode == 2 and "lacks the column" in r.stderr and "Traceback" not in r.stderr
     assert not out.exists()
+
+
+def test_network_missing_sequence_and_reload(lgg, cache):
+    """The multi-modal network on real patients: the attention gives a missing sequence weight
+    0 and the others sum to 1; its weights reload (safetensors) to identical outputs."""
+    import torch
+
+    from brainspineai.prognosis.data import REFERENCE_SPACING, read_clinical
+    from brainspineai.prognosis.network import (NetConfig, cohort_tensors, cox_loss, load_state, run_network,
+                                                save_state, train_network)
+
+    rows = [r for r in read_clinical(lgg / "clinical.csv", need_age=False) if r.patient in FEW]
+    flair_only = _flair_only_patient(lgg)
+    X, av = cohort_tensors(lgg, rows + [flair_only], REFERENCE_SPACING, cache)
+    assert X.shape[1:3] == (3, 8) and av[-1].tolist() == [False, False, True] and av[0].all()
+    age = np.asarray([r.age for r in rows + [flair_only]])
+    t = np.asarray([r.time_days for r in rows + [flair_only]])
+    e = np.asarray([r.event for r in rows + [flair_only]])
+    g = np.asarray([r.grade for r in rows + [flair_only]], dtype=float)
+    cfg = NetConfig(epochs=3)
+    net = train_network(X, av, (age - 50) / 15, t, e, g, cfg)
+    r1, g1, w1 = run_network(net, X, av, (age - 50) / 15)
+    assert np.allclose(w1.sum(axis=1), 1) and np.all(w1[-1, :2] == 0)
+    net2 = load_state(save_state(net), cfg.__dict__)
+    r2, g2, w2 = run_network(net2, X, av, (age - 50) / 15)
+    assert np.array_equal(r1, r2) and np.array_equal(g1, g2) and np.array_equal(w1, w2)
+    # dropping T1c of a complete patient changes its weights, FLAIR stays available
+    av_drop = av.clone()
+    av_drop[0, 1] = False
+    _, _, w3 = run_network(net, X, av_drop, (age - 50) / 15)
+    assert w3[0, 1] == 0 and abs(w3[0].sum() - 1) < 1e-6
+    # the Cox loss prefers the risk order that matches the deaths
+    tt, ee = torch.tensor([100.0, 200.0, 300.0]), torch.tensor([1.0, 1.0, 0.0])
+    assert cox_loss(torch.tensor([2.0, 1.0, 0.0]), tt, ee) < cox_loss(torch.tensor([0.0, 1.0, 2.0]), tt, ee)
+
+
+def test_shipped_default_model_runs_on_a_real_patient(lgg, tmp_path):
+    """The shipped default (pinned) gives the documented JSON for a patient, from the CLI."""
+    from brainspineai.catalogue import read_card, resolve_model, shipped_pins
+
+    folder = resolve_model("tcga-lgg-prognosis")
+    card = read_card(folder)
+    assert "tcga-lgg-prognosis" in shipped_pins() and card["task"] == "prognosis"
+    assert set(card["metrics"]["variants"]) >= {"age", "radiomics", "radiomics+age"}
+    assert card["must_not_be_used_for"]
+    out = tmp_path / "p.json"
+    r = run_cli("prognosis", lgg / "TCGA_CS_4942", "--age", "44", "--json", out)
+    assert r.returncode == 0, r.stderr
+    doc = json.loads(out.read_text())
+    assert doc["model"] == "tcga-lgg-prognosis" and doc["risk_group"] in ("low", "high")
+    assert abs(sum(doc["modality_weights"].values()) - 1) < 1e-6

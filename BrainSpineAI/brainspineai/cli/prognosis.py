@@ -31,13 +31,14 @@ def cmd_train(args) -> int:
 
     if args.folds < 2:
         raise InputError(f"--folds {args.folds}: use at least 2")
-    if args.bootstrap < 0 or args.penalizer < 0:
-        raise InputError("--bootstrap and --penalizer must not be negative")
+    if args.bootstrap < 0 or args.penalizer < 0 or args.net_epochs < 1:
+        raise InputError("--bootstrap and --penalizer must not be negative, --net-epochs at least 1")
     if not Path(args.data).is_dir():
         raise InputError(f"--data {args.data}: not a folder")
     cfg = PrognosisConfig(args.data, args.clinical, args.out, folds=args.folds, seed=args.seed,
                           bootstrap=args.bootstrap, penalizer=args.penalizer, cache=args.cache,
-                          model_id=args.model_id, limit=args.limit)
+                          model_id=args.model_id, limit=args.limit, network=not args.no_network,
+                          net_epochs=args.net_epochs)
     folder = train_prognosis(cfg, log=lambda m: print(m, file=sys.stderr))
     print(f"prognosis model written to {folder}")
     return 0
@@ -137,6 +138,8 @@ def add_train_parser(tsub) -> None:
     p.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples of the 95%% intervals")
     p.add_argument("--penalizer", type=float, default=0.5, help="ridge strength of the radiomics Cox models")
     p.add_argument("--cache", help="folder to cache each patient's features in")
+    p.add_argument("--no-network", action="store_true", help="leave the multi-modal network out of the comparison")
+    p.add_argument("--net-epochs", type=int, default=40, help="full-batch training steps of the network")
     p.add_argument("--limit", type=int, default=0, help="use the first N patients (quick runs)")
     p.add_argument("--model-id", help="id in the model card (default: the --out folder name)")
     _overwrite_arg(p)

@@ -24,11 +24,16 @@ FORMAT = 1
 CURVE_DAYS = tuple(range(0, 3651, 30))  # the survival curve's days (10 years, monthly)
 
 
+NET_RISK, NET_GRADE = "network_risk", "network_grade_logit"  # the network's outputs as model features
+NET_FILE = "network.safetensors"
+
+
 @dataclass
 class PrognosisModel:
     """A loaded prognosis model: ``cox`` and ``grade`` (:class:`LinearModel`), the risk-group
-    ``cut`` (on the Cox linear predictor: training median), the pyradiomics ``settings`` and the
-    reference ``spacing`` (mm)."""
+    ``cut`` (on the Cox linear predictor: training median), the pyradiomics ``settings``, the
+    reference ``spacing`` (mm), and the multi-modal ``network`` (:mod:`.network`, or ``None``)
+    with the age standardisation ``net_age`` (mean, scale) it was trained with."""
 
     card: dict
     folder: Path
@@ -37,6 +42,8 @@ class PrognosisModel:
     cut: float
     settings: dict
     spacing: tuple
+    network: object = None
+    net_age: tuple = (0.0, 1.0)
     kind: str = "prognosis"
 
     @property
@@ -44,24 +51,24 @@ class PrognosisModel:
         return self.card["id"]
 
     @property
-    def needs_imaging(self) -> bool:
-        return any(f != "age" for f in self.cox.features + self.grade.features)
+    def _features(self) -> set:
+        return set(self.cox.features) | set(self.grade.features)
 
-    def _row(self, lm: LinearModel, radiomics: dict, age: float):
+    @property
+    def needs_imaging(self) -> bool:
+        return bool(self._features - {"age"})
+
+    def _row(self, lm: LinearModel, feats: dict):
         import numpy as np
 
-        vals = []
-        for f in lm.features:
-            if f == "age":
-                vals.append(age)
-            elif f in radiomics:
-                vals.append(radiomics[f])
-            else:
-                raise ModelError(f"model '{self.id}': feature {f} was not computed (other pyradiomics version?)")
-        return np.asarray([vals], dtype=np.float64)
+        missing = [f for f in lm.features if f not in feats]
+        if missing:
+            raise ModelError(f"model '{self.id}': feature {missing[0]} was not computed (other pyradiomics version?)")
+        return np.asarray([[feats[f] for f in lm.features]], dtype=np.float64)
 
-    def predict_features(self, radiomics: dict, age: float, missing=()) -> dict:
-        """Prediction from computed radiomics (:func:`.features.radiomics_features`) and age.
+    def predict_features(self, feats: dict, age: float, missing=(), weights=None) -> dict:
+        """Prediction from computed features (radiomics by pyradiomics name, the network's
+        ``network_risk`` / ``network_grade_logit``) and the age.
 
         :returns: ``{"risk", "risk_group", "survival": {"days", "probability"}, "grade":
             {"probabilities": {"II", "III"}}, "modality_weights"}``; ``risk`` is the Cox
@@ -69,42 +76,45 @@ class PrognosisModel:
         """
         import numpy as np
 
-        lp = float(self.cox.linear_predictor(self._row(self.cox, radiomics, age))[0])
-        surv = self.cox.survival(self._row(self.cox, radiomics, age), CURVE_DAYS)[0]
-        z = float(self.grade.linear_predictor(self._row(self.grade, radiomics, age))[0])
+        feats = {**feats, "age": age}
+        lp = float(self.cox.linear_predictor(self._row(self.cox, feats))[0])
+        surv = self.cox.survival(self._row(self.cox, feats), CURVE_DAYS)[0]
+        z = float(self.grade.linear_predictor(self._row(self.grade, feats))[0])
         p3 = float(1.0 / (1.0 + np.exp(-z)))
-        used = [s for s in ("t1", "t1ce", "flair") if s == "flair" and self.needs_imaging]
-        weights = {s: (1.0 / len(used) if s in used else 0.0) for s in ("t1", "t1ce", "flair")}
+        if weights is None:  # radiomics: the FLAIR only
+            weights = {s: (1.0 if s == "flair" and self.needs_imaging else 0.0) for s in ("t1", "t1ce", "flair")}
         return {"model": self.id, "risk": lp, "risk_group": "high" if lp > self.cut else "low",
                 "survival": {"days": list(CURVE_DAYS), "probability": [round(float(v), 6) for v in surv]},
                 "grade": {"probabilities": {"II": round(1.0 - p3, 6), "III": round(p3, 6)}},
                 "modality_weights": weights, "missing_sequences": list(missing), "age": age}
 
     def predict(self, case_dir, age, mask=None) -> dict:
-        """Prognosis of one patient folder (:mod:`.data` layout) at ``age`` years.
+        """Prognosis of one patient folder (:mod:`.data` layout) at ``age`` years; ``mask``
+        (a file) replaces the folder's ``mask.nii.gz``.
 
         :raises InputError: unknown age, no FLAIR, no tumour mask, unreadable files.
         """
-        from .data import check_age
-        from .features import case_features
+        from .data import check_age, find_case, load_case
+        from .features import radiomics_features
 
         age = check_age(age)
         if not self.needs_imaging:
             return self.predict_features({}, age)
-        if mask is not None:
-            from .data import load_case
-            from .features import radiomics_features
+        if mask is None and "mask" not in find_case(case_dir):
+            raise InputError(f"{case_dir}: no tumour mask (mask.nii.gz) and no segmenter for lower-grade "
+                             "glioma FLAIR in this model; give the expert or a segmented mask (--mask)")
+        case = load_case(case_dir, self.spacing, mask=mask)
+        feats, weights = {}, None
+        if self._features - {"age", NET_RISK, NET_GRADE}:
+            feats.update(radiomics_features(case, self.settings))
+        if self.network is not None:
+            from .network import SEQUENCES, patient_tensor, run_network
 
-            case = load_case(case_dir, self.spacing, mask=mask)
-            feats = {"radiomics": radiomics_features(case, self.settings), "missing": case["missing"]}
-        else:
-            from .data import find_case
-
-            if "mask" not in find_case(case_dir):
-                raise InputError(f"{case_dir}: no tumour mask (mask.nii.gz) and no segmenter for lower-grade "
-                                 "glioma FLAIR in this model; give the expert or a segmented mask")
-            feats = case_features(case_dir, self.settings, self.spacing)
-        return self.predict_features(feats["radiomics"], age, feats["missing"])
+            x, av = patient_tensor(case)
+            r, g, a = run_network(self.network, x[None], av[None], [(age - self.net_age[0]) / self.net_age[1]])
+            feats.update({NET_RISK: float(r[0]), NET_GRADE: float(g[0])})
+            weights = {s: round(float(w), 6) for s, w in zip(SEQUENCES, a[0])}
+        return self.predict_features(feats, age, case["missing"], weights)
 
 
 def save_prognosis_model(out_dir, card: dict, payload: dict, settings: dict, extra: dict) -> Path:
@@ -148,7 +158,15 @@ def load_prognosis_model(folder, card: dict, device=None) -> PrognosisModel:
             n = len(lm.features)
             if not (len(lm.mean) == len(lm.scale) == len(lm.coef) == n):
                 raise ValueError("coefficient lengths differ")
+        net, net_age = None, (0.0, 1.0)
+        if "network" in payload:
+            from .network import load_state
+
+            if card["files"].get(NET_FILE) is None:
+                raise ValueError(f"the card does not list {NET_FILE}")
+            net = load_state((folder / NET_FILE).read_bytes(), payload["network"]["config"])
+            net_age = (float(payload["network"]["age_mean"]), float(payload["network"]["age_scale"]))
         return PrognosisModel(card, folder, cox, grade, float(payload["cut"]), settings,
-                              tuple(float(s) for s in payload["spacing"]))
-    except (ValueError, KeyError, TypeError) as exc:
+                              tuple(float(s) for s in payload["spacing"]), net, net_age)
+    except (ValueError, KeyError, TypeError, RuntimeError) as exc:
         raise ModelError(f"{folder}: malformed prognosis model ({str(exc)[:120]})") from None

@@ -64,8 +64,9 @@ def cross_validate(X, names, age, time, event, grade, n_folds: int = 5, seed: in
 
     :param X: radiomics float (n, p); ``age`` years (n,); ``time`` days; ``event`` 0/1;
         ``grade`` WHO 2/3 (NaN unknown).
-    :param extra_risks: optional ``{variant: (risk (n,) out-of-fold, p_grade (n,) or None)}``
-        computed elsewhere on the same folds (the network), added to the table.
+    :param extra_risks: optional ``{variant: {"risk": (n,), "p_grade": (n,), "group": [...]}}``,
+        out-of-fold predictions computed elsewhere on the same folds (the network), added to
+        the table.
     :returns: ``{"variants": {name: metrics + "oof_risk", "oof_group", "fold_c_index"},
         "folds": [[test patients' indices], ...]}``.
     """
@@ -90,10 +91,14 @@ def cross_validate(X, names, age, time, event, grade, n_folds: int = 5, seed: in
         res = _summary(time, event, risk, g, pg, n_boot, seed)
         res.update(fold_c_index=per_fold, oof_risk=risk.tolist(), oof_group=group.tolist())
         results[variant] = res
-    for variant, (risk, pg) in (extra_risks or {}).items():
-        res = _summary(time, event, risk, g if pg is not None else None, pg, n_boot, seed)
-        res.update(fold_c_index=[c_index(time[te], event[te], np.asarray(risk)[te]) for _, te in splits],
-                   oof_risk=list(map(float, risk)))
+    for variant, oof in (extra_risks or {}).items():
+        risk = np.asarray(oof["risk"], dtype=float)
+        res = _summary(time, event, risk, g, oof["p_grade"], n_boot, seed)
+        res.update(fold_c_index=[c_index(time[te], event[te], risk[te]) for _, te in splits],
+                   oof_risk=risk.tolist(), oof_group=list(oof["group"]))
+        if "modality_weights" in oof:
+            mw = np.asarray(oof["modality_weights"])
+            res["mean_modality_weights"] = dict(zip(("t1", "t1ce", "flair"), mw.mean(axis=0).round(4).tolist()))
         results[variant] = res
     return {"variants": results, "folds": [te.tolist() for _, te in splits]}
 

@@ -31,6 +31,8 @@ class PrognosisConfig:
     cache: str | None = None
     model_id: str | None = None
     limit: int = 0  # use the first N patients (quick runs); 0 = all
+    network: bool = True  # cross-validate the multi-modal network too
+    net_epochs: int = 40
 
 
 def usable_patients(patients):
@@ -70,10 +72,21 @@ def run_study(cfg: PrognosisConfig, log=print) -> dict:
     time = np.asarray([p.time_days for p in patients])
     event = np.asarray([p.event for p in patients])
     grade = [p.grade for p in patients]
+    extra, tensors = {}, None
+    if cfg.network:
+        from .network import NetConfig, cohort_tensors, cross_validate_network
+        from .study import folds
+
+        log("multi-modal network: slice series of every patient ...")
+        tensors = cohort_tensors(cfg.data, patients, REFERENCE_SPACING, cfg.cache)
+        g = np.asarray([np.nan if x is None else x for x in grade], dtype=float)
+        extra["network"] = cross_validate_network(*tensors, age, time, event, g, folds(event, cfg.folds, cfg.seed),
+                                                  NetConfig(epochs=cfg.net_epochs, seed=cfg.seed), log)
     log(f"{cfg.folds}-fold cross-validation of {len(names)} features ...")
-    cv = cross_validate(X, names, age, time, event, grade, cfg.folds, cfg.seed, cfg.bootstrap, cfg.penalizer)
+    cv = cross_validate(X, names, age, time, event, grade, cfg.folds, cfg.seed, cfg.bootstrap, cfg.penalizer,
+                        extra_risks=extra)
     table, verdict, best = ablation_table(cv)
-    return {"patients": patients, "left_out": left, "X": X, "names": names, "missing": missing, "age": age,
+    return {"tensors": tensors, "patients": patients, "left_out": left, "X": X, "names": names, "missing": missing, "age": age,
             "time": time, "event": event, "grade": grade, "cv": cv, "table": table, "verdict": verdict,
             "best": best}
 
@@ -114,13 +127,35 @@ def train_prognosis(cfg: PrognosisConfig, log=print) -> Path:
     v = s["cv"]["variants"]
     best = s["best"]
     best_grade = max(v, key=lambda k: v[k].get("grade_auc", -1))
-    D, dn = design(best, s["X"], s["names"], s["age"])
-    cox = fit_cox(D, s["time"], s["event"], dn, cfg.penalizer if best != "age" else 0.0)
-    cut = float(np.median(cox.linear_predictor(D)))
     g = np.asarray([np.nan if x is None else x for x in s["grade"]], dtype=float)
     known = ~np.isnan(g)
-    Dg, dng = design(best_grade, s["X"], s["names"], s["age"])
-    grade = fit_logistic(Dg[known], (g[known] == 3).astype(int), dng)
+    payload, extra_files = {}, {}
+    if "network" in (best, best_grade):
+        from .model import NET_FILE, NET_GRADE, NET_RISK
+        from .network import NetConfig, breslow, config_dict, run_network, save_state, train_network
+        from .survival import LinearModel
+
+        log("refitting the network on all patients ...")
+        ncfg = NetConfig(epochs=cfg.net_epochs, seed=cfg.seed)
+        mu, sd = float(s["age"].mean()), float(s["age"].std() + 1e-9)
+        net = train_network(*s["tensors"], (s["age"] - mu) / sd, s["time"], s["event"], g, ncfg)
+        lp_all, _, _ = run_network(net, *s["tensors"], (s["age"] - mu) / sd)
+        payload["network"] = {"config": config_dict(ncfg), "age_mean": mu, "age_scale": sd}
+        extra_files[NET_FILE] = save_state(net)
+    if best == "network":
+        cox = LinearModel("cox", [NET_RISK], [0.0], [1.0], [1.0], 0.0, *breslow(lp_all, s["time"], s["event"]))
+        cut = float(np.median(lp_all))
+    else:
+        D, dn = design(best, s["X"], s["names"], s["age"])
+        cox = fit_cox(D, s["time"], s["event"], dn, cfg.penalizer if best != "age" else 0.0)
+        cut = float(np.median(cox.linear_predictor(D)))
+    if best_grade == "network":
+        grade = LinearModel("logistic", [NET_GRADE], [0.0], [1.0], [1.0], 0.0)
+        dng = [NET_GRADE]
+    else:
+        Dg, dng = design(best_grade, s["X"], s["names"], s["age"])
+        grade = fit_logistic(Dg[known], (g[known] == 3).astype(int), dng)
+    dn = cox.features
     figures = {k: {m: r[m] for m in ("c_index", "c_index_95ci", "time_auc", "grade_auc", "grade_auc_95ci",
                                         "fold_c_index") if m in r} for k, r in v.items()}
     pats = s["patients"]
@@ -128,9 +163,9 @@ def train_prognosis(cfg: PrognosisConfig, log=print) -> Path:
         "id": cfg.model_id or Path(cfg.out).name, "version": 1, "task": TASK,
         "architecture": f"cox-{best}+logistic-{best_grade}",
         "class_names": ["grade II", "grade III"], "input_size": [len(dn)], "in_channels": 1,
-        "description": "Overall survival (Cox) and WHO grade (logistic) of lower-grade glioma from FLAIR "
-                       "radiomics of the tumour mask and age",
-        "inputs": {"sequences": ["flair"], "mask": "tumour / FLAIR abnormality, 0/1", "age": "years at diagnosis",
+        "description": f"Overall survival (Cox, {best}) and WHO grade (logistic, {best_grade}) of lower-grade "
+                       "glioma from MRI of the tumour region and age",
+        "inputs": {"sequences": ["flair"] + (["t1 (optional)", "t1ce (optional)"] if "network" in payload else []), "mask": "tumour / FLAIR abnormality, 0/1", "age": "years at diagnosis",
                    "reference_spacing_mm": list(REFERENCE_SPACING)},
         "features": {"extractor": "pyradiomics", "pyradiomics_version": radiomics_version(),
                      "settings_file": SETTINGS, "sequence": "flair", "n_features": len(s["names"])},
@@ -149,12 +184,12 @@ def train_prognosis(cfg: PrognosisConfig, log=print) -> Path:
     }
     cv = {"table": s["table"], "verdict": s["verdict"], "folds": s["cv"]["folds"],
           "patients": [p.patient for p in pats], "variants": v}
-    payload = {"cox": cox.to_dict(), "grade": grade.to_dict(), "cut": cut,
-               "spacing": list(REFERENCE_SPACING)}
+    payload.update({"cox": cox.to_dict(), "grade": grade.to_dict(), "cut": cut,
+                    "spacing": list(REFERENCE_SPACING)})
     kms = {f"km-{k.replace('+', '-')}.png": _km_png(s, k) for k in v if "oof_group" in v[k]}
 
     extra = {CV_FILE: (json.dumps(cv, indent=1) + "\n").encode(),
-             "ablation.md": (s["table"] + "\n\n" + s["verdict"] + "\n").encode(), **kms}
+             "ablation.md": (s["table"] + "\n\n" + s["verdict"] + "\n").encode(), **kms, **extra_files}
     folder = save_prognosis_model(cfg.out, card, payload, RADIOMICS_SETTINGS, extra)
     log(s["table"])
     log(s["verdict"])
