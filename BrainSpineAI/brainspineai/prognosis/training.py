@@ -189,7 +189,7 @@ def train_prognosis(cfg: PrognosisConfig, log=print) -> Path:
     kms = {f"km-{k.replace('+', '-')}.png": _km_png(s, k) for k in v if "oof_group" in v[k]}
 
     extra = {CV_FILE: (json.dumps(cv, indent=1) + "\n").encode(),
-             "ablation.md": (s["table"] + "\n\n" + s["verdict"] + "\n").encode(), **kms, **extra_files}
+             **kms, **extra_files}
     folder = save_prognosis_model(cfg.out, card, payload, RADIOMICS_SETTINGS, extra)
     log(s["table"])
     log(s["verdict"])
