@@ -9,7 +9,7 @@ from pathlib import Path
 from conftest import LIB_PARENT
 
 PKG = LIB_PARENT / "brainspineai"
-CAPABILITIES = ("classification", "sicf", "segmentation", "preprocessing", "cli")
+CAPABILITIES = ("classification", "sicf", "segmentation", "preprocessing", "prognosis", "cli")
 MAX_LINES = 500
 
 

@@ -16,7 +16,7 @@ import argparse
 import sys
 
 from ..errors import BrainSpineAIError
-from . import classify, evaluate, models, preprocess, segment, sicf, train
+from . import classify, evaluate, models, preprocess, prognosis, segment, sicf, train
 from .validate import OneLineParser, clean_message, install_validators
 
 
@@ -39,6 +39,8 @@ def build_parser() -> argparse.ArgumentParser:
     segment.add_evaluate_parser(sub)
     models.add_parsers(sub)
     preprocess.add_parser(sub)
+    prognosis.add_train_parser(tsub)
+    prognosis.add_parsers(sub)
     install_validators(p)
     return p
 

@@ -1,0 +1,273 @@
+"""Prognosis of lower-grade glioma on the real TCGA-LGG patients: radiomics are deterministic
+and resolution-independent, a model folder reloads to identical risks, a missing sequence is
+handled, the clinical CSV is validated, and bad input gives one line and exit 2."""
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+
+import numpy as np
+import pytest
+
+from conftest import DATA, need, run_cli
+
+pytest.importorskip("radiomics", reason="pyradiomics is not installed")
+pytest.importorskip("lifelines", reason="lifelines is not installed")
+
+LGG = DATA / "volumes" / "tcga-lgg-flair"
+# three patients with all sequences, two with FLAIR only, one with T1 + FLAIR; deaths among them
+FEW = ["TCGA_CS_4941", "TCGA_CS_4942", "TCGA_CS_4944", "TCGA_CS_5393", "TCGA_CS_5395", "TCGA_CS_5396",
+       "TCGA_CS_6186", "TCGA_CS_6188", "TCGA_CS_6665", "TCGA_CS_6668"]
+
+
+@pytest.fixture(scope="module")
+def lgg():
+    return need(LGG)
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory):
+    return tmp_path_factory.mktemp("radiomics-cache")
+
+
+def _flair_only_patient(lgg):
+    from brainspineai.prognosis.data import read_clinical
+
+    rows = read_clinical(lgg / "clinical.csv", need_age=False)
+    return next(r for r in rows if r.extra.get("sequences") == "flair" and r.age is not None)
+
+
+def _small_cohort(lgg, tmp_path, extra_rows=0):
+    """A clinical CSV of FEW (+ some FLAIR-only patients) beside links to their folders."""
+    from brainspineai.prognosis.data import read_clinical
+
+    rows = list(csv.DictReader(open(lgg / "clinical.csv", newline="")))
+    flair_only = [r.patient for r in read_clinical(lgg / "clinical.csv", need_age=False)
+                  if r.extra.get("sequences") == "flair"][:extra_rows]
+    keep = [r for r in rows if r["patient"] in FEW + flair_only]
+    data = tmp_path / "data"
+    data.mkdir()
+    for r in keep:
+        (data / r["patient"]).symlink_to(lgg / r["patient"])
+    with open(data / "clinical.csv", "w", newline="") as fh:
+        w = csv.DictWriter(fh, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(keep)
+    return data
+
+
+def test_features_are_deterministic_and_cached(lgg, cache):
+    from brainspineai.prognosis.features import case_features
+
+    a = case_features(lgg / "TCGA_CS_4941")
+    b = case_features(lgg / "TCGA_CS_4941", cache_dir=cache)
+    c = case_features(lgg / "TCGA_CS_4941", cache_dir=cache)  # read back from the cache
+    assert len(a["radiomics"]) > 50 and a["missing"] == []
+    assert a == b == c
+    assert list(cache.iterdir()), "the features were cached"
+    assert a["radiomics"]["original_shape_VoxelVolume"] > 100
+
+
+def test_256px_input_gives_the_same_grid_and_close_features(lgg, tmp_path):
+    """The published 256 px slices (1 mm placeholder spacing) are resampled by spacing onto the
+    model's 2 mm grid: the same voxel grid, and the tumour volume within a few percent."""
+    import SimpleITK as sitk
+
+    from brainspineai.prognosis.data import load_case
+    from brainspineai.prognosis.features import case_features
+
+    src = lgg / "TCGA_CS_4941"
+    up = tmp_path / "TCGA_CS_4941"
+    up.mkdir()
+    for name in ("flair", "mask"):
+        img = sitk.ReadImage(str(src / f"{name}.nii.gz"))
+        sp = img.GetSpacing()
+        ref = sitk.Image([img.GetSize()[0] * 2, img.GetSize()[1] * 2, img.GetSize()[2]], img.GetPixelID())
+        ref.SetSpacing((sp[0] / 2, sp[1] / 2, sp[2]))
+        ref.SetDirection(img.GetDirection())
+        ref.SetOrigin([o - s / 4 for o, s in zip(img.GetOrigin(), sp)][:2] + [img.GetOrigin()[2]])
+        interp = sitk.sitkNearestNeighbor
+        sitk.WriteImage(sitk.Resample(img, ref, sitk.Transform(), interp, 0), str(up / f"{name}.nii.gz"))
+    a, b = load_case(src), load_case(up)
+    assert a["images"]["flair"].GetSize() == b["images"]["flair"].GetSize()
+    assert b["missing"] == ["t1", "t1ce"]
+    fa, fb = case_features(src)["radiomics"], case_features(up)["radiomics"]
+    va, vb = fa["original_shape_VoxelVolume"], fb["original_shape_VoxelVolume"]
+    assert abs(va - vb) / va < 0.05
+
+
+def test_clinical_csv_is_validated(lgg, tmp_path):
+    from brainspineai.errors import InputError
+    from brainspineai.prognosis.data import read_clinical
+
+    rows = read_clinical(lgg / "clinical.csv", need_age=False)
+    assert len(rows) == 81 and sum(r.age is None for r in rows) == 1
+    assert {r.grade for r in rows} == {2, 3, None}
+    with pytest.raises(InputError, match="unknown"):
+        read_clinical(lgg / "clinical.csv")  # one patient has no age
+    text = (lgg / "clinical.csv").read_text()
+    bad = tmp_path / "bad.csv"
+    bad.write_text(text.replace("time_days", "days", 1))
+    with pytest.raises(InputError, match="lacks the column.*time_days"):
+        read_clinical(bad)
+    bad.write_text(text.replace(",67,", ",sixty,", 1))
+    with pytest.raises(InputError, match="TCGA_CS_4941.*age 'sixty'"):
+        read_clinical(bad, need_age=False)
+
+
+def test_missing_sequence_is_handled(lgg):
+    from brainspineai.prognosis.data import load_case
+    from brainspineai.prognosis.features import case_features
+
+    p = _flair_only_patient(lgg)
+    case = load_case(lgg / p.patient)
+    assert case["missing"] == ["t1", "t1ce"] and case["mask"] is not None
+    f = case_features(lgg / p.patient)
+    assert f["missing"] == ["t1", "t1ce"] and len(f["radiomics"]) > 50
+
+
+@pytest.fixture(scope="module")
+def small_model(lgg, tmp_path_factory, cache):
+    from brainspineai.prognosis.training import PrognosisConfig, train_prognosis
+
+    tmp = tmp_path_factory.mktemp("prog")
+    data = _small_cohort(lgg, tmp, extra_rows=2)
+    cfg = PrognosisConfig(str(data), str(data / "clinical.csv"), str(tmp / "lgg-small"), folds=2, bootstrap=50,
+                          cache=str(cache), net_epochs=2)
+    return data, train_prognosis(cfg, log=lambda m: None)
+
+
+def test_model_reloads_to_identical_risks(small_model, lgg):
+    from brainspineai.catalogue import load_model, read_card
+
+    data, folder = small_model
+    card = read_card(folder)
+    assert card["task"] == "prognosis" and set(card["files"]) >= {"prognosis.json", "radiomics.json", "cv.json"}
+    assert "c_index_95ci" in card["metrics"]["variants"]["age"]
+    m1 = load_model(str(folder), "cpu", task="prognosis")
+    m2 = load_model(str(folder), "cpu", task="prognosis")
+    r1 = m1.predict(lgg / "TCGA_CS_4941", 67)
+    r2 = m2.predict(lgg / "TCGA_CS_4941", 67)
+    assert r1 == r2
+    assert r1["risk_group"] in ("low", "high")
+    probs = r1["survival"]["probability"]
+    assert probs[0] == 1.0 and all(a >= b for a, b in zip(probs, probs[1:]))
+    assert abs(sum(r1["grade"]["probabilities"].values()) - 1) < 1e-6
+    older = m1.predict(lgg / "TCGA_CS_4941", 80)
+    if any(f == "age" for f in m1.cox.features):
+        assert older["risk"] != r1["risk"]
+
+
+def test_tampered_model_is_refused(small_model, tmp_path):
+    from brainspineai.catalogue import load_model
+    from brainspineai.errors import ChecksumError
+
+    _, folder = small_model
+    copy = tmp_path / "copy"
+    shutil.copytree(folder, copy)
+    s = json.loads((copy / "radiomics.json").read_text())
+    s["setting"]["binCount"] = 8
+    (copy / "radiomics.json").write_text(json.dumps(s))
+    with pytest.raises(ChecksumError):
+        load_model(str(copy), "cpu", task="prognosis")
+
+
+def test_cli_prognosis_and_evaluate(small_model, lgg, tmp_path):
+    data, folder = small_model
+    out = tmp_path / "p.json"
+    r = run_cli("prognosis", lgg / _flair_only_patient(lgg).patient, "--age", "50", "--model", folder, "--json", out)
+    assert r.returncode == 0, r.stderr
+    doc = json.loads(out.read_text())
+    assert set(doc) >= {"risk", "risk_group", "survival", "grade", "modality_weights"}
+    assert set(doc["survival"]) == {"days", "probability"} and set(doc["grade"]) == {"probabilities"}
+    ev = tmp_path / "e.json"
+    km = tmp_path / "km.png"
+    r = run_cli("evaluate-prognosis", data, "--clinical", data / "clinical.csv", "--model", folder,
+                "--json", ev, "--km", km, "--bootstrap", "50")
+    assert r.returncode == 0, r.stderr
+    doc = json.loads(ev.read_text())
+    assert 0 <= doc["c_index"] <= 1 and len(doc["c_index_95ci"]) == 2 and set(doc["time_auc"]) == {"1y", "2y", "3y"}
+    assert "grade_auc" in doc and km.read_bytes()[:4] == b"\x89PNG"
+
+
+@pytest.mark.parametrize("args,match", [
+    (["--age", "abc"], "argument --age"),
+    ([], "age is unknown"),
+    (["--age", "300"], "plausible age"),
+])
+def test_cli_bad_age_is_one_line(small_model, lgg, tmp_path, args, match):
+    _, folder = small_model
+    out = tmp_path / "p.json"
+    r = run_cli("prognosis", lgg / "TCGA_CS_4941", *args, "--model", folder, "--json", out)
+    assert r.returncode == 2 and match in r.stderr and "Traceback" not in r.stderr
+    assert not out.exists()
+
+
+def test_cli_bad_inputs_are_one_line(small_model, lgg, tmp_path):
+    _, folder = small_model
+    case = tmp_path / "case"
+    case.mkdir()
+    shutil.copy(lgg / "TCGA_CS_4941" / "t1.nii.gz", case / "t1.nii.gz")
+    r = run_cli("prognosis", case, "--age", "50", "--model", folder)
+    assert r.returncode == 2 and "no flair" in r.stderr and len(r.stderr.strip().splitlines()) == 1
+    shutil.copy(lgg / "TCGA_CS_4941" / "flair.nii.gz", case / "flair.nii.gz")
+    r = run_cli("prognosis", case, "--age", "50", "--model", folder)
+    assert r.returncode == 2 and "no tumour mask" in r.stderr and len(r.stderr.strip().splitlines()) == 1
+    bad = tmp_path / "c.csv"
+    bad.write_text("patient,age\nTCGA_CS_4941,67\n")
+    out = tmp_path / "m"
+    r = run_cli("train", "prognosis", "--data", lgg, "--clinical", bad, "--out", out)
+    assert r.returncode == 2 and "lacks the column" in r.stderr and "Traceback" not in r.stderr
+    assert not out.exists()
+
+
+def test_network_missing_sequence_and_reload(lgg, cache):
+    """The multi-modal network on real patients: the attention gives a missing sequence weight
+    0 and the others sum to 1; its weights reload (safetensors) to identical outputs."""
+    import torch
+
+    from brainspineai.prognosis.data import REFERENCE_SPACING, read_clinical
+    from brainspineai.prognosis.network import (NetConfig, cohort_tensors, cox_loss, load_state, run_network,
+                                                save_state, train_network)
+
+    rows = [r for r in read_clinical(lgg / "clinical.csv", need_age=False) if r.patient in FEW]
+    flair_only = _flair_only_patient(lgg)
+    X, av = cohort_tensors(lgg, rows + [flair_only], REFERENCE_SPACING, cache)
+    assert X.shape[1:3] == (3, 8) and av[-1].tolist() == [False, False, True] and av[0].all()
+    age = np.asarray([r.age for r in rows + [flair_only]])
+    t = np.asarray([r.time_days for r in rows + [flair_only]])
+    e = np.asarray([r.event for r in rows + [flair_only]])
+    g = np.asarray([r.grade for r in rows + [flair_only]], dtype=float)
+    cfg = NetConfig(epochs=3)
+    net = train_network(X, av, (age - 50) / 15, t, e, g, cfg)
+    r1, g1, w1 = run_network(net, X, av, (age - 50) / 15)
+    assert np.allclose(w1.sum(axis=1), 1) and np.all(w1[-1, :2] == 0)
+    net2 = load_state(save_state(net), cfg.__dict__)
+    r2, g2, w2 = run_network(net2, X, av, (age - 50) / 15)
+    assert np.array_equal(r1, r2) and np.array_equal(g1, g2) and np.array_equal(w1, w2)
+    # dropping T1c of a complete patient changes its weights, FLAIR stays available
+    av_drop = av.clone()
+    av_drop[0, 1] = False
+    _, _, w3 = run_network(net, X, av_drop, (age - 50) / 15)
+    assert w3[0, 1] == 0 and abs(w3[0].sum() - 1) < 1e-6
+    # the Cox loss prefers the risk order that matches the deaths
+    tt, ee = torch.tensor([100.0, 200.0, 300.0]), torch.tensor([1.0, 1.0, 0.0])
+    assert cox_loss(torch.tensor([2.0, 1.0, 0.0]), tt, ee) < cox_loss(torch.tensor([0.0, 1.0, 2.0]), tt, ee)
+
+
+def test_shipped_default_model_runs_on_a_real_patient(lgg, tmp_path):
+    """The shipped default (pinned) gives the documented JSON for a patient, from the CLI."""
+    from brainspineai.catalogue import read_card, resolve_model, shipped_pins
+
+    folder = resolve_model("tcga-lgg-prognosis")
+    card = read_card(folder)
+    assert "tcga-lgg-prognosis" in shipped_pins() and card["task"] == "prognosis"
+    assert set(card["metrics"]["variants"]) >= {"age", "radiomics", "radiomics+age"}
+    assert card["must_not_be_used_for"]
+    out = tmp_path / "p.json"
+    r = run_cli("prognosis", lgg / "TCGA_CS_4942", "--age", "44", "--json", out)
+    assert r.returncode == 0, r.stderr
+    doc = json.loads(out.read_text())
+    assert doc["model"] == "tcga-lgg-prognosis" and doc["risk_group"] in ("low", "high")
+    assert abs(sum(doc["modality_weights"].values()) - 1) < 1e-6
