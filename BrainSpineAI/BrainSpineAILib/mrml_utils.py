@@ -91,7 +91,7 @@ def heat_color_node(scene):
     per scene and reused."""
     from slicer import vtkMRMLColorTableNode
 
-    name = "BrainSpineAI Heat (transparent to hot)"
+    name = "BrainSpineAI Heat"
     existing = scene.GetFirstNodeByName(name)
     if existing is not None and existing.IsA("vtkMRMLColorTableNode"):
         return existing
