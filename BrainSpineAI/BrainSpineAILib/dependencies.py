@@ -33,7 +33,7 @@ REQUIRED_PACKAGES = {
     "open_clip": "open_clip_torch>=2.24", "safetensors": "safetensors>=0.4", "tqdm": "tqdm>=4.66",
     "matplotlib": "matplotlib>=3.7", "pytorch_metric_learning": "pytorch-metric-learning>=2.5",
     "lightning_fabric": "lightning-fabric>=2.3",
-    "skops": "skops>=0.10", "pytorch_grad_cam": "grad-cam>=1.5.4",
+    "skops": "skops>=0.10",
 }
 
 # import name -> requirement, installed through PyTorchUtils (never pip)

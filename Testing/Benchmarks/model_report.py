@@ -53,6 +53,8 @@ def main() -> None:
     ap.add_argument("--cases", type=int, default=3)
     ap.add_argument("--rows", type=int, default=60)
     ap.add_argument("--step", type=int, default=3)
+    ap.add_argument("--methods", nargs="+", metavar="METHOD@LAYER", help="with --compare: only these")
+    ap.add_argument("--datasets", nargs="+", choices=["figshare3", "brats2015", "lgg"])
     args = ap.parse_args()
     m = load_model(args.model, args.device)
     if args.localisation:
@@ -106,9 +108,7 @@ def main() -> None:
           f"{np.mean(hot):.3f}, the 15% coldest {np.mean(cold):.3f}")
 
 
-COMPARED = [("gradcam", "layer4"), ("gradcam", "layer3"), ("gradcam", "layer2"), ("gradcam++", "layer4"),
-            ("gradcam++", "layer3"), ("hirescam", "layer4"), ("hirescam", "layer3"), ("layercam", "layer4"),
-            ("layercam", "layer3"), ("layercam", "layer2")]
+COMPARED = [(me, la) for la in ("layer4", "layer3", "layer2", "layer1") for me in ("gradcam", "gradcam++", "hirescam", "layercam")]
 
 
 def localisation_tables(m, args) -> None:
@@ -125,7 +125,10 @@ def localisation_tables(m, args) -> None:
     chosen = heatmap_choice(m)
     configs.append((f"chosen: {chosen[0]}@{chosen[1]}, head mask", chosen + (True,)))
     if args.compare:
-        configs += [(f"{me}@{la}", (me, la, True)) for me, la in COMPARED if (me, la) != tuple(chosen)]
+        pairs = [tuple(t.split("@")) for t in args.methods] if args.methods else COMPARED
+        configs += [(f"{me}@{la}", (me, la, True)) for me, la in pairs if (me, la) != tuple(chosen)]
+    if args.datasets:
+        sources = [s for s, key in zip(sources, ("figshare3", "brats2015", "lgg")) if key in args.datasets]
     print(f"\nLocalisation of {m.id} (pointing game: peak within 3 mm of the tumour; energy: share of the heat "
           f"inside the tumour / box; outside: share of the heat outside the head); slice-level means")
     print(f"{'dataset':<16} {'sequence':<9} {'n':>4}  {'method':<40} {'pointing':>8} {'energy':>7} {'outside':>8}")

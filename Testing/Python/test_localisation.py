@@ -118,6 +118,26 @@ def test_cam_methods_and_layers(default_model, validation_images):
     with pytest.raises(InputError, match="no layer"):
         cam_batch(default_model, x, k, "gradcam", "layer9")
     assert heatmap_choice(default_model, "hirescam", "layer3") == ("hirescam", "layer3")
+    assert not default_model.network.layer4._forward_hooks, "hooks are removed after use"
+
+
+def test_methods_match_the_grad_cam_package(default_model, validation_images):
+    """The channel weighting is the grad-cam package's (where it is installed; not a dependency)."""
+    gc = pytest.importorskip("pytorch_grad_cam", reason="grad-cam is not installed (optional reference)")
+    from brainspineai.classification.explain import METHODS, cam_batch
+    from brainspineai.classification.preprocess import prepare_slices, slice_array
+    from brainspineai.io import read_image
+
+    x, _, _ = prepare_slices([slice_array(read_image(p)) for p in validation_images["glioma"][:2]], 128)
+    k, net = default_model.class_names.index("glioma"), default_model.network
+    classes = {"gradcam": gc.GradCAM, "gradcam++": gc.GradCAMPlusPlus, "hirescam": gc.HiResCAM, "layercam": gc.LayerCAM}
+    for method in METHODS:
+        ours = cam_batch(default_model, x, k, method, "layer3")
+        with classes[method](model=net, target_layers=[net.layer3]) as cam:
+            ref = cam(x, targets=[gc.utils.model_targets.ClassifierOutputTarget(k)] * 2)  # each min-max scaled
+        for a, b in zip(ours, ref):
+            a = a - a.min()
+            np.testing.assert_allclose(a / (a.max() or 1.0), b, atol=0.03, err_msg=method)
 
 
 def test_cli_heatmap_method_and_evaluate_localisation(tmp_path, validation_images):

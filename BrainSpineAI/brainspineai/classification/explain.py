@@ -1,5 +1,11 @@
-"""Class activation maps of a 2D classifier, through the ``grad-cam`` package
-(``pytorch_grad_cam``, J. Gildenblat et al., https://github.com/jacobgil/pytorch-grad-cam).
+"""Class activation maps of a 2D classifier: activations and gradients of one stage come
+from MONAI's hooks (``monai.visualize.class_activation_maps.ModelWithHooks``); the channel
+weighting follows the definitions of the ``grad-cam`` package (``pytorch_grad_cam`` 1.5,
+J. Gildenblat, https://github.com/jacobgil/pytorch-grad-cam), which is not a dependency: it
+is sdist-only for Slicer's Python, requires ``opencv-python-headless`` beside this project's
+``opencv-contrib-python-headless`` (two ``cv2`` in one environment) and imports
+``matplotlib.pyplot`` on import. ``Testing/Python/test_localisation.py`` checks the maps
+against it where it is installed.
 
 Methods (:data:`METHODS`), all computed on one convolutional stage of the network:
 
@@ -32,7 +38,7 @@ METHOD_NAMES = {"gradcam": "Grad-CAM", "gradcam++": "Grad-CAM++", "hirescam": "H
 # model id -> (method, layer), chosen by the localisation metrics on the model's validation
 # slices and on labelled volumes (README "Heatmaps"; Testing/Benchmarks/model_report.py --compare).
 DEFAULT_HEATMAPS = {
-    "brain-tumor-4class-resnet18w32": ("layercam", "layer3"),
+    "brain-tumor-4class-resnet18w32": ("gradcam++", "layer2"),
 }
 
 
@@ -88,25 +94,45 @@ def cam_batch(model, batch, class_index: int, method: str = "gradcam", layer=Non
         target = model.network.get_submodule(layer)
     except AttributeError:
         raise InputError(f"model '{getattr(model, 'id', '?')}' has no layer '{layer}' to explain") from None
+    from monai.visualize.class_activation_maps import ModelWithHooks
+
     size = tuple(batch.shape[-2:])
-    cam = _cam_class(method)(model=model.network, target_layers=[target])
+    hooked = ModelWithHooks(model.network, [layer], register_forward=True, register_backward=True)
     maps = []
     try:
         for i in range(0, batch.shape[0], batch_size):
             x = batch[i:i + batch_size].to(model.device)
             with torch.enable_grad():
-                out = cam.activations_and_grads(x)
-                model.network.zero_grad(set_to_none=True)
-                out[:, int(class_index)].sum().backward()
-            acts = cam.activations_and_grads.activations[0].float().numpy()
-            grads = cam.activations_and_grads.gradients[0].float().numpy()
-            raw = cam.get_cam_image(x, target, None, acts, grads, False)  # (n, h, w), unscaled
-            m = torch.nan_to_num(torch.as_tensor(np.asarray(raw, np.float32))).clamp_min(0)[:, None]
+                _, acts, grads = hooked(x, class_idx=int(class_index))
+            m = _combine(method, acts[0].detach().float(), grads[0].detach().float())
+            m = torch.nan_to_num(m).clamp_min(0).cpu()[:, None]
             maps.append(F.interpolate(m, size=size, mode="bilinear", align_corners=False)[:, 0])
     finally:
-        cam.activations_and_grads.release()
+        _remove_hooks(target)  # MONAI keeps no hook handles
         model.network.zero_grad(set_to_none=True)
     return torch.cat(maps).numpy() if maps else np.zeros((0,) + size, np.float32)
+
+
+def _combine(method: str, acts, grads):
+    """Map (N, h, w) from activations and gradients (N, C, h, w), as ``pytorch_grad_cam`` defines
+    each method (``GradCAM``, ``GradCAMPlusPlus`` eq. 19, ``HiResCAM``, ``LayerCAM``)."""
+    if method == "gradcam":
+        return (grads.mean(dim=(2, 3), keepdim=True) * acts).sum(1)
+    if method == "gradcam++":
+        g2 = grads ** 2
+        aij = g2 / (2 * g2 + acts.sum(dim=(2, 3), keepdim=True) * g2 * grads + 1e-6)
+        aij = aij.where(grads != 0, aij.new_zeros(()))
+        weights = (grads.clamp_min(0) * aij).sum(dim=(2, 3), keepdim=True)
+        return (weights * acts).sum(1)
+    if method == "hirescam":
+        return (grads * acts).sum(1)
+    return (grads.clamp_min(0) * acts).sum(1)  # layercam
+
+
+def _remove_hooks(module) -> None:
+    """Drop the forward / backward hooks ``ModelWithHooks`` put on ``module``."""
+    module._forward_hooks.clear()
+    module._backward_hooks.clear()
 
 
 def gradcam_batch(model, batch, class_index: int, batch_size: int = 32) -> np.ndarray:
@@ -114,12 +140,6 @@ def gradcam_batch(model, batch, class_index: int, batch_size: int = 32) -> np.nd
     ``method="gradcam"``; float32 array (N, S, S), >= 0, unnormalised."""
     layer = model.card.get("gradcam_layer") or getattr(model.network, "gradcam_layer", "layer4")
     return cam_batch(model, batch, class_index, "gradcam", layer, batch_size)
-
-
-def _cam_class(method: str):
-    from pytorch_grad_cam import GradCAM, GradCAMPlusPlus, HiResCAM, LayerCAM
-
-    return {"gradcam": GradCAM, "gradcam++": GradCAMPlusPlus, "hirescam": HiResCAM, "layercam": LayerCAM}[method]
 
 
 def head_mask(slice_array: np.ndarray) -> np.ndarray:
