@@ -332,6 +332,10 @@ class BrainSpineAIWidget(ModuleWidgetMixin, ModelListMixin, ScriptedLoadableModu
         status = _("Model: {model}.").format(model=result.get("model", ""))
         if result.get("slices"):
             status += " " + _("{n} slices classified.").format(n=len(result["slices"]))
+        if output.heatmapNode is not None:
+            status += " " + _("Heatmap: {method}, class {name}.").format(
+                method=output.heatmapNode.GetAttribute("BrainSpineAI.heatmapMethod") or "Grad-CAM",
+                name=output.heatmapNode.GetAttribute("BrainSpineAI.heatmapClass") or predicted)
         if result.get("sicf") and inputVolume is not None and slicer.mrmlScene.IsNodePresent(inputVolume):
             from BrainSpineAILib import sicf_logic
 

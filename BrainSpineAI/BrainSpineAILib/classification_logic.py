@@ -172,7 +172,8 @@ class ClassificationLogic(DependencyMixin):
             expected = tuple(reversed(volumeNode.GetImageData().GetDimensions()))
             if arr.shape != expected:
                 raise RuntimeError(f"heatmap has shape {arr.shape}, input has {expected}")
-            out.heatmapNode = self._heatmapNode(volumeNode, arr, result.get("heatmap_class", result["predicted"]))
+            out.heatmapNode = self._heatmapNode(volumeNode, arr, result.get("heatmap_class", result["predicted"]),
+                                                result.get("heatmap_method"))
         return out
 
     def _named(self, className: str, name: str):
@@ -235,10 +236,23 @@ class ClassificationLogic(DependencyMixin):
             chart.AddAndObservePlotSeriesNodeID(series.GetID())
         return chart
 
-    def _heatmapNode(self, volumeNode, arr, className):
+    def _heatmapNode(self, volumeNode, arr, className, method=None):
+        """The heatmap volume; attributes name the class, the method (``heatmapMethod``, e.g.
+        "LayerCAM at layer3") and the RAS point of the hottest voxel (``hottestRAS``), where
+        :meth:`showHeatmap` puts the slice views first."""
+        import numpy as np
+        import vtk
+
         node = self._named("vtkMRMLScalarVolumeNode", f"{volumeNode.GetName()} Grad-CAM")
         mrml_utils.update_volume_node_from_array(node, arr, reference=volumeNode)
         node.SetAttribute("BrainSpineAI.heatmapClass", className)
+        method = method or {"name": "Grad-CAM", "layer": "layer4"}
+        node.SetAttribute("BrainSpineAI.heatmapMethod", f"{method.get('name', method.get('method'))} at {method.get('layer')}")
+        k, j, i = np.unravel_index(int(np.argmax(arr)), arr.shape)
+        ijkToRAS = vtk.vtkMatrix4x4()
+        volumeNode.GetIJKToRASMatrix(ijkToRAS)
+        ras = ijkToRAS.MultiplyPoint((float(i), float(j), float(k), 1.0))[:3]
+        node.SetAttribute("BrainSpineAI.hottestRAS", " ".join(f"{v:.4f}" for v in ras))
         if node.GetDisplayNode() is None:
             node.CreateDefaultDisplayNodes()
         display = node.GetDisplayNode()
@@ -250,7 +264,13 @@ class ClassificationLogic(DependencyMixin):
         return node
 
     def showHeatmap(self, heatmapNode, inputVolumeNode, opacity: float = 0.5) -> None:
-        """Show the input as background and the heatmap as foreground in every slice view."""
+        """Show the input as background and the heatmap as foreground in every slice view,
+        each view moved to the slice through the heatmap's hottest voxel (strongest evidence)."""
+        hottest = heatmapNode.GetAttribute("BrainSpineAI.hottestRAS") if heatmapNode else None
+        if hottest:
+            ras = [float(v) for v in hottest.split()]
+            for sliceNode in mrml_utils.nodes_by_class(self.scene, "vtkMRMLSliceNode"):
+                sliceNode.JumpSliceByOffsetting(*ras)
         for comp in self._compositeNodes():
             comp.SetBackgroundVolumeID(inputVolumeNode.GetID() if inputVolumeNode else None)
             comp.SetForegroundVolumeID(heatmapNode.GetID() if heatmapNode else None)

@@ -86,8 +86,9 @@ def nodes_by_class(scene, className: str) -> list:
 
 
 def heat_color_node(scene):
-    """A 256-entry colour table (black-red-yellow-white 'hot' ramp, transparent at 0),
-    created once per scene and reused."""
+    """A 256-entry colour table that reads from transparent to hot: opacity grows with the
+    value (0 fully transparent), colour runs dark red - red - yellow - white; created once
+    per scene and reused."""
     from slicer import vtkMRMLColorTableNode
 
     name = "BrainSpineAI Heat"
@@ -101,8 +102,8 @@ def heat_color_node(scene):
     node.SetHideFromEditors(False)
     for i in range(256):
         t = i / 255.0
-        r, g, b = min(1.0, 3 * t), min(1.0, max(0.0, 3 * t - 1)), min(1.0, max(0.0, 3 * t - 2))
-        node.SetColor(i, f"{t:.3f}", r, g, b, 0.0 if i == 0 else min(1.0, 0.3 + t))
+        r, g, b = min(1.0, 0.5 + 1.5 * t), min(1.0, max(0.0, 2 * t - 0.5)), min(1.0, max(0.0, 3 * t - 2))
+        node.SetColor(i, f"{t:.3f}", r, g, b, min(1.0, 1.25 * t))  # weak heat barely tints the image
     node.SetSingletonTag("BrainSpineAIHeat")
     scene.AddNode(node)
     return scene.GetFirstNodeByName(name)

@@ -10,7 +10,15 @@
 4. Grad-CAM faithfulness (deletion, Samek et al. 2017) on held-out tumour slices: probability
    lost when the 15% hottest vs the 15% coldest head pixels are set to 0.
 
+5. With ``--localisation``: the localisation metrics (pointing game with 3 mm tolerance,
+   energy inside the tumour / box, heat outside the head) per dataset and sequence, for
+   Grad-CAM at layer4 without the head mask (before issue 16) and for the model's chosen
+   method (:func:`explain.heatmap_choice`); ``--compare`` adds every method x stage, on which
+   the choice in ``explain.DEFAULT_HEATMAPS`` was made. ``--cases N`` volumes per dataset,
+   ``--rows N`` figshare3 box rows, ``--step K`` every K-th tumour slice.
+
 Usage: python Testing/Benchmarks/model_report.py [--model ID|DIR] [--device cpu]
+       python Testing/Benchmarks/model_report.py --localisation [--compare] [--cases 3] [--rows 60] [--step 3]
 """
 from __future__ import annotations
 
@@ -40,8 +48,17 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--model")
     ap.add_argument("--device", default="cpu")
+    ap.add_argument("--localisation", action="store_true")
+    ap.add_argument("--compare", action="store_true")
+    ap.add_argument("--cases", type=int, default=3)
+    ap.add_argument("--rows", type=int, default=60)
+    ap.add_argument("--step", type=int, default=3)
+    ap.add_argument("--methods", nargs="+", metavar="METHOD@LAYER", help="with --compare: only these")
+    ap.add_argument("--datasets", nargs="+", choices=["figshare3", "brats2015", "lgg"])
     args = ap.parse_args()
     m = load_model(args.model, args.device)
+    if args.localisation:
+        return localisation_tables(m, args)
     val = m.card["metrics"]["validation"]
     print(f"model {m.id}: held-out accuracy {val['accuracy']:.2%} on {val['n']} slices, macro F1 {val['macro_f1']:.3f}")
 
@@ -89,6 +106,44 @@ def main() -> None:
             out.append(p0[i, y[i]] - predict_batches(m.network, xc.view(x[i:i + 1].shape), m.device)[0, y[i]])
     print(f"Grad-CAM deletion on {len(sel)} held-out tumour slices: probability lost hiding the 15% hottest head pixels "
           f"{np.mean(hot):.3f}, the 15% coldest {np.mean(cold):.3f}")
+
+
+COMPARED = [(me, la) for la in ("layer4", "layer3", "layer2", "layer1") for me in ("gradcam", "gradcam++", "hirescam", "layercam")]
+
+
+def localisation_tables(m, args) -> None:
+    """Localisation metrics per dataset and sequence (see the module doc, item 5)."""
+    import time
+
+    from brainspineai.classification.explain import heatmap_choice
+    from brainspineai.classification.localisation import localisation_report
+
+    vols = DATA / "volumes"
+    sources = [("figshare3 boxes", DATA / "brain-mri-2d" / "figshare3" / "tumor_boxes.csv"),
+               ("BraTS 2015", vols / "brats2015-flair-t1c"), ("TCGA-LGG", vols / "tcga-lgg-flair")]
+    configs = [("before: gradcam@layer4, no head mask", ("gradcam", "layer4", False))]
+    chosen = heatmap_choice(m)
+    configs.append((f"chosen: {chosen[0]}@{chosen[1]}, head mask", chosen + (True,)))
+    if args.compare:
+        pairs = [tuple(t.split("@")) for t in args.methods] if args.methods else COMPARED
+        configs += [(f"{me}@{la}", (me, la, True)) for me, la in pairs if (me, la) != tuple(chosen)]
+    if args.datasets:
+        sources = [s for s, key in zip(sources, ("figshare3", "brats2015", "lgg")) if key in args.datasets]
+    print(f"\nLocalisation of {m.id} (pointing game: peak within 3 mm of the tumour; energy: share of the heat "
+          f"inside the tumour / box; outside: share of the heat outside the head); slice-level means")
+    print(f"{'dataset':<16} {'sequence':<9} {'n':>4}  {'method':<40} {'pointing':>8} {'energy':>7} {'outside':>8}")
+    for name, src in sources:
+        if not src.exists():
+            print(f"{name:<16} (not found: {src})")
+            continue
+        for label, (me, la, mask) in configs:
+            t = time.time()
+            rep = localisation_report(m, src, me, la, mask_head=mask, step=args.step,
+                                      limit=args.rows if src.is_file() else args.cases)
+            for seq, g in rep["groups"].items():
+                print(f"{name:<16} {seq:<9} {g['n']:>4}  {label:<40} {g['pointing']:8.3f} {g['energy_in_tumour']:7.3f} "
+                      f"{g['heat_outside_head']:8.3f}", flush=True)
+            print(f"{'':<16} ({time.time() - t:.0f} s)", flush=True)
 
 
 if __name__ == "__main__":

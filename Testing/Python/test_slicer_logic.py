@@ -70,6 +70,10 @@ def test_heatmap_is_shown_over_the_input(scene, tmp_path, validation_images):
     assert comps[0].GetForegroundOpacity() == pytest.approx(0.8)
     display = out.heatmapNode.GetDisplayNode()
     assert display.GetColorNode().GetName() == "BrainSpineAI Heat"
+    colours = display.GetColorNode()
+    alphas = [colours.GetLookupTable().GetTableValue(i)[3] for i in (0, 64, 128, 255)]
+    assert alphas[0] == 0.0 and alphas == sorted(alphas) and alphas[-1] == 1.0  # transparent to hot
+    assert out.heatmapNode.GetAttribute("BrainSpineAI.heatmapMethod") == "{name} at {layer}".format(**out.result["heatmap_method"])
     heat = mrml_utils.array_from_volume_node(out.heatmapNode)
     assert heat.shape == mrml_utils.array_from_volume_node(node).shape and heat.max() == pytest.approx(1.0, abs=1e-5)
 
@@ -91,6 +95,15 @@ def test_brats_volume_in_a_background_process(scene):
     assert out.plotChartNode.GetNumberOfPlotSeriesNodes() == 4
     table = scene.GetFirstNodeByName("t1c per-slice probabilities")
     assert table.GetNumberOfRows() == len(r["slices"])
+    # the strongest evidence first: the axial view moves to the slice of the hottest voxel
+    red = scene.AddNewNodeByClass("vtkMRMLSliceNode")
+    red.SetOrientation("Axial")
+    logic.showHeatmap(out.heatmapNode, node)
+    heat = mrml_utils.array_from_volume_node(out.heatmapNode)
+    k = int(np.unravel_index(int(heat.argmax()), heat.shape)[0])
+    assert r["heatmap_strongest_slice"] == k  # BraTS NIfTI is already LPS-axial along k
+    ras = [float(v) for v in out.heatmapNode.GetAttribute("BrainSpineAI.hottestRAS").split()]
+    assert red.GetSliceToRAS().GetElement(2, 3) == pytest.approx(ras[2], abs=1e-3)
 
 
 def test_cancel_leaves_the_scene_as_it_was(scene):

@@ -1,37 +1,172 @@
-"""Grad-CAM (Selvaraju et al., ICCV 2017) through ``monai.visualize.GradCAM``.
+"""Class activation maps of a 2D classifier: activations and gradients of one stage come
+from MONAI's hooks (``monai.visualize.class_activation_maps.ModelWithHooks``); the channel
+weighting follows the definitions of the ``grad-cam`` package (``pytorch_grad_cam`` 1.5,
+J. Gildenblat, https://github.com/jacobgil/pytorch-grad-cam), which is not a dependency: it
+is sdist-only for Slicer's Python, requires ``opencv-python-headless`` beside this project's
+``opencv-contrib-python-headless`` (two ``cv2`` in one environment) and imports
+``matplotlib.pyplot`` on import. ``Testing/Python/test_localisation.py`` checks the maps
+against it where it is installed.
 
-Maps are computed at the model's input size on the network's last convolutional stage
-(``card["gradcam_layer"]``, ``layer4``), rectified, upsampled bilinearly, and mapped back
-onto the original pixel grid (see :func:`preprocess.restore_map`). Scaling: a slice's map
-is divided by its own maximum; a volume's maps share one scale (divided by the maximum over
-all slices), so that weak evidence on one slice does not look as strong as the peak.
+Methods (:data:`METHODS`), all computed on one convolutional stage of the network:
+
+- ``gradcam``: Grad-CAM (Selvaraju et al., ICCV 2017): channel weights = spatial mean of
+  the gradient.
+- ``gradcam++``: Grad-CAM++ (Chattopadhay et al., WACV 2018): weights from positive
+  gradients with second-order terms.
+- ``hirescam``: HiResCAM (Draelos & Carin 2020): activations times gradients, summed over
+  channels (no spatial averaging; faithful for a pooled linear head).
+- ``layercam``: LayerCAM (Jiang et al., IEEE TIP 2021): activations times positive
+  gradients; useful at earlier stages (finer maps).
+
+A model's method and stage come from :func:`heatmap_choice`: an explicit argument, else the
+card's ``heatmap`` entry (``{"method", "layer"}``), else :data:`DEFAULT_HEATMAPS` keyed by
+model id (chosen on validation data by ``Testing/Benchmarks/model_report.py``, kept in code
+so that a pinned shipped card never changes), else Grad-CAM at ``card["gradcam_layer"]``.
+
+Maps are rectified, upsampled bilinearly to the model's input size, mapped back onto the
+original pixel grid (:func:`preprocess.restore_map`) and set to 0 outside the head
+(:func:`head_mask`). Scaling: a slice's map is divided by its own maximum; a volume's maps
+share one scale (divided by the maximum over all slices).
 """
 from __future__ import annotations
 
 import numpy as np
 
+METHODS = ("gradcam", "gradcam++", "hirescam", "layercam")
+METHOD_NAMES = {"gradcam": "Grad-CAM", "gradcam++": "Grad-CAM++", "hirescam": "HiResCAM", "layercam": "LayerCAM"}
 
-def gradcam_batch(model, batch, class_index: int, batch_size: int = 32) -> np.ndarray:
-    """Raw (unnormalised, >= 0) Grad-CAM maps for ``class_index``.
+# model id -> (method, layer), chosen by the localisation metrics on the model's validation
+# slices and on labelled volumes (README "Heatmaps"; Testing/Benchmarks/model_report.py --compare).
+DEFAULT_HEATMAPS = {
+    "brain-tumor-4class-resnet18w32": ("gradcam++", "layer2"),
+}
+
+
+def parse_method(text: str) -> tuple:
+    """``"METHOD"`` or ``"METHOD@LAYER"`` (e.g. ``layercam@layer3``) -> ``(method, layer or None)``.
+
+    :raises InputError: unknown method or an empty layer name."""
+    from ..errors import InputError
+
+    method, _, layer = str(text).partition("@")
+    method = method.strip().lower()
+    if method not in METHODS:
+        raise InputError(f"unknown heatmap method '{text}'; use one of {', '.join(METHODS)}, "
+                         "optionally with @LAYER (e.g. layercam@layer3)")
+    if "@" in str(text) and not layer.strip():
+        raise InputError(f"heatmap method '{text}': give a layer name after '@' (e.g. gradcam@layer4)")
+    return method, (layer.strip() or None)
+
+
+def heatmap_choice(model, method=None, layer=None) -> tuple:
+    """The ``(method, layer)`` used for ``model`` (see the module doc for the order)."""
+    card = getattr(model, "card", {}) or {}
+    entry = card.get("heatmap") if isinstance(card.get("heatmap"), dict) else {}
+    default = DEFAULT_HEATMAPS.get(getattr(model, "id", None))
+    fallback_layer = card.get("gradcam_layer") or getattr(model.network, "gradcam_layer", "layer4")
+    if method is None:
+        method = entry.get("method") or (default[0] if default else "gradcam")
+        if layer is None:
+            layer = entry.get("layer") or (default[1] if default else None)
+    return method, layer or fallback_layer
+
+
+def cam_batch(model, batch, class_index: int, method: str = "gradcam", layer=None,
+              batch_size: int = 32) -> np.ndarray:
+    """Raw (unnormalised, >= 0) class activation maps at the model's input size.
 
     :param model: :class:`catalogue.LoadedModel`.
     :param batch: float32 tensor (N, 1, S, S), prepared slices.
     :param class_index: index into ``model.class_names``.
+    :param method: one of :data:`METHODS`.
+    :param layer: dotted name of the network's module to explain (default: the card's
+        ``gradcam_layer``, else ``layer4``).
     :returns: float32 array (N, S, S).
+    :raises InputError: unknown method or layer.
     """
     import torch
-    from monai.visualize import GradCAM
+    import torch.nn.functional as F
 
-    layer = model.card.get("gradcam_layer", "layer4")
-    cam = GradCAM(nn_module=model.network, target_layers=layer, postprocessing=lambda x: x)
+    from ..errors import InputError
+
+    method, layer = parse_method(method)[0], layer or heatmap_choice(model, method)[1]
+    try:
+        target = model.network.get_submodule(layer)
+    except AttributeError:
+        raise InputError(f"model '{getattr(model, 'id', '?')}' has no layer '{layer}' to explain") from None
+    from monai.visualize.class_activation_maps import ModelWithHooks
+
+    size = tuple(batch.shape[-2:])
+    hooked = ModelWithHooks(model.network, [layer], register_forward=True, register_backward=True)
     maps = []
-    for i in range(0, batch.shape[0], batch_size):
-        x = batch[i:i + batch_size].to(model.device).requires_grad_(False)
-        with torch.enable_grad():
-            m = cam(x, class_idx=int(class_index))
-        maps.append(torch.nan_to_num(m.detach().float().cpu()[:, 0]).clamp_min(0))
-    model.network.zero_grad(set_to_none=True)
-    return torch.cat(maps).numpy() if maps else np.zeros((0,) + tuple(batch.shape[-2:]), np.float32)
+    try:
+        for i in range(0, batch.shape[0], batch_size):
+            x = batch[i:i + batch_size].to(model.device)
+            with torch.enable_grad():
+                _, acts, grads = hooked(x, class_idx=int(class_index))
+            m = _combine(method, acts[0].detach().float(), grads[0].detach().float())
+            m = torch.nan_to_num(m).clamp_min(0).cpu()[:, None]
+            maps.append(F.interpolate(m, size=size, mode="bilinear", align_corners=False)[:, 0])
+    finally:
+        _remove_hooks(target)  # MONAI keeps no hook handles
+        model.network.zero_grad(set_to_none=True)
+    return torch.cat(maps).numpy() if maps else np.zeros((0,) + size, np.float32)
+
+
+def _combine(method: str, acts, grads):
+    """Map (N, h, w) from activations and gradients (N, C, h, w), as ``pytorch_grad_cam`` defines
+    each method (``GradCAM``, ``GradCAMPlusPlus`` eq. 19, ``HiResCAM``, ``LayerCAM``)."""
+    if method == "gradcam":
+        return (grads.mean(dim=(2, 3), keepdim=True) * acts).sum(1)
+    if method == "gradcam++":
+        g2 = grads ** 2
+        aij = g2 / (2 * g2 + acts.sum(dim=(2, 3), keepdim=True) * g2 * grads + 1e-6)
+        aij = aij.where(grads != 0, aij.new_zeros(()))
+        weights = (grads.clamp_min(0) * aij).sum(dim=(2, 3), keepdim=True)
+        return (weights * acts).sum(1)
+    if method == "hirescam":
+        return (grads * acts).sum(1)
+    return (grads.clamp_min(0) * acts).sum(1)  # layercam
+
+
+def _remove_hooks(module) -> None:
+    """Drop the forward / backward hooks ``ModelWithHooks`` put on ``module``."""
+    module._forward_hooks.clear()
+    module._backward_hooks.clear()
+
+
+def gradcam_batch(model, batch, class_index: int, batch_size: int = 32) -> np.ndarray:
+    """Grad-CAM at the card's ``gradcam_layer`` (``layer4``): :func:`cam_batch` with
+    ``method="gradcam"``; float32 array (N, S, S), >= 0, unnormalised."""
+    layer = model.card.get("gradcam_layer") or getattr(model.network, "gradcam_layer", "layer4")
+    return cam_batch(model, batch, class_index, "gradcam", layer, batch_size)
+
+
+def head_mask(slice_array: np.ndarray) -> np.ndarray:
+    """The head (or brain, for skull-stripped scans) of one 2D slice: the preprocessing's
+    foreground (:func:`preprocess.normalize_slice`: not the constant border value) where the
+    normalised intensity exceeds 0.1, closed, holes filled, and its connected components of
+    at least 5% of the largest kept (so dark tumour cores and ventricles stay inside).
+
+    :param slice_array: 2D array (rows, cols), any real dtype.
+    :returns: bool array of the same shape (all False for an empty slice).
+    """
+    from scipy import ndimage
+
+    from .preprocess import normalize_slice
+
+    norm, fg = normalize_slice(slice_array)
+    m = fg & (norm > 0.1)
+    if not m.any():
+        return m
+    r = max(1, int(round(0.01 * max(m.shape))))
+    m = ndimage.binary_closing(m, structure=np.ones((2 * r + 1, 2 * r + 1), bool), border_value=0)
+    m = ndimage.binary_fill_holes(m)
+    lab, n = ndimage.label(m)
+    if n > 1:
+        sizes = np.bincount(lab.ravel())[1:]
+        m = np.isin(lab, 1 + np.flatnonzero(sizes >= 0.05 * sizes.max()))
+    return m
 
 
 def overlay_png(slice_array: np.ndarray, heat: np.ndarray, alpha: float = 0.45) -> bytes:

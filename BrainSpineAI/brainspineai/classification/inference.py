@@ -32,7 +32,9 @@ class ClassificationResult:
     inferior to superior, and its ``probabilities``); ``None`` for 2D input.
     ``heatmap``: ``SimpleITK.Image`` (float32, [0, 1]) with exactly the input's size,
     spacing, origin and direction, or ``None``.
-    ``heatmap_class``: the class the heatmap explains.
+    ``heatmap_class``: the class the heatmap explains; ``heatmap_method``: how
+    (``{"method", "layer"}``, see :mod:`explain`); ``strongest_slice``: for volumes, the
+    LPS axial index of the slice that holds the hottest voxel.
     """
 
     model: str
@@ -42,6 +44,8 @@ class ClassificationResult:
     slices: list | None = None
     heatmap: object = None
     heatmap_class: str | None = None
+    heatmap_method: dict | None = None
+    strongest_slice: int | None = None
     rule: str = "single slice"
     extra: dict = field(default_factory=dict)
 
@@ -55,6 +59,10 @@ class ClassificationResult:
             out["volume_rule"] = self.rule
         if self.heatmap_class is not None:
             out["heatmap_class"] = self.heatmap_class
+        if self.heatmap_method is not None:
+            out["heatmap_method"] = dict(self.heatmap_method)
+        if self.strongest_slice is not None:
+            out["heatmap_strongest_slice"] = int(self.strongest_slice)
         return out
 
 
@@ -89,7 +97,18 @@ def volume_rule(probs: np.ndarray, class_names: list) -> tuple[np.ndarray, str]:
     return p / p.sum(), f"mean over all {len(probs)} classified slices"
 
 
-def classify_image(image, model, heatmap: bool = False, heatmap_class=None, progress=None) -> ClassificationResult:
+def _heat(model, batch, cls, method):
+    """Raw maps (N, S, S) of :func:`explain.cam_batch` for ``method`` (``None``: the model's
+    choice; else ``METHOD`` or ``METHOD@LAYER``) and the ``{"method", "layer", "name"}`` used."""
+    from .explain import METHOD_NAMES, cam_batch, heatmap_choice, parse_method
+
+    m, layer = parse_method(method) if method else (None, None)
+    m, layer = heatmap_choice(model, m, layer)
+    return cam_batch(model, batch, cls, m, layer), {"method": m, "layer": layer, "name": METHOD_NAMES[m]}
+
+
+def classify_image(image, model, heatmap: bool = False, heatmap_class=None, progress=None,
+                   heatmap_method=None) -> ClassificationResult:
     """Classify a 2D slice or a 3D volume.
 
     :param image: scalar ``SimpleITK.Image`` (see :func:`io.read_image`); 2D, or 3D (one voxel
@@ -97,6 +116,9 @@ def classify_image(image, model, heatmap: bool = False, heatmap_class=None, prog
     :param model: :class:`catalogue.LoadedModel`.
     :param heatmap: also compute the Grad-CAM heatmap.
     :param heatmap_class: class name or index to explain; default: the predicted class.
+    :param heatmap_method: ``METHOD`` or ``METHOD@LAYER`` (:data:`explain.METHODS`); default:
+        the model's choice (:func:`explain.heatmap_choice`). Heat outside the head
+        (:func:`explain.head_mask`) is set to 0.
     :param progress: optional callable ``(fraction_done: float, message: str)``.
     :raises InputError: unusable image (see :func:`io.validate_image`), a volume whose axial
         slices are smaller than :data:`io.MIN_SIDE` pixels, or a volume with no slice holding
@@ -104,7 +126,7 @@ def classify_image(image, model, heatmap: bool = False, heatmap_class=None, prog
     """
     import SimpleITK as sitk
 
-    from .explain import gradcam_batch
+    from .explain import head_mask, parse_method
     from ..io import MIN_SIDE, is_slice, to_grayscale, validate_image
     from .preprocess import (MIN_FOREGROUND_FRACTION, crop_mode, prepare_slices, restore_map, slice_array,
                              to_lps_axial)
@@ -113,6 +135,8 @@ def classify_image(image, model, heatmap: bool = False, heatmap_class=None, prog
     image = validate_image(to_grayscale(image))
     size = model.input_size
     wanted = _class_index(model, heatmap_class)
+    if heatmap and heatmap_method:
+        parse_method(heatmap_method)  # refuse a bad method before any work
 
     if is_slice(image):
         arr = slice_array(image)
@@ -122,13 +146,14 @@ def classify_image(image, model, heatmap: bool = False, heatmap_class=None, prog
         res = ClassificationResult(model.id, list(model.class_names), probs, model.class_names[pred])
         if heatmap:
             cls = pred if wanted is None else wanted
-            heat = restore_map(gradcam_batch(model, batch, cls)[0], geoms[0])
+            raw, used = _heat(model, batch, cls, heatmap_method)
+            heat = restore_map(raw[0], geoms[0]) * head_mask(arr)
             if heat.max() > 0:
                 heat /= heat.max()
             heat_arr = heat.reshape(sitk.GetArrayViewFromImage(image).shape).astype(np.float32)
             himg = sitk.GetImageFromArray(heat_arr)
             himg.CopyInformation(image)
-            res.heatmap, res.heatmap_class = himg, model.class_names[cls]
+            res.heatmap, res.heatmap_class, res.heatmap_method = himg, model.class_names[cls], used
         report(1.0, "done")
         return res
 
@@ -151,17 +176,18 @@ def classify_image(image, model, heatmap: bool = False, heatmap_class=None, prog
     res = ClassificationResult(model.id, list(model.class_names), vp, model.class_names[pred], slices=slices, rule=rule)
     if heatmap:
         cls = pred if wanted is None else wanted
-        report(0.5, "computing Grad-CAM")
-        raw = gradcam_batch(model, batch[keep], cls)
+        raw, used = _heat(model, batch[keep], cls, heatmap_method)
+        report(0.5, f"computing {used['name']} at {used['layer']}")
         heat = np.zeros(vol.shape, dtype=np.float32)
         for i, k in enumerate(keep):
-            heat[k] = restore_map(raw[i], geoms[k])
+            heat[k] = restore_map(raw[i], geoms[k]) * head_mask(vol[k])
+        res.strongest_slice = int(heat.max(axis=(1, 2)).argmax())  # holds the hottest voxel
         if heat.max() > 0:
             heat /= heat.max()  # one scale for the whole volume
         himg = sitk.GetImageFromArray(heat)
         himg.CopyInformation(oriented)
         # back onto the input's own grid: a permutation / flip, so nearest neighbour is exact
         res.heatmap = sitk.Resample(himg, image, sitk.Transform(), sitk.sitkNearestNeighbor, 0.0, sitk.sitkFloat32)
-        res.heatmap_class = model.class_names[cls]
+        res.heatmap_class, res.heatmap_method = model.class_names[cls], used
     report(1.0, "done")
     return res

@@ -16,6 +16,10 @@ def cmd_classify(args) -> int:
     from ..outputs import check_outputs
     from .validate import guarded_load
 
+    if args.heatmap_method:
+        from ..classification.explain import parse_method
+
+        parse_method(args.heatmap_method)  # refused before anything is read
     if args.heatmap and not args.heatmap.lower().endswith(".png") and not _suffix_ok(args.heatmap, HEATMAP_VOLUME_SUFFIXES):
         raise InputError(f"--heatmap {args.heatmap}: use a .png file (2D overlay) or .nii.gz, .nii, .nrrd or .mha")
     check_outputs([("--json", args.json), ("--heatmap", args.heatmap)], inputs=[args.input, args.model])
@@ -32,7 +36,8 @@ def cmd_classify(args) -> int:
     progress = None
     if args.progress == "jsonl":
         progress = lambda f, m: _json_line({"event": "progress", "fraction": round(f, 3), "message": m})  # noqa: E731
-    result = classify_image(image, model, heatmap=bool(args.heatmap), heatmap_class=args.heatmap_class, progress=progress)
+    result = classify_image(image, model, heatmap=bool(args.heatmap), heatmap_class=args.heatmap_class, progress=progress,
+                            heatmap_method=args.heatmap_method)
     doc = result.to_json()
     # all computed: now write
     if args.heatmap:
@@ -56,7 +61,8 @@ def cmd_classify(args) -> int:
         if not slice_input:
             print(f"volume rule: {doc['volume_rule']}")
         if args.heatmap:
-            print(f"heatmap ({result.heatmap_class}): {args.heatmap}")
+            used = result.heatmap_method or {}
+            print(f"heatmap ({result.heatmap_class}, {used.get('name', '?')} at {used.get('layer', '?')}): {args.heatmap}")
     return 0
 
 
@@ -69,6 +75,9 @@ def add_parser(sub) -> None:
     c.add_argument("--device", default="auto", choices=DEVICE_CHOICES)
     c.add_argument("--heatmap", metavar="OUT", help="Grad-CAM output: NIfTI/NRRD/MHA for volumes, PNG overlay for 2D")
     c.add_argument("--heatmap-class", metavar="CLASS", help="class to explain (default: the predicted class)")
+    c.add_argument("--heatmap-method", metavar="METHOD[@LAYER]",
+                   help="gradcam, gradcam++, hirescam or layercam, optionally at a layer (e.g. layercam@layer3); "
+                        "default: the model's choice")
     c.add_argument("--json", metavar="OUT", help="write the result as JSON")
     c.add_argument("--progress", choices=["text", "jsonl"], default="text",
                    help="jsonl: progress and result as JSON lines on stdout (for 3D Slicer)")

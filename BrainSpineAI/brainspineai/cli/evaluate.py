@@ -25,10 +25,12 @@ def cmd_evaluate(args) -> int:
         if path and not path.lower().endswith(".png"):
             raise InputError(f"{opt} {path}: use a .png file")
     check_outputs([("--json", args.json), ("--confusion-png", args.confusion_png), ("--embedding-png", args.embedding_png)],
-                  inputs=[args.data_dir, args.split, args.model])
+                  inputs=[args.data_dir, args.split, args.model, args.localisation])
     if not Path(args.data_dir).is_dir():
         raise InputError(f"dataset folder not found: {args.data_dir}" if not Path(args.data_dir).exists()
                          else f"{args.data_dir}: not a folder (give an ImageFolder root: ROOT/<class>/<image>)")
+    if args.localisation and not Path(args.localisation).exists():
+        raise InputError(f"--localisation {args.localisation}: not found (give tumor_boxes.csv or a folder of labelled volumes)")
     wanted = read_split(args.split) if args.split else None
     model = guarded_load(args.model, load_model_trusting, args)  # --trust-pickle: legacy SICF forests
     if getattr(model, "kind", "") == "sicf":
@@ -64,6 +66,10 @@ def cmd_evaluate(args) -> int:
     # all computed: now write
     if args.confusion_png:
         save_confusion_png(metrics["confusion_matrix"], classes, args.confusion_png, title=f"{model.id} on {root.name}")
+    if args.localisation:
+        from ..classification.localisation import localisation_report
+
+        doc["localisation"] = localisation_report(model, args.localisation)
     if embedding_png is not None:
         atomic_write_bytes(args.embedding_png, embedding_png)
     if args.json:
@@ -86,6 +92,10 @@ def cmd_evaluate(args) -> int:
     print(f"  {'class':<12} {'AUC':<22} {'sensitivity':<22} {'specificity':<22}")
     for name, m in pm["per_class"].items():
         print(f"  {name:<12} {ci_text(m['auc']):<22} {ci_text(m['sensitivity']):<22} {ci_text(m['specificity']):<22}")
+    for seq, g in doc.get("localisation", {}).get("groups", {}).items():
+        loc = doc["localisation"]
+        print(f"localisation ({loc['method']}@{loc['layer']}, {seq}, {g['n']} tumour slices): pointing game "
+              f"{g['pointing']:.3f}, energy in tumour {g['energy_in_tumour']:.3f}, heat outside head {g['heat_outside_head']:.3f}")
     if embedding_png is not None:
         print(f"embedding (t-SNE of penultimate features): {args.embedding_png}")
     return 0
@@ -124,6 +134,9 @@ def add_parser(sub) -> None:
                         "(0: point values only)")
     e.add_argument("--embedding-png", metavar="OUT",
                    help="write a t-SNE plot of the penultimate-layer features, coloured by class, as a PNG")
+    e.add_argument("--localisation", metavar="SOURCE",
+                   help="also measure the heatmaps' localisation (pointing game, energy in tumour, heat outside "
+                        "the head) on a tumor_boxes.csv or a folder of BraTS / TCGA-LGG labelled volumes")
     add_trust_pickle_arg(e)
     e.set_defaults(func=cmd_evaluate)
 

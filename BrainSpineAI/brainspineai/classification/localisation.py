@@ -1,0 +1,290 @@
+"""How well a heatmap points at the tumour: localisation metrics and the labelled data they
+are measured on.
+
+Metrics of one 2D map (:func:`localisation_scores`):
+
+- pointing game (Zhang et al., "Top-down neural attention by excitation backprop", ECCV
+  2016 / IJCV 2018): a hit when the map's maximum lies inside the tumour, or within
+  ``tolerance_mm`` of it (distance measured with the pixel spacing); a map without heat is
+  a miss.
+- energy inside the tumour (the "energy-based pointing game" of Score-CAM, Wang et al.,
+  CVPRW 2020): the fraction of the map's total heat that lies inside the tumour mask / box.
+- heat outside the head: the fraction of the total heat outside the head mask.
+
+Ground truth readers: figshare3 expert boxes (``tumor_boxes.csv``, fractions of the image
+size), BraTS 2015 labels (``OTMultiClass.nii.gz``, whole tumour = any label > 0, head =
+``brainmask.nii.gz``) and TCGA-LGG FLAIR-abnormality masks (``mask.nii.gz``; head from
+:func:`explain.head_mask` of the image).
+"""
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import numpy as np
+
+DEFAULT_TOLERANCE_MM = 3.0  # BraTS at 1 mm: the tumour grown by 3 voxels
+
+
+def box_mask(shape, x_center: float, y_center: float, width: float, height: float) -> np.ndarray:
+    """Bool mask (rows, cols) of a box given as fractions of the image size (the columns of
+    ``figshare3/tumor_boxes.csv``); at least one pixel."""
+    rows, cols = shape
+    r0, r1 = int(np.floor((y_center - height / 2) * rows)), int(np.ceil((y_center + height / 2) * rows))
+    c0, c1 = int(np.floor((x_center - width / 2) * cols)), int(np.ceil((x_center + width / 2) * cols))
+    m = np.zeros(shape, dtype=bool)
+    m[max(0, r0):max(r0 + 1, min(rows, r1)), max(0, c0):max(c0 + 1, min(cols, c1))] = True
+    return m
+
+
+def pointing_hit(heat: np.ndarray, target: np.ndarray, spacing=(1.0, 1.0), tolerance_mm: float = DEFAULT_TOLERANCE_MM) -> bool:
+    """Whether the maximum of ``heat`` lies within ``tolerance_mm`` of ``target``.
+
+    :param heat: 2D float array (rows, cols), >= 0.
+    :param target: 2D bool array of the same shape (must hold a pixel).
+    :param spacing: (row, column) pixel spacing in mm.
+    :raises ValueError: shapes differ or the target is empty.
+    """
+    from scipy import ndimage
+
+    heat, target = np.asarray(heat, dtype=np.float64), np.asarray(target, dtype=bool)
+    if heat.shape != target.shape or not target.any():
+        raise ValueError(f"heat {heat.shape} and a non-empty target of the same shape are needed, got {target.shape}")
+    if not np.isfinite(heat).all() or heat.max() <= 0:
+        return False
+    peak = np.unravel_index(int(heat.argmax()), heat.shape)
+    if target[peak]:
+        return True
+    dist = ndimage.distance_transform_edt(~target, sampling=tuple(float(s) for s in spacing))
+    return bool(dist[peak] <= tolerance_mm)
+
+
+def localisation_scores(heat, target, head=None, spacing=(1.0, 1.0), tolerance_mm: float = DEFAULT_TOLERANCE_MM) -> dict:
+    """The three metrics of one 2D map.
+
+    :param heat: 2D float array (rows, cols), >= 0, any scale.
+    :param target: 2D bool tumour mask or box.
+    :param head: optional 2D bool head mask.
+    :returns: ``{"pointing": bool, "energy_in_tumour": float, "heat_outside_head": float | None}``
+        (fractions in [0, 1]; a map without heat scores 0 energy and 0 outside).
+    """
+    heat = np.clip(np.nan_to_num(np.asarray(heat, dtype=np.float64)), 0, None)
+    target = np.asarray(target, dtype=bool)
+    total = heat.sum()
+    out = {"pointing": pointing_hit(heat, target, spacing, tolerance_mm),
+           "energy_in_tumour": float(heat[target].sum() / total) if total > 0 else 0.0,
+           "heat_outside_head": None}
+    if head is not None:
+        out["heat_outside_head"] = float(heat[~np.asarray(head, bool)].sum() / total) if total > 0 else 0.0
+    return out
+
+
+def summarise(scores: list) -> dict:
+    """Means of :func:`localisation_scores` dicts: ``{"n", "pointing", "energy_in_tumour",
+    "heat_outside_head"}`` (``None`` where no score has the value)."""
+    out = {"n": len(scores)}
+    for key in ("pointing", "energy_in_tumour", "heat_outside_head"):
+        vals = [float(s[key]) for s in scores if s.get(key) is not None]
+        out[key] = float(np.mean(vals)) if vals else None
+    return out
+
+
+# ---------------------------------------------------------------- labelled data
+def read_boxes(csv_path) -> list:
+    """Rows of a ``tumor_boxes.csv``: dicts with ``image`` (path relative to the CSV's
+    folder), ``label``, and the float box fractions ``x_center, y_center, width, height``.
+
+    :raises InputError: unreadable file or missing columns."""
+    from ..errors import InputError
+
+    need = ("image", "label", "x_center", "y_center", "width", "height")
+    try:
+        with open(csv_path, newline="", encoding="utf-8") as f:
+            rows = list(csv.DictReader(f))
+    except OSError as exc:
+        raise InputError(f"{csv_path}: cannot be read ({exc.strerror or exc})") from None
+    if not rows or any(k not in rows[0] for k in need):
+        raise InputError(f"{csv_path}: not a tumour box table (needs columns {', '.join(need)})")
+    try:
+        return [{"image": r["image"], "label": r["label"],
+                 **{k: float(r[k]) for k in need[2:]}} for r in rows]
+    except ValueError as exc:
+        raise InputError(f"{csv_path}: a box value is not a number ({exc})") from None
+
+
+def labelled_volumes(root, kind: str) -> list:
+    """Labelled volumes under ``root``: a list of ``{"case", "sequence", "image", "label",
+    "head"}`` (paths; ``head`` may be ``None``).
+
+    :param kind: ``"brats2015"`` (``*/{Flair,T1c}_subtrMeanDivStd.nii.gz`` +
+        ``OTMultiClass.nii.gz`` + ``brainmask.nii.gz``) or ``"lgg"`` (``*/{flair,t1,t1ce}.nii.gz``
+        + ``mask.nii.gz``).
+    """
+    root, out = Path(root), []
+    if kind == "brats2015":
+        for case in sorted(p for p in root.iterdir() if (p / "OTMultiClass.nii.gz").is_file()):
+            for seq, name in (("flair", "Flair_subtrMeanDivStd.nii.gz"), ("t1c", "T1c_subtrMeanDivStd.nii.gz")):
+                if (case / name).is_file():
+                    head = case / "brainmask.nii.gz"
+                    out.append({"case": case.name, "sequence": seq, "image": case / name,
+                                "label": case / "OTMultiClass.nii.gz", "head": head if head.is_file() else None})
+    elif kind == "lgg":
+        for case in sorted(p for p in root.iterdir() if (p / "mask.nii.gz").is_file()):
+            for seq in ("flair", "t1", "t1ce"):
+                if (case / f"{seq}.nii.gz").is_file():
+                    out.append({"case": case.name, "sequence": seq, "image": case / f"{seq}.nii.gz",
+                                "label": case / "mask.nii.gz", "head": None})
+    else:
+        raise ValueError(f"kind must be 'brats2015' or 'lgg', got {kind!r}")
+    return out
+
+
+def volume_scores(heat_image, label_image, head_image=None, image=None, min_tumour_pixels: int = 20,
+                  tolerance_mm: float = DEFAULT_TOLERANCE_MM) -> list:
+    """Per-slice metrics of a volume heatmap on the axial slices that hold tumour.
+
+    :param heat_image: ``SimpleITK.Image`` heatmap (the input's grid, as :func:`inference.classify_image` gives).
+    :param label_image: label volume on the same grid; tumour = label > 0.
+    :param head_image: optional head / brain mask on the same grid; without it the head is
+        :func:`explain.head_mask` of ``image`` (each axial slice).
+    :param min_tumour_pixels: slices with fewer tumour pixels are skipped.
+    :returns: one :func:`localisation_scores` dict per tumour slice, with its LPS ``index``.
+    """
+    import SimpleITK as sitk
+
+    from .explain import head_mask
+    from .preprocess import to_lps_axial
+
+    def axial(img):
+        return sitk.GetArrayFromImage(to_lps_axial(img))
+
+    heat, label = axial(heat_image), axial(label_image) > 0
+    head = axial(head_image) > 0 if head_image is not None else None
+    arr = axial(image) if (head is None and image is not None) else None
+    sp = to_lps_axial(heat_image).GetSpacing()
+    out = []
+    for k in range(heat.shape[0]):
+        if int(label[k].sum()) < min_tumour_pixels:
+            continue
+        h = head[k] if head is not None else (head_mask(arr[k]) if arr is not None else None)
+        s = localisation_scores(heat[k], label[k], h, spacing=(sp[1], sp[0]), tolerance_mm=tolerance_mm)
+        s["index"] = k
+        out.append(s)
+    return out
+
+
+# ---------------------------------------------------------------- a model's maps, scored
+def score_volume(model, image, label, head=None, class_name: str = "glioma", method=None, layer=None,
+                 mask_head: bool = True, step: int = 1, tolerance_mm: float = DEFAULT_TOLERANCE_MM) -> list:
+    """Metrics of a model's maps on the tumour-bearing axial slices of one labelled volume.
+
+    The slices are prepared exactly as :func:`inference.classify_image` prepares a volume
+    (LPS axial slices, one crop box for the volume); maps are computed only for the axial
+    slices with at least 20 tumour pixels (every ``step``-th of them) that the classifier
+    would read (enough foreground). Per-slice metrics do not depend on the volume's shared scale.
+
+    :param image, label, head: ``SimpleITK.Image`` on one grid (``head`` may be ``None``:
+        :func:`explain.head_mask` of each slice is the head).
+    :param method, layer: see :func:`explain.heatmap_choice`.
+    :param mask_head: zero the heat outside the head mask (as ``classify_image`` does).
+    :returns: one :func:`localisation_scores` dict per scored slice (with its LPS ``index``).
+    """
+    import SimpleITK as sitk
+
+    from .explain import cam_batch, head_mask, heatmap_choice
+    from .preprocess import MIN_FOREGROUND_FRACTION, crop_mode, prepare_slices, restore_map, to_lps_axial
+
+    def axial(img):
+        return sitk.GetArrayFromImage(to_lps_axial(img))
+
+    vol, lab = axial(image).astype(np.float32), axial(label) > 0
+    heads = axial(head) > 0 if head is not None else None
+    sp = to_lps_axial(image).GetSpacing()
+    batch, geoms, fractions = prepare_slices(list(vol), model.input_size, crop=crop_mode(model.card, volume=True))
+    ks = [k for k in range(vol.shape[0]) if lab[k].sum() >= 20 and fractions[k] >= MIN_FOREGROUND_FRACTION][::max(1, step)]
+    if not ks:
+        return []
+    method, layer = heatmap_choice(model, method, layer)
+    raw = cam_batch(model, batch[ks], model.class_names.index(class_name), method, layer)
+    out = []
+    for i, k in enumerate(ks):
+        own_head = head_mask(vol[k])
+        heat = restore_map(raw[i], geoms[k]) * (own_head if mask_head else 1.0)
+        s = localisation_scores(heat, lab[k], heads[k] if heads is not None else own_head, (sp[1], sp[0]), tolerance_mm)
+        s["index"] = int(k)
+        out.append(s)
+    return out
+
+
+def score_boxes(model, rows: list, root, method=None, layer=None, mask_head: bool = True,
+                tolerance_mm: float = DEFAULT_TOLERANCE_MM, batch_size: int = 32) -> list:
+    """Metrics of a model's maps (explaining each row's ``label``) on 2D slices with tumour
+    boxes (rows of :func:`read_boxes`; images relative to ``root``); pixel spacing 1 (the
+    JPEGs carry none, so the tolerance is in pixels). Head: :func:`explain.head_mask`."""
+    from ..io import read_image
+    from .explain import cam_batch, head_mask, heatmap_choice
+    from .preprocess import crop_mode, prepare_slices, restore_map, slice_array
+
+    method, layer = heatmap_choice(model, method, layer)
+    out = []
+    for i in range(0, len(rows), batch_size):
+        part = [r for r in rows[i:i + batch_size] if r["label"] in model.class_names]
+        arrs = [slice_array(read_image(Path(root) / r["image"])) for r in part]
+        batch, geoms, _ = prepare_slices(arrs, model.input_size, crop=crop_mode(model.card, volume=False))
+        for cls in sorted({r["label"] for r in part}):
+            idx = [j for j, r in enumerate(part) if r["label"] == cls]
+            raw = cam_batch(model, batch[idx], model.class_names.index(cls), method, layer)
+            for j, h in zip(idx, raw):
+                r, head = part[j], head_mask(arrs[j])
+                heat = restore_map(h, geoms[j]) * (head if mask_head else 1.0)
+                target = box_mask(heat.shape, r["x_center"], r["y_center"], r["width"], r["height"])
+                out.append(dict(localisation_scores(heat, target, head, tolerance_mm=tolerance_mm),
+                                image=r["image"], label=cls))
+    return out
+
+
+def localisation_report(model, source, method=None, layer=None, mask_head: bool = True, limit: int = 0,
+                        step: int = 1, progress=None) -> dict:
+    """Localisation metrics of a model on one labelled source, per sequence.
+
+    :param source: a ``tumor_boxes.csv`` (2D slices, images relative to its folder, each
+        explained for its own label), or a folder of BraTS 2015 cases (``OTMultiClass.nii.gz``)
+        or of TCGA-LGG cases (``mask.nii.gz``; every volume explained for ``glioma``).
+    :param limit: use only ``limit`` evenly spaced rows / the first ``limit`` cases (0: all).
+    :returns: ``{"source", "method", "layer", "groups": {sequence: summary}}`` with the
+        summaries of :func:`summarise` (slice-level means).
+    :raises InputError: unusable source.
+    """
+    from ..errors import InputError
+    from ..io import read_image
+    from .explain import heatmap_choice
+
+    source, report = Path(source), progress or (lambda msg: None)
+    method, layer = heatmap_choice(model, method, layer)
+    groups = {}
+    if source.is_file():
+        rows = read_boxes(source)
+        rows = rows[::max(1, len(rows) // limit)][:limit] if limit else rows  # evenly over the classes
+        groups["2d-boxes"] = summarise(score_boxes(model, rows, source.parent, method, layer, mask_head))
+    elif source.is_dir():
+        kind = "brats2015" if any(source.glob("*/OTMultiClass.nii.gz")) else "lgg"
+        items = labelled_volumes(source, kind)
+        if not items:
+            raise InputError(f"--localisation {source}: no labelled volumes (BraTS OTMultiClass.nii.gz or "
+                             "TCGA-LGG mask.nii.gz case folders)")
+        cases = sorted({it["case"] for it in items})[:limit] if limit else None
+        if "glioma" not in model.class_names:
+            raise InputError(f"model '{model.id}' has no glioma class to explain on {source}")
+        scores = {}
+        for it in items:
+            if cases is not None and it["case"] not in cases:
+                continue
+            report(f"{it['case']} {it['sequence']}")
+            head = read_image(it["head"]) if it["head"] else None
+            scores.setdefault(it["sequence"], []).extend(
+                score_volume(model, read_image(it["image"]), read_image(it["label"]), head, "glioma",
+                             method, layer, mask_head, step))
+        groups = {seq: summarise(s) for seq, s in sorted(scores.items())}
+    else:
+        raise InputError(f"--localisation {source}: not found (give tumor_boxes.csv or a folder of labelled volumes)")
+    return {"source": str(source), "method": method, "layer": layer, "groups": groups}

@@ -1,0 +1,168 @@
+"""Localisation metrics of heatmaps (issue 16) on real slices and volumes with known tumours,
+heat only inside the head, and the CAM methods of the grad-cam package."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from conftest import DATA, FIGSHARE, KAGGLE, need, run_cli
+
+LGG = DATA / "volumes" / "tcga-lgg-flair"
+
+
+def _rows(n=6):
+    from brainspineai.classification.localisation import read_boxes
+
+    rows = read_boxes(need(FIGSHARE) / "tumor_boxes.csv")
+    return rows[::len(rows) // n][:n]  # glioma, meningioma and pituitary rows
+
+
+def _blob(shape, cy, cx, sigma):
+    yy, xx = np.mgrid[:shape[0], :shape[1]]
+    return np.exp(-((yy - cy) ** 2 + (xx - cx) ** 2) / (2 * sigma ** 2))
+
+
+def test_a_map_on_the_box_scores_higher_than_one_away_from_it():
+    """Real figshare3 slices with expert boxes: a map centred on the box wins the pointing game
+    and puts more energy in the box than the same map centred on the mirrored position."""
+    from brainspineai.classification.explain import head_mask
+    from brainspineai.classification.localisation import box_mask, localisation_scores
+    from brainspineai.classification.preprocess import slice_array
+    from brainspineai.io import read_image
+
+    for r in _rows():
+        arr = slice_array(read_image(FIGSHARE / r["image"]))
+        H, W = arr.shape
+        box = box_mask(arr.shape, r["x_center"], r["y_center"], r["width"], r["height"])
+        assert 0 < box.mean() < 0.5
+        head = head_mask(arr)
+        assert head[box].mean() > 0.9, "the tumour box lies inside the head"
+        sigma = max(2.0, 0.25 * max(r["width"] * W, r["height"] * H))
+        on = _blob(arr.shape, r["y_center"] * H, r["x_center"] * W, sigma)
+        shift = 0.35 if r["x_center"] < 0.5 else -0.35  # same row, a third of the image aside
+        away = _blob(arr.shape, r["y_center"] * H, (r["x_center"] + shift) * W, sigma)
+        good, bad = localisation_scores(on, box, head), localisation_scores(away, box, head)
+        assert good["pointing"] and not bad["pointing"]
+        assert good["energy_in_tumour"] > 0.3 > bad["energy_in_tumour"] + 0.2
+
+
+def test_pointing_tolerance_is_in_millimetres():
+    from brainspineai.classification.localisation import pointing_hit
+
+    target = np.zeros((40, 40), bool)
+    target[10:20, 10:20] = True
+    heat = np.zeros((40, 40))
+    heat[22, 15] = 1.0  # 3 pixels below the box
+    assert pointing_hit(heat, target, (1.0, 1.0), 3.0) and not pointing_hit(heat, target, (1.0, 1.0), 2.0)
+    assert not pointing_hit(heat, target, (2.0, 2.0), 3.0)  # 6 mm away at 2 mm pixels
+    assert not pointing_hit(np.zeros((40, 40)), target)  # no heat, no hit
+    with pytest.raises(ValueError):
+        pointing_hit(heat, np.zeros((40, 40), bool))
+
+
+def test_heat_outside_the_head_is_zero(default_model, validation_images):
+    """2D slice and real LGG volume: classify_image's heatmap is 0 outside the head mask, and
+    the metric says so; without the mask the same method puts heat outside the head."""
+    import SimpleITK as sitk
+
+    from brainspineai.classification.explain import head_mask
+    from brainspineai.classification.inference import classify_image
+    from brainspineai.classification.localisation import localisation_scores, score_volume
+    from brainspineai.classification.preprocess import slice_array, to_lps_axial
+    from brainspineai.io import read_image
+
+    img = read_image(validation_images["glioma"][0])
+    res = classify_image(img, default_model, heatmap=True)
+    heat, head = slice_array(res.heatmap), head_mask(slice_array(img))
+    assert heat.max() == pytest.approx(1.0) and 0.2 < head.mean() < 0.95
+    assert np.all(heat[~head] == 0)
+    assert localisation_scores(heat, head, head)["heat_outside_head"] == 0.0
+    assert res.to_json()["heatmap_method"]["method"] in ("gradcam", "gradcam++", "hirescam", "layercam")
+
+    case = need(LGG) / "TCGA_CS_4941"  # 23 slices
+    vol = read_image(case / "flair.nii.gz")
+    res = classify_image(vol, default_model, heatmap=True, heatmap_class="glioma")
+    h = sitk.GetArrayFromImage(to_lps_axial(res.heatmap))
+    a = sitk.GetArrayFromImage(to_lps_axial(vol))
+    outside = sum(float(h[k][~head_mask(a[k])].sum()) for k in range(a.shape[0]))
+    assert h.max() == pytest.approx(1.0) and outside == 0.0
+    assert res.strongest_slice == int(h.max(axis=(1, 2)).argmax())
+    label = read_image(case / "mask.nii.gz")
+    raw = score_volume(default_model, vol, label, None, "glioma", "gradcam", "layer4", mask_head=False, step=4)
+    masked = score_volume(default_model, vol, label, None, "glioma", "gradcam", "layer4", mask_head=True, step=4)
+    assert raw and max(s["heat_outside_head"] for s in raw) > 0.01
+    assert all(s["heat_outside_head"] == 0.0 for s in masked)
+
+
+def test_cam_methods_and_layers(default_model, validation_images):
+    """Every method gives a non-negative map at the input size; earlier stages are finer
+    (more distinct values) than layer4; an unknown method or layer is refused."""
+    from brainspineai.classification.explain import METHODS, cam_batch, heatmap_choice, parse_method
+    from brainspineai.classification.preprocess import prepare_slices, slice_array
+    from brainspineai.errors import InputError
+    from brainspineai.io import read_image
+
+    x, _, _ = prepare_slices([slice_array(read_image(validation_images["meningioma"][0]))], 128)
+    k = default_model.class_names.index("meningioma")
+    maps = {m: cam_batch(default_model, x, k, m, "layer4") for m in METHODS}
+    for m in maps.values():
+        assert m.shape == (1, 128, 128) and m.min() >= 0 and m.max() > 0
+    assert not np.allclose(maps["gradcam"], maps["layercam"])
+    fine = cam_batch(default_model, x, k, "layercam", "layer2")
+    assert fine.max() > 0 and not np.allclose(fine / fine.max(), maps["layercam"] / maps["layercam"].max())
+    assert parse_method("layercam@layer3") == ("layercam", "layer3")
+    with pytest.raises(InputError):
+        parse_method("saliency")
+    with pytest.raises(InputError, match="no layer"):
+        cam_batch(default_model, x, k, "gradcam", "layer9")
+    assert heatmap_choice(default_model, "hirescam", "layer3") == ("hirescam", "layer3")
+    assert not default_model.network.layer4._forward_hooks, "hooks are removed after use"
+
+
+def test_methods_match_the_grad_cam_package(default_model, validation_images):
+    """The channel weighting is the grad-cam package's (where it is installed; not a dependency)."""
+    gc = pytest.importorskip("pytorch_grad_cam", reason="grad-cam is not installed (optional reference)")
+    from brainspineai.classification.explain import METHODS, cam_batch
+    from brainspineai.classification.preprocess import prepare_slices, slice_array
+    from brainspineai.io import read_image
+
+    x, _, _ = prepare_slices([slice_array(read_image(p)) for p in validation_images["glioma"][:2]], 128)
+    k, net = default_model.class_names.index("glioma"), default_model.network
+    classes = {"gradcam": gc.GradCAM, "gradcam++": gc.GradCAMPlusPlus, "hirescam": gc.HiResCAM, "layercam": gc.LayerCAM}
+    for method in METHODS:
+        ours = cam_batch(default_model, x, k, method, "layer3")
+        with classes[method](model=net, target_layers=[net.layer3]) as cam:
+            ref = cam(x, targets=[gc.utils.model_targets.ClassifierOutputTarget(k)] * 2)  # each min-max scaled
+        for a, b in zip(ours, ref):
+            a = a - a.min()
+            np.testing.assert_allclose(a / (a.max() or 1.0), b, atol=0.03, err_msg=method)
+
+
+def test_cli_heatmap_method_and_evaluate_localisation(tmp_path, validation_images):
+    image = validation_images["glioma"][0]
+    bad = run_cli("classify", image, "--device", "cpu", "--heatmap", tmp_path / "h.png", "--heatmap-method", "saliency")
+    assert bad.returncode == 2 and bad.stderr.strip().count("\n") == 0 and "heatmap method" in bad.stderr
+    assert not (tmp_path / "h.png").exists()
+    r = run_cli("classify", image, "--device", "cpu", "--heatmap", tmp_path / "h.png", "--json", tmp_path / "r.json",
+                "--heatmap-method", "gradcam++@layer3")
+    assert r.returncode == 0, r.stderr
+    assert json.loads((tmp_path / "r.json").read_text())["heatmap_method"]["method"] == "gradcam++"
+    assert "Grad-CAM++ at layer3" in r.stdout
+
+    data = tmp_path / "data"
+    for cls in ("glioma", "meningioma", "notumor", "pituitary"):
+        (data / cls).mkdir(parents=True)
+        for p in sorted((need(KAGGLE) / cls).iterdir())[:2]:
+            (data / cls / p.name).symlink_to(p)
+    boxes = tmp_path / "boxes.csv"
+    rows = _rows(3)
+    boxes.write_text("image,label,x_center,y_center,width,height\n" + "".join(
+        f"{FIGSHARE / r['image']},{r['label']},{r['x_center']},{r['y_center']},{r['width']},{r['height']}\n" for r in rows))
+    r = run_cli("evaluate", data, "--device", "cpu", "--bootstrap", "0", "--localisation", boxes, "--json", tmp_path / "e.json")
+    assert r.returncode == 0, r.stderr
+    loc = json.loads((tmp_path / "e.json").read_text())["localisation"]
+    g = loc["groups"]["2d-boxes"]
+    assert g["n"] == 3 and 0 <= g["energy_in_tumour"] <= 1 and g["heat_outside_head"] == 0.0
+    assert "pointing game" in r.stdout
