@@ -39,14 +39,14 @@ def test_the_card_records_a_temperature_fitted_on_its_validation_split():
 
 
 def test_fit_and_thresholds_on_real_outputs(default_model, validation_images):
-    """Real softmax outputs of 12 validation images per class: the fitted temperature lowers the
+    """Real softmax outputs of 6 validation images per class: the fitted temperature lowers the
     NLL; the thresholds flag no more than all and every flagged image is below them."""
     from brainspineai.classification.data import load_slice_batch
     from brainspineai.classification.predict import predict_batches
 
     names = sorted(validation_images)
-    paths = [p for n in names for p in sorted(validation_images[n])[:12]]
-    labels = np.array([names.index(n) for n in names for _ in range(12)])
+    paths = [p for n in names for p in sorted(validation_images[n])[:6]]
+    labels = np.array([names.index(n) for n in names for _ in range(6)])
     probs = predict_batches(default_model.network, load_slice_batch(paths, default_model.input_size), default_model.device)
     fit = fit_temperature(probs, labels)
     assert fit["nll_after"] <= fit["nll_before"] + 1e-9 and 0.05 <= fit["temperature"] <= 20
@@ -66,11 +66,11 @@ def test_uncertainty_reasons():
 
 @pytest.fixture(scope="module")
 def small_folder(tmp_path_factory, validation_images):
-    """An ImageFolder of links to 8 validation images per class."""
+    """An ImageFolder of links to 5 validation images per class."""
     root = tmp_path_factory.mktemp("val8")
     for name, paths in validation_images.items():
         (root / name).mkdir()
-        for p in sorted(paths)[:8]:
+        for p in sorted(paths)[:5]:
             os.symlink(p, root / name / p.name)
     return root
 
@@ -84,13 +84,13 @@ def test_evaluate_reports_ece_reliability_png_and_per_image_predictions(tmp_path
     assert ece["bins"] == 15 and ece["temperature"] == CARD["calibration"]["temperature"]
     assert 0 <= ece["before"] <= 1 and 0 <= ece["after"] <= 1 and ece["after"] != ece["before"]
     preds = doc["predictions"]
-    assert len(preds) == doc["n"] == 32
+    assert len(preds) == doc["n"] == 20
     assert {p["file"].split("/")[0] for p in preds} == set(CARD["class_names"])
     for p in preds:
         assert p["true"] == p["file"].split("/")[0] and set(p["probabilities"]) == set(CARD["class_names"])
         assert p["predicted"] == max(p["probabilities"], key=p["probabilities"].get)
         assert sum(p["probabilities"].values()) == pytest.approx(1.0, abs=1e-4)
-    assert sum(p["true"] == p["predicted"] for p in preds) == round(doc["accuracy"] * 32)
+    assert sum(p["true"] == p["predicted"] for p in preds) == round(doc["accuracy"] * 20)
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 5000
     assert "expected calibration error (15 bins)" in r.stdout
     r = run_cli("evaluate", small_folder, "--reliability-png", tmp_path / "rel.txt")
