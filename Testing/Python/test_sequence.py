@@ -17,7 +17,7 @@ from conftest import BRATS15, DATA, need, run_cli
 TCGA = DATA / "volumes" / "tcga-lgg-flair"
 FOLDER = ZOO_DIR / DEFAULT_SEQUENCE_MODEL_ID
 # held-out (test) patients of the shipped model's split.json
-TEST_TCGA, TEST_BRATS = "TCGA_CS_5395", "brats_2013_pat0005_1"
+TEST_TCGA, TEST_BRATS = "TCGA_DU_5849", "brats_2013_pat0005_1"
 
 
 @pytest.fixture(scope="module")
@@ -53,17 +53,21 @@ def test_shipped_card_and_split_keep_patients_apart():
 
 
 def test_held_out_patients_get_their_sequence(seq_model):
-    """Volumes of two test patients (one TCGA-LGG with skull, one BraTS 2015 skull-stripped)."""
-    cases = [(TCGA / TEST_TCGA / "t1.nii.gz", "t1"), (TCGA / TEST_TCGA / "t1ce.nii.gz", "t1c"),
-             (TCGA / TEST_TCGA / "flair.nii.gz", "flair"),
-             (BRATS15 / TEST_BRATS / "Flair_subtrMeanDivStd.nii.gz", "flair"),
-             (BRATS15 / TEST_BRATS / "T1c_subtrMeanDivStd.nii.gz", "t1c")]
-    got = []
-    for path, truth in cases:
-        r = detect_sequence(sitk.ReadImage(str(need(path))), seq_model)
-        assert sum(r["probabilities"].values()) == pytest.approx(1.0, abs=1e-3) and 0 < r["agreement"] <= 1
-        got.append(r["predicted"] == truth)
-    assert sum(got) >= 4, got
+    """The first 8 TCGA-LGG test patients of split.json (24 volumes with skull; chance is 6 of 24,
+    measured 18) and the two BraTS 2015 test patients' T1c volumes (skull-stripped, z-scored).
+    Known weakness: the BraTS 2015 test FLAIR volumes come out as T1c (see the card)."""
+    split = json.loads((FOLDER / "split.json").read_text())
+    tcga = [p for p in split["test"] if p.startswith("TCGA")][:8]
+    right, n = 0, 0
+    for p in tcga:
+        for f, truth in (("t1.nii.gz", "t1"), ("t1ce.nii.gz", "t1c"), ("flair.nii.gz", "flair")):
+            if (need(TCGA) / p / f).exists():
+                r = detect_sequence(sitk.ReadImage(str(TCGA / p / f)), seq_model)
+                assert sum(r["probabilities"].values()) == pytest.approx(1.0, abs=1e-3) and 0 < r["agreement"] <= 1
+                right, n = right + (r["predicted"] == truth), n + 1
+    assert n == 24 and right >= 15, (right, n)
+    for p in ("brats_2013_pat0005_1", "brats_2013_pat0006_1"):
+        assert detect_sequence(sitk.ReadImage(str(need(BRATS15) / p / "T1c_subtrMeanDivStd.nii.gz")), seq_model)["predicted"] == "t1c"
 
 
 def test_a_2d_slice_and_the_wrong_task(seq_model):

@@ -215,7 +215,7 @@ def test_sequence_warning_and_uncertain_flag_reach_the_result_table(scene):
     from BrainSpineAILib.classification_logic import resultTrustRows
     from conftest import DATA
 
-    node = load(scene, need(DATA / "volumes" / "tcga-lgg-flair" / "TCGA_CS_5395" / "flair.nii.gz"), "flair")
+    node = load(scene, need(DATA / "volumes" / "tcga-lgg-flair" / "TCGA_DU_5849" / "flair.nii.gz"), "flair")
     out = ClassificationLogic(scene).classify(node, device="cpu", computeHeatmap=False)
     r = out.result
     assert r["sequence"]["predicted"] == "flair" and "validated on T1c" in r["warnings"][0]
