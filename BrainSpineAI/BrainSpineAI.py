@@ -31,7 +31,7 @@ from slicer.parameterNodeWrapper import Choice, WithinRange, parameterNodeWrappe
 
 from slicer import vtkMRMLScalarVolumeNode
 
-from BrainSpineAILib.classification_logic import ClassificationLogic
+from BrainSpineAILib.classification_logic import ClassificationLogic, resultTrustRows
 from BrainSpineAILib.module_support import CONTRIBUTORS
 from BrainSpineAILib.widget_helpers import ModelListMixin, ModuleWidgetMixin, currentFolder
 
@@ -321,13 +321,19 @@ class BrainSpineAIWidget(ModuleWidgetMixin, ModelListMixin, ScriptedLoadableModu
         self.ui.predictionLabel.text = _("Predicted: {name} ({p:.1%})").format(name=predicted, p=p)
 
         table = self.ui.probabilityTable
-        table.setRowCount(len(classes))
-        for row, (name, prob) in enumerate(zip(classes, probabilities)):
-            table.setItem(row, 0, qt.QTableWidgetItem(str(name)))
-            item = qt.QTableWidgetItem(f"{prob:.1%}")
+        rows = [(str(name), f"{prob:.1%}") for name, prob in zip(classes, probabilities)]
+        rows += resultTrustRows(result)  # detected sequence, uncertain (see the helper)
+        table.setRowCount(len(rows))
+        for row, (name, value) in enumerate(rows):
+            table.setItem(row, 0, qt.QTableWidgetItem(name))
+            item = qt.QTableWidgetItem(value)
             item.setTextAlignment(qt.Qt.AlignRight | qt.Qt.AlignVCenter)
             table.setItem(row, 1, item)
         table.resizeColumnToContents(0)
+        if result.get("uncertain") or result.get("warnings"):
+            self.ui.predictionLabel.text += "<br><span style='color:#c05000'>" + "<br>".join(
+                html.escape(w) for w in ([_("Uncertain: do not rely on this answer.")] if result.get("uncertain") else [])
+                + [_("Warning: {text}").format(text=w) for w in result.get("warnings") or []]) + "</span>"
 
         status = _("Model: {model}.").format(model=result.get("model", ""))
         if result.get("slices"):

@@ -60,7 +60,7 @@ into the three BraTS regions: whole tumour (WT), tumour core (TC) and enhancing 
 with a CLIP-guided 3D U-Net.<br>
 Load the volumes of one patient; the sequence selectors are filled from the volume names
 (t1 / t1c / t2 / flair ...). The model card says which sequences are needed (the first is
-the reference grid). Optionally type the radiology report: it guides the model. Click
+the reference grid). Optionally type the radiology report (it guides only a model with a pre-trained CLIP, not the shipped one). Click
 <b>Segment</b>: the model runs in a separate process (Cancel stops it and leaves the scene
 as it was) and the result is one segmentation with overlapping WT, TC and ET segments on the
 reference volume's grid, shown in 2D and 3D.<br>
@@ -226,7 +226,8 @@ class BrainSpineAISegmentWidget(ModuleWidgetMixin, ModelListMixin, ScriptedLoada
             return
         self.ui.progressBar.setValue(0)
         self._poller.start(job, kind="segment")
-        self.setStatus(_("Segmentation started..."))
+        warning = self.logic.reportWarning(self.currentModelPath(), self.ui.reportTextEdit.toPlainText())
+        self.setStatus(_("Segmentation started...") + (" " + _("Warning: {text}").format(text=warning) if warning else ""))
         self.updateButtons()
 
     def _onJobEnded(self, job, context) -> None:
@@ -261,6 +262,8 @@ class BrainSpineAISegmentWidget(ModuleWidgetMixin, ModelListMixin, ScriptedLoada
             info = (result.get("regions") or {}).get(region.key) or {}
             ml = info.get("volume_ml")
             rows.append(f"{html.escape(region.name)}: " + (f"{ml:.1f} ml" if isinstance(ml, (int, float)) else "-"))
+        rows += [f"<span style='color:#c05000'>{html.escape(_('Warning: {text}').format(text=w))}</span>"
+                 for w in result.get("warnings") or []]
         self.ui.resultsLabel.text = "<br>".join(rows)
         self.setStatus(_("Model {model}: done in {seconds:.1f} s.").format(model=result.get("model", ""), seconds=seconds))
         if output.referenceVolume is not None:

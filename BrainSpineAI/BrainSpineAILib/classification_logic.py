@@ -23,6 +23,22 @@ from .dependencies import REQUIRED_PACKAGES, DependencyMixin  # noqa: F401  (REQ
 BackgroundClassification = BackgroundJob  # a ``brainspineai classify`` job; ``context["inputNodeID"]``
 
 
+def resultTrustRows(result: dict) -> list:
+    """Extra (name, value) rows of the result table: the detected MRI sequence and whether the
+    answer is uncertain (from ``brainspineai classify``'s ``"sequence"`` and ``"uncertain"``)."""
+    rows = []
+    seq = result.get("sequence") or {}
+    if seq.get("predicted"):
+        from brainspineai.classification.sequence import SEQUENCE_LABELS
+
+        p = (seq.get("probabilities") or {}).get(seq["predicted"])
+        rows.append(("Sequence", SEQUENCE_LABELS.get(seq["predicted"], seq["predicted"])
+                     + (f" ({p:.0%})" if isinstance(p, (int, float)) else "")))
+    if "uncertain" in result:
+        rows.append(("Uncertain", "YES" if result["uncertain"] else "no"))
+    return rows
+
+
 @dataclass
 class ClassificationOutput:
     """What a classification put in the scene. ``result`` is the CLI's JSON document."""
@@ -95,8 +111,12 @@ class ClassificationLogic(DependencyMixin):
 
             res = classify_sicf(image, model)
             return self._toScene(volumeNode, {**res.to_json(), "sicf": res.extra["sicf"]}, None)
+        from brainspineai.classification.sequence import check_sequence
+
         res = classify_image(image, model, heatmap=computeHeatmap, heatmap_class=heatmapClass)
-        return self._toScene(volumeNode, res.to_json(), res.heatmap)
+        doc = res.to_json()
+        doc["sequence"], doc["warnings"] = check_sequence(image, model.card, device)  # as `brainspineai classify`
+        return self._toScene(volumeNode, doc, res.heatmap)
 
     @staticmethod
     def _isSICF(modelRef) -> bool:
@@ -199,6 +219,9 @@ class ClassificationLogic(DependencyMixin):
         table.SetAndObserveTable(t)
         table.SetAttribute("BrainSpineAI.model", result["model"])
         table.SetAttribute("BrainSpineAI.predicted", result["predicted"])
+        table.SetAttribute("BrainSpineAI.sequence", str((result.get("sequence") or {}).get("predicted") or ""))
+        table.SetAttribute("BrainSpineAI.uncertain", "true" if result.get("uncertain") else "false")
+        table.SetAttribute("BrainSpineAI.warnings", "\n".join(result.get("warnings") or []))
         return table
 
     def _slicePlot(self, volumeNode, result):

@@ -185,6 +185,17 @@ class SegmentationLogic(DependencyMixin):
             raise ValueError(f"model '{card.get('id')}' has no usable 'sequences' list in its card: {seqs}")
         return seqs
 
+    @classmethod
+    def reportWarning(cls, modelRef=None, report: str | None = None) -> str | None:
+        """A warning when a report is given to a segmenter whose CLIP is the untrained
+        ``small-random`` one (the report then does not meaningfully guide it), else ``None``.
+        The CLI puts the same text in its result's ``"warnings"``."""
+        if not (report or "").strip():
+            return None
+        from brainspineai.segmentation.inference import report_warning
+
+        return report_warning(cls.modelCard(modelRef))
+
     # ---------------------------------------------------------------- inputs
     def guessVolumes(self, volumeNodes=None) -> dict:
         """``{sequence: volume node}`` guessed from node names (see

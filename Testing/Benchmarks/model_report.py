@@ -55,6 +55,7 @@ def main() -> None:
     ap.add_argument("--step", type=int, default=3)
     ap.add_argument("--methods", nargs="+", metavar="METHOD@LAYER", help="with --compare: only these")
     ap.add_argument("--datasets", nargs="+", choices=["figshare3", "brats2015", "lgg"])
+    ap.add_argument("--volumes-only", action="store_true", help="stop after the calibration and BraTS volume figures")
     args = ap.parse_args()
     m = load_model(args.model, args.device)
     if args.localisation:
@@ -62,16 +63,33 @@ def main() -> None:
     val = m.card["metrics"]["validation"]
     print(f"model {m.id}: held-out accuracy {val['accuracy']:.2%} on {val['n']} slices, macro F1 {val['macro_f1']:.3f}")
 
-    print("\nExternal BraTS volumes (all glioma):")
+    cal = m.card.get("calibration") or {}
+    if cal:
+        print(f"calibration: temperature {cal['temperature']:g} fitted on {cal['fitted_on']}; ECE (15 bins) "
+              f"{cal['ece_before']:.4f} -> {cal['ece_after']:.4f}; NLL {cal['nll_before']:.4f} -> {cal['nll_after']:.4f}")
+        u = m.card["uncertainty"]
+        print(f"uncertain below top probability {u['min_top_probability']:.3f} or margin {u['min_margin']:.3f}; "
+              f"validation: {u['validation']}")
+
+    print("\nExternal BraTS volumes (all glioma), with the detected sequence and the uncertain flag:")
+    from brainspineai.classification.sequence import check_sequence
+
     vols = sorted((DATA / "volumes" / "brats2015-flair-t1c").glob("*/*_subtrMeanDivStd.nii.gz"))
     vols += sorted((DATA / "volumes" / "brats2023-4seq-noseg").glob("*/*.nii.gz"))
-    right = 0
+    right, flagged, warned = 0, 0, 0
     for v in vols:
-        r = classify_image(read_image(v), m)
-        right += r.predicted == "glioma"
+        img = read_image(v)
+        r = classify_image(img, m)
+        seq, warnings = check_sequence(img, m.card, args.device)
+        unc = r.extra["uncertainty"]["uncertain"]
+        right, flagged, warned = right + (r.predicted == "glioma"), flagged + unc, warned + bool(warnings)
         probs = " ".join(f"{c}={p:.2f}" for c, p in zip(r.classes, r.probabilities))
-        print(f"  {v.parent.name[-12:]:>12} {v.name.split('_')[0].split('-')[-1][:12]:<12} -> {r.predicted:<11} ({probs}; {r.rule})")
-    print(f"  glioma predicted for {right} of {len(vols)} volumes")
+        print(f"  {v.parent.name[-12:]:>12} {v.name.split('_')[0].split('-')[-1][:12]:<12} -> {r.predicted:<11} ({probs}; "
+              f"{r.rule}) sequence {seq['predicted'] if seq else '?'}{' UNCERTAIN' if unc else ''}"
+              f"{' WARNED' if warnings else ''}")
+    print(f"  glioma predicted for {right} of {len(vols)} volumes; uncertain {flagged}; sequence warning {warned}")
+    if args.volumes_only:
+        return
 
     rows = list(csv.DictReader(open(DATA / "brain-mri-2d" / "figshare3" / "tumor_boxes.csv")))[::40][:60]
     ratios, hits = [], []

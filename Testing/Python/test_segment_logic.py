@@ -247,6 +247,9 @@ def test_real_case_segmented_in_a_background_process(scene, pat5, seg_models):
     assert out.referenceVolume is volumes["flair"]
     assert out.result["model"] == model and out.result["reference"] == "flair"
     assert out.result["report"] == "ring-enhancing mass with oedema"
+    # both models have the untrained small-random CLIP: the report is said not to guide them
+    assert out.result["warnings"] == [logic.reportWarning(model, "ring-enhancing mass with oedema")]
+    assert "small-random" in out.result["warnings"][0] and logic.reportWarning(model, "  ") is None
     assert node.GetName() == "Flair_subtrMeanDivStd tumour" and node.GetAttribute("BrainSpineAI.model") == model
     seg = node.GetSegmentation()
     assert [seg.GetNthSegment(i).GetName() for i in range(seg.GetNumberOfSegments())] == [r.name for r in REGIONS]

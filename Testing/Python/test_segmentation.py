@@ -70,6 +70,7 @@ def test_segment_cli_keeps_the_reference_geometry_and_reports_regions(tiny_seg, 
     assert fr == sorted(fr) and fr[-1] == 1.0
     doc = json.loads(js.read_text())
     assert doc == lines[-1]["result"]
+    assert doc["warnings"] == []  # no report given: nothing to warn about
     assert doc["model"] == "tiny-seg" and doc["reference"] == "flair" and doc["labels"] == {"1": "NCR", "2": "ED", "4": "ET"}
     ref = sitk.ReadImage(str(case / "Flair_subtrMeanDivStd.nii.gz"))
     seg = sitk.ReadImage(str(out))
@@ -90,9 +91,10 @@ def test_four_sequence_brats2023_case_runs_end_to_end_ignoring_extras(tiny_seg, 
     out = tmp_path / "seg23.nii.gz"
     r = run_cli("segment", "--t1", d / f"{name}-t1n.nii.gz", "--t1ce", d / f"{name}-t1c.nii.gz",
                 "--t2", d / f"{name}-t2w.nii.gz", "--flair", d / f"{name}-t2f.nii.gz", "--tta", "--overlap", "0.25",
-                "--out", out, "--model", folder, "--device", "cpu")
+                "--out", out, "--model", folder, "--device", "cpu", "--report", "ring-enhancing glioblastoma")
     assert r.returncode == 0, r.stderr
     assert "ignoring t1, t2" in r.stderr
+    assert "warning: model 'tiny-seg' uses an untrained (small-random) CLIP" in r.stderr
     ref = sitk.ReadImage(str(d / f"{name}-t2f.nii.gz"))
     seg = sitk.ReadImage(str(out))
     assert seg.GetSize() == ref.GetSize() and seg.GetOrigin() == ref.GetOrigin() and seg.GetSpacing() == ref.GetSpacing()
@@ -129,6 +131,30 @@ def test_evaluate_seg_reports_dice_and_hd95_per_region(tiny_seg, tmp_path, tmp_p
     card = read_card(folder)  # same cases, same sliding window: the card's held-out figures agree
     assert m["WT"]["dice"] == pytest.approx(card["metrics"]["held_out"]["cases"]["brats_2013_pat0003_1"]["WT"]["dice"], abs=1e-3)
     assert "HD95" in r.stdout
+
+
+def test_evaluate_seg_leaves_out_the_models_training_cases(tiny_seg, tmp_path, tmp_path_factory):
+    """pat0001 is a training case of tiny-seg, pat0003 its held-out case: by default only pat0003
+    is scored and pat0001 is named; --cases picks a training case with a warning."""
+    folder, _, _ = tiny_seg
+    data = _cases_dir(tmp_path_factory, [1, 3])
+    js = tmp_path / "eval.json"
+    r = run_cli("evaluate-seg", data, "--model", folder, "--device", "cpu", "--json", js)
+    assert r.returncode == 0, r.stderr
+    doc = json.loads(js.read_text())
+    assert list(doc["cases"]) == ["brats_2013_pat0003_1"]
+    assert doc["left_out_training_cases"] == ["brats_2013_pat0001_1"] and doc["warnings"] == []
+    assert "left out 1 training case(s) of the model: brats_2013_pat0001_1 (--include-training" in r.stdout
+    only = _cases_dir(tmp_path_factory, [1])
+    r = run_cli("evaluate-seg", only, "--model", folder, "--device", "cpu")
+    assert r.returncode == 2 and "every labelled case (1) is a training case" in r.stderr and "--include-training" in r.stderr
+    r = run_cli("evaluate-seg", data, "--model", folder, "--device", "cpu", "--cases", "brats_2013_pat0001_1", "--json", js)
+    assert r.returncode == 0, r.stderr
+    doc = json.loads(js.read_text())
+    assert list(doc["cases"]) == ["brats_2013_pat0001_1"] and doc["left_out_training_cases"] == []
+    assert "training case(s) of model 'tiny-seg'" in doc["warnings"][0] and "warning:" in r.stderr
+    r = run_cli("evaluate-seg", data, "--model", folder, "--device", "cpu", "--cases", "nope")
+    assert r.returncode == 2 and "--cases: no labelled case 'nope'" in r.stderr
 
 
 def test_region_metrics_perfect_and_shifted():

@@ -219,3 +219,22 @@ def test_sicf_models_get_no_heatmap_in_the_background(scene, tmp_path):
         assert "--heatmap" in job.command
     finally:
         job.cancel()
+
+
+def test_sequence_warning_and_uncertain_flag_reach_the_result_table(scene):
+    """A held-out TCGA-LGG FLAIR volume (the shipped classifier is validated on T1c only): the
+    result carries the detected sequence, the warning and the uncertain flag, the table node
+    their attributes, and the module's table the extra rows."""
+    from BrainSpineAILib.classification_logic import resultTrustRows
+    from conftest import DATA
+
+    node = load(scene, need(DATA / "volumes" / "tcga-lgg-flair" / "TCGA_DU_5849" / "flair.nii.gz"), "flair")
+    out = ClassificationLogic(scene).classify(node, device="cpu", computeHeatmap=False)
+    r = out.result
+    assert r["sequence"]["predicted"] == "flair" and "validated on T1c" in r["warnings"][0]
+    assert out.tableNode.GetAttribute("BrainSpineAI.sequence") == "flair"
+    assert out.tableNode.GetAttribute("BrainSpineAI.warnings") == r["warnings"][0]
+    assert out.tableNode.GetAttribute("BrainSpineAI.uncertain") == ("true" if r["uncertain"] else "false")
+    rows = dict(resultTrustRows(r))
+    assert rows["Sequence"].startswith("FLAIR (") and rows["Uncertain"] == ("YES" if r["uncertain"] else "no")
+    assert resultTrustRows({"classes": ["a"], "probabilities": [1.0]}) == []  # an older result: no extra rows

@@ -10,6 +10,11 @@ Volume-level rule (used by :func:`classify_image` for 3D input):
      mean over all classified slices (so a scan without tumour evidence reads ``notumor``).
      Models without ``notumor`` average over all classified slices.
   5. The predicted class is the argmax of the volume's probabilities, which sum to 1.
+
+Probabilities are calibrated with the card's temperature (``calibration.temperature``, see
+:mod:`brainspineai.classification.calibration`) before the rule; the result's ``uncertainty``
+flags a prediction whose calibrated top probability or margin is below the card's thresholds,
+or (volumes) whose class fewer than ``min_slice_agreement`` of the slices behind step 4 vote for.
 """
 from __future__ import annotations
 
@@ -63,13 +68,33 @@ class ClassificationResult:
             out["heatmap_method"] = dict(self.heatmap_method)
         if self.strongest_slice is not None:
             out["heatmap_strongest_slice"] = int(self.strongest_slice)
+        if "uncertainty" in self.extra:
+            out["calibrated"] = self.extra.get("temperature", 1.0) != 1.0
+            out["uncertain"] = self.extra["uncertainty"]["uncertain"]
+            out["uncertainty"] = self.extra["uncertainty"]
         return out
 
 
 def _probabilities(model, batch, batch_size: int = 64) -> np.ndarray:
+    """Softmax outputs at the card's temperature (float64 ``(N, C)``)."""
+    from .calibration import apply_temperature, card_temperature
     from .predict import predict_batches
 
-    return predict_batches(model.network, batch, model.device, batch_size).astype(np.float64)
+    return apply_temperature(predict_batches(model.network, batch, model.device, batch_size), card_temperature(model.card))
+
+
+def _flag(res: ClassificationResult, card: dict, slice_probs=None) -> ClassificationResult:
+    """Fill ``res.extra`` with the temperature and :func:`calibration.uncertainty` (for volumes,
+    the agreement of the slices that step 4 of the rule averaged)."""
+    from .calibration import card_temperature, uncertainty
+
+    agreement = None
+    if slice_probs is not None:
+        top = slice_probs.argmax(1)
+        used = top != res.classes.index(NO_TUMOUR_CLASS) if "tumour slices" in res.rule else np.ones(len(top), bool)
+        agreement = float((top[used] == res.classes.index(res.predicted)).mean())
+    res.extra.update(temperature=card_temperature(card), uncertainty=uncertainty(card, res.probabilities, agreement))
+    return res
 
 
 def _class_index(model, heatmap_class) -> int | None:
@@ -143,7 +168,7 @@ def classify_image(image, model, heatmap: bool = False, heatmap_class=None, prog
         batch, geoms, _ = prepare_slices([arr], size, crop=crop_mode(model.card, volume=False))
         probs = _probabilities(model, batch)[0]
         pred = int(probs.argmax())
-        res = ClassificationResult(model.id, list(model.class_names), probs, model.class_names[pred])
+        res = _flag(ClassificationResult(model.id, list(model.class_names), probs, model.class_names[pred]), model.card)
         if heatmap:
             cls = pred if wanted is None else wanted
             raw, used = _heat(model, batch, cls, heatmap_method)
@@ -173,7 +198,8 @@ def classify_image(image, model, heatmap: bool = False, heatmap_class=None, prog
     vp, rule = volume_rule(probs, model.class_names)
     pred = int(vp.argmax())
     slices = [{"index": int(k), "probabilities": [float(p) for p in probs[i]]} for i, k in enumerate(keep)]
-    res = ClassificationResult(model.id, list(model.class_names), vp, model.class_names[pred], slices=slices, rule=rule)
+    res = _flag(ClassificationResult(model.id, list(model.class_names), vp, model.class_names[pred], slices=slices,
+                                     rule=rule), model.card, probs)
     if heatmap:
         cls = pred if wanted is None else wanted
         raw, used = _heat(model, batch[keep], cls, heatmap_method)

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import sys
 
 from ..errors import InputError
 from .common import HEATMAP_VOLUME_SUFFIXES, _json_line, _suffix_ok
@@ -39,6 +40,7 @@ def cmd_classify(args) -> int:
     result = classify_image(image, model, heatmap=bool(args.heatmap), heatmap_class=args.heatmap_class, progress=progress,
                             heatmap_method=args.heatmap_method)
     doc = result.to_json()
+    trust_lines = add_trust_fields(doc, image, model, args.device)
     # all computed: now write
     if args.heatmap:
         if args.heatmap.lower().endswith(".png"):
@@ -60,10 +62,31 @@ def cmd_classify(args) -> int:
             print(f"  {doc['classes'][i]:<12} {doc['probabilities'][i]:7.2%}")
         if not slice_input:
             print(f"volume rule: {doc['volume_rule']}")
+        for line in trust_lines:
+            print(line)
+        for w in doc["warnings"]:
+            print(f"warning: {w}", file=sys.stderr)
         if args.heatmap:
             used = result.heatmap_method or {}
             print(f"heatmap ({result.heatmap_class}, {used.get('name', '?')} at {used.get('layer', '?')}): {args.heatmap}")
     return 0
+
+
+def add_trust_fields(doc: dict, image, model, device) -> list:
+    """Add ``"sequence"`` (detected MRI sequence) and ``"warnings"`` to a classify result
+    document (``"uncertain"`` comes from :func:`brainspineai.classification.inference.classify_image`);
+    return the text lines that say them."""
+    from ..classification.sequence import SEQUENCE_LABELS, check_sequence
+
+    seq, warnings = check_sequence(image, model.card, device)
+    doc["sequence"], doc["warnings"] = seq, warnings
+    lines = []
+    if seq:
+        p = seq["probabilities"][seq["predicted"]]
+        lines.append(f"sequence: {SEQUENCE_LABELS.get(seq['predicted'], seq['predicted'])} ({p:.0%}, model {seq['model']})")
+    if doc.get("uncertain"):
+        lines.append("UNCERTAIN: do not rely on this answer: " + "; ".join(doc["uncertainty"]["reasons"]))
+    return lines
 
 
 def add_parser(sub) -> None:

@@ -21,10 +21,12 @@ def cmd_evaluate(args) -> int:
 
     if args.bootstrap < 0:
         raise InputError(f"--bootstrap {args.bootstrap}: give 0 (no confidence intervals) or a positive number of resamples")
-    for opt, path in (("--embedding-png", args.embedding_png), ("--confusion-png", args.confusion_png)):
+    for opt, path in (("--embedding-png", args.embedding_png), ("--confusion-png", args.confusion_png),
+                      ("--reliability-png", args.reliability_png)):
         if path and not path.lower().endswith(".png"):
             raise InputError(f"{opt} {path}: use a .png file")
-    check_outputs([("--json", args.json), ("--confusion-png", args.confusion_png), ("--embedding-png", args.embedding_png)],
+    check_outputs([("--json", args.json), ("--confusion-png", args.confusion_png), ("--embedding-png", args.embedding_png),
+                   ("--reliability-png", args.reliability_png)],
                   inputs=[args.data_dir, args.split, args.model, args.localisation])
     if not Path(args.data_dir).is_dir():
         raise InputError(f"dataset folder not found: {args.data_dir}" if not Path(args.data_dir).exists()
@@ -47,13 +49,24 @@ def cmd_evaluate(args) -> int:
     from ..classification.preprocess import crop_mode
 
     batch = load_slice_batch(paths, model.input_size, crop=crop_mode(model.card, volume=False))
-    probs = predict_batches(model.network, batch, model.device)
+    raw = predict_batches(model.network, batch, model.device)
+    probs, calibration = _calibrate(model.card, raw, labels)
     metrics = classification_metrics(labels, probs.argmax(1), classes)
     try:
         prob_metrics = probability_metrics(labels, probs, classes, n_bootstrap=args.bootstrap)
     except ValueError as exc:
         raise BrainSpineAIError(f"model '{model.id}' on {root}: {exc}") from None
-    doc = {"model": model.id, "data": str(root), "split": args.split, **metrics, "probability_metrics": prob_metrics}
+    doc = {"model": model.id, "data": str(root), "split": args.split, **metrics, "probability_metrics": prob_metrics,
+           "ece": calibration,
+           "predictions": [{"file": p.relative_to(root).as_posix(), "true": classes[int(t)], "predicted": classes[int(q.argmax())],
+                            "probabilities": {c: round(float(v), 6) for c, v in zip(classes, q)}}
+                           for p, t, q in zip(paths, labels, probs)]}
+    reliability_png = None
+    if args.reliability_png:
+        from ..classification.calibration import reliability_png_bytes
+
+        reliability_png = reliability_png_bytes(raw, probs if calibration["temperature"] != 1.0 else None, labels,
+                                                f"{model.id} on {root.name} ({len(labels)} images)")
     embedding_png = None
     if args.embedding_png:
         from ..classification.embeddings import penultimate_features
@@ -72,6 +85,8 @@ def cmd_evaluate(args) -> int:
         doc["localisation"] = localisation_report(model, args.localisation)
     if embedding_png is not None:
         atomic_write_bytes(args.embedding_png, embedding_png)
+    if reliability_png is not None:
+        atomic_write_bytes(args.reliability_png, reliability_png)
     if args.json:
         atomic_write_text(args.json, json.dumps(doc, indent=2) + "\n")
     print(f"model: {model.id}   data: {root} ({metrics['n']} images)")
@@ -96,9 +111,27 @@ def cmd_evaluate(args) -> int:
         loc = doc["localisation"]
         print(f"localisation ({loc['method']}@{loc['layer']}, {seq}, {g['n']} tumour slices): pointing game "
               f"{g['pointing']:.3f}, energy in tumour {g['energy_in_tumour']:.3f}, heat outside head {g['heat_outside_head']:.3f}")
+    ece = calibration
+    print(f"expected calibration error (15 bins): {ece['before']:.4f} uncalibrated" +
+          (f", {ece['after']:.4f} at the card's temperature {ece['temperature']:g}" if ece["after"] is not None
+           else " (the card has no temperature)"))
+    if reliability_png is not None:
+        print(f"reliability diagram: {args.reliability_png}")
     if embedding_png is not None:
         print(f"embedding (t-SNE of penultimate features): {args.embedding_png}")
     return 0
+
+
+def _calibrate(card: dict, raw, labels) -> tuple:
+    """(probabilities at the card's temperature, ``{"bins", "before", "after", "temperature"}``):
+    the expected calibration error of the raw softmax and of the calibrated one (``None``
+    when the card has no temperature)."""
+    from ..classification.calibration import N_BINS, apply_temperature, card_temperature, expected_calibration_error
+
+    t = card_temperature(card)
+    probs = apply_temperature(raw, t)
+    return probs, {"bins": N_BINS, "temperature": t, "before": round(expected_calibration_error(raw, labels), 4),
+                   "after": round(expected_calibration_error(probs, labels), 4) if t != 1.0 else None}
 
 
 def read_split(path) -> set:
@@ -132,6 +165,9 @@ def add_parser(sub) -> None:
     e.add_argument("--bootstrap", type=int, default=1000, metavar="N",
                    help="bootstrap resamples for the 95%% confidence intervals of AUC, sensitivity and specificity "
                         "(0: point values only)")
+    e.add_argument("--reliability-png", metavar="OUT",
+                   help="write a reliability diagram (accuracy against confidence, 15 bins, before / after "
+                        "temperature scaling) as a PNG")
     e.add_argument("--embedding-png", metavar="OUT",
                    help="write a t-SNE plot of the penultimate-layer features, coloured by class, as a PNG")
     e.add_argument("--localisation", metavar="SOURCE",

@@ -24,7 +24,7 @@ def _read_sequences(args, needed) -> tuple:
 def cmd_segment(args) -> int:
     from ..io import atomic_write_text, write_image_atomic
     from ..outputs import check_outputs
-    from ..segmentation.inference import load_segmenter, segment
+    from ..segmentation.inference import load_segmenter, report_warning, segment
     from .validate import guarded_load
 
     if not _suffix_ok(args.out, (".nii.gz", ".nii", ".nrrd", ".mha", ".seg.nrrd")):
@@ -45,14 +45,18 @@ def cmd_segment(args) -> int:
 
     if extra and not jsonl:  # said after the work, so that a refused input gives one line only
         print(f"note: ignoring {', '.join(extra)} (model '{model.id}' uses {', '.join(model.sequences)})", file=sys.stderr)
+    warning = report_warning(model.card) if (args.report or "").strip() else None
     doc = {"model": model.id, "sequences": model.sequences, "reference": model.sequences[0],
            "labelmap": str(Path(args.out).resolve()), "labels": {str(k): v for k, v in LABELS.items()},
-           "regions": res.regions(), "report": args.report or None, "seconds": res.seconds}
+           "regions": res.regions(), "report": args.report or None, "seconds": res.seconds,
+           "warnings": [warning] if warning else []}
     if prep:
         doc["preprocessing"] = prep
     write_image_atomic(res.labelmap, args.out)
     if args.json:
         atomic_write_text(args.json, json.dumps(doc, indent=2) + "\n")
+    if warning and not jsonl:
+        print(f"warning: {warning}", file=sys.stderr)
     if jsonl:
         _json_line({"event": "done", "result": doc})
     else:
@@ -99,10 +103,16 @@ def cmd_evaluate_seg(args) -> int:
         raise InputError(f"{args.data_dir}: not a dataset folder" if Path(args.data_dir).exists()
                          else f"dataset folder not found: {args.data_dir}")
     model = guarded_load(args.model, load_segmenter, args.model, args.device)
-    doc = evaluate_cases(args.data_dir, model, overlap=args.overlap, tta=args.tta)
+    doc = evaluate_cases(args.data_dir, model, overlap=args.overlap, tta=args.tta, cases=args.cases,
+                         include_training=args.include_training)
     if args.json:
         atomic_write_text(args.json, json.dumps(doc, indent=2) + "\n")
     print(f"model: {model.id}   data: {args.data_dir} ({len(doc['cases'])} cases)")
+    if doc["left_out_training_cases"]:
+        print(f"  left out {len(doc['left_out_training_cases'])} training case(s) of the model: "
+              f"{', '.join(doc['left_out_training_cases'])} (--include-training to keep them)")
+    for w in doc["warnings"]:
+        print(f"warning: {w}", file=sys.stderr)
     print(f"  {'case':<28} " + " ".join(f"{r + ' Dice':>8} {r + ' HD95':>9}" for r in ("WT", "TC", "ET")))
     def fmt(m):
         return " ".join(f"{m[r]['dice']:8.3f} " + (f"{m[r]['hd95_mm']:9.2f}" if m[r]['hd95_mm'] is not None else f"{'n/a':>9}")
@@ -119,7 +129,8 @@ def add_segment_parser(sub) -> None:
     sg = sub.add_parser("segment", help="3D brain tumour segmentation (WT / TC / ET) -> BraTS labelmap")
     for seq in ("t1", "t1ce", "t2", "flair"):
         sg.add_argument(f"--{seq}", metavar="PATH", help=f"{seq} volume (NIfTI / NRRD / MHA / DICOM folder)")
-    sg.add_argument("--report", metavar="TEXT", help="report text guiding the semantic level (default: per-region descriptions)")
+    sg.add_argument("--report", metavar="TEXT", help="report text for the semantic level (default: per-region "
+                    "descriptions); only meaningful with a pre-trained CLIP, not the shipped small-random one")
     sg.add_argument("--out", required=True, help="labelmap to write (.nii.gz), on the grid of the model's first sequence")
     sg.add_argument("--model", help="segmenter id, folder or URL (default: the shipped FLAIR + T1ce model)")
     sg.add_argument("--device", default="auto", choices=DEVICE_CHOICES)
@@ -175,6 +186,9 @@ def add_evaluate_parser(sub) -> None:
     es.add_argument("--device", default="auto", choices=DEVICE_CHOICES)
     es.add_argument("--overlap", type=float, default=0.5)
     es.add_argument("--tta", action="store_true")
+    es.add_argument("--cases", nargs="+", metavar="ID", help="evaluate only these case ids (training cases included)")
+    es.add_argument("--include-training", action="store_true",
+                    help="keep the cases the model card lists as training data (left out by default)")
     es.add_argument("--json", metavar="OUT", help="write the metrics as JSON")
     es.set_defaults(func=cmd_evaluate_seg)
 

@@ -192,18 +192,8 @@ def evaluate_network(net, card: dict, cases, device="cpu", overlap: float = 0.5,
     from ..io import read_image
     from .data import read_labelmap
 
-    from ..io import check_image_file
-
     model = LoadedSegmenter(card=card, folder=Path("."), network=net, device=device)
-    for c in cases:  # every case's files are checked before any is segmented
-        if c.label is None:
-            raise InputError(f"case {c.case_id}: no labelmap to evaluate against")
-        missing = [s for s in model.sequences if s not in c.images]
-        if missing:
-            raise InputError(f"case {c.case_id}: missing sequence {missing[0]} (the model needs {', '.join(model.sequences)})")
-        for f in [c.images[s] for s in model.sequences] + [c.label]:
-            if not Path(f).is_dir():
-                check_image_file(f)
+    _check_cases(cases, model.sequences)
     per_case = {}
     for c in cases:
         truth = read_labelmap(c)
@@ -214,14 +204,79 @@ def evaluate_network(net, card: dict, cases, device="cpu", overlap: float = 0.5,
     return {"cases": per_case, "mean": _mean(per_case), "overlap": overlap, "tta": tta, "postprocess": postprocess}
 
 
-def evaluate_cases(data, model: LoadedSegmenter, overlap: float = 0.5, tta: bool = False) -> dict:
-    """:func:`evaluate_network` on every labelled case under ``data`` (see :func:`brainspineai.segmentation.data.discover_cases`).
+def _check_cases(cases, sequences) -> None:
+    """Every case's files are checked before any is segmented.
 
-    :raises InputError: no labelled case."""
+    :raises InputError: a case without labelmap or without one of ``sequences``; an unreadable file."""
+    from ..io import check_image_file
+
+    for c in cases:
+        if c.label is None:
+            raise InputError(f"case {c.case_id}: no labelmap to evaluate against")
+        missing = [s for s in sequences if s not in c.images]
+        if missing:
+            raise InputError(f"case {c.case_id}: missing sequence {missing[0]} (the model needs {', '.join(sequences)})")
+        for f in [c.images[s] for s in sequences] + [c.label]:
+            if not Path(f).is_dir():
+                check_image_file(f)
+
+
+def training_cases(card: dict) -> list:
+    """The case ids the card lists as the model's training data (``training_data.train_cases``)."""
+    cases = (card.get("training_data") or {}).get("train_cases") or []
+    return [str(c) for c in cases] if isinstance(cases, list) else []
+
+
+def report_warning(card: dict):
+    """A warning (str) when the segmenter's CLIP is the untrained ``small-random`` one: the
+    report text then only passes through a random text encoder, so it does not guide the model
+    in any meaningful way. ``None`` for a pre-trained CLIP or a model without a semantic level."""
+    net = card.get("network") or {}
+    source = (card.get("clip") or {}).get("source") or net.get("clip")
+    if net.get("semantic", True) is False or source != "small-random":
+        return None
+    return (f"model '{card.get('id')}' uses an untrained (small-random) CLIP: the report text does not "
+            "meaningfully guide this segmentation")
+
+
+def evaluate_cases(data, model: LoadedSegmenter, overlap: float = 0.5, tta: bool = False,
+                   cases=None, include_training: bool = False) -> dict:
+    """:func:`evaluate_network` on the labelled cases under ``data`` (see
+    :func:`brainspineai.segmentation.data.discover_cases`).
+
+    By default the cases the card lists as training data (:func:`training_cases`) are left out
+    (their Dice says nothing about new patients) and named in ``"left_out_training_cases"``.
+
+    :param cases: case ids to evaluate (``None``: all); a training case named here is kept, with
+        a warning in ``"warnings"``.
+    :param include_training: keep the training cases.
+    :raises InputError: no labelled case; an unknown id in ``cases``; only training cases left."""
     from .data import discover_cases
 
-    cases = [c for c in discover_cases(data) if c.label is not None]
-    if not cases:
+    found = [c for c in discover_cases(data) if c.label is not None]
+    if not found:
         raise InputError(f"{data}: no case with a labelmap to evaluate against")
-    doc = evaluate_network(model.network, model.card, cases, device=model.device, overlap=overlap, tta=tta)
-    return {"model": model.id, "data": str(data), **doc}
+    _check_cases(found, model.sequences)
+    train = set(training_cases(model.card))
+    warnings, left_out = [], []
+    if cases:
+        ids = {c.case_id for c in found}
+        unknown = [c for c in cases if c not in ids]
+        if unknown:
+            raise InputError(f"--cases: no labelled case '{unknown[0]}' under {data}")
+        found = [c for c in found if c.case_id in set(cases)]
+        used = sorted(train & {c.case_id for c in found})
+        if used:
+            warnings.append(f"{', '.join(used)}: training case(s) of model '{model.id}'; their figures are optimistic")
+    elif not include_training:
+        left_out = sorted(c.case_id for c in found if c.case_id in train)
+        found = [c for c in found if c.case_id not in train]
+        if not found:
+            raise InputError(f"{data}: every labelled case ({len(left_out)}) is a training case of model "
+                             f"'{model.id}'; use --include-training to evaluate them anyway")
+    else:
+        used = sorted(train & {c.case_id for c in found})
+        if used:
+            warnings.append(f"{', '.join(used)}: training case(s) of model '{model.id}'; their figures are optimistic")
+    doc = evaluate_network(model.network, model.card, found, device=model.device, overlap=overlap, tta=tta)
+    return {"model": model.id, "data": str(data), **doc, "left_out_training_cases": left_out, "warnings": warnings}
