@@ -192,7 +192,7 @@ def test_cli_prognosis_and_evaluate(small_model, lgg, tmp_path):
 
 
 @pytest.mark.parametrize("args,match", [
-    (["--age", "abc"], "argument --age"),
+    (["--age", "abc"], "--age: invalid float"),
     ([], "age is unknown"),
     (["--age", "300"], "plausible age"),
 ])
