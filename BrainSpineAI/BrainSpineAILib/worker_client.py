@@ -30,6 +30,27 @@ from .background import BackgroundJob, libraryEnvironment, processOptions, pytho
 WARM_COMMANDS = ("classify", "segment")
 
 
+class _JobProcess:
+    """``job.process`` of a :class:`WorkerJob`: the worker's pid, and the job's exit status as
+    if the job had been a process of its own (``poll()`` is ``None`` while it runs)."""
+
+    def __init__(self, job, proc):
+        self.job, self.worker = job, proc
+        self.pid = proc.pid if proc is not None else None
+
+    @property
+    def returncode(self):
+        return self.job.returncode
+
+    def poll(self):
+        return self.job.returncode if self.job.poll() else None
+
+    def wait(self, timeout=None):
+        if not self.job.wait(timeout):
+            raise subprocess.TimeoutExpired(self.job.command, timeout)
+        return self.job.returncode
+
+
 class WorkerJob(BackgroundJob):
     """One job of a :class:`WarmWorker`, with :class:`BackgroundJob`'s interface."""
 
@@ -45,14 +66,16 @@ class WorkerJob(BackgroundJob):
         self.events, self.logLines, self._newEvents = [], [], []
         self._lines = queue.Queue()
         self.returncode = None
-        self.seconds = None
+        self.seconds = None  # the job's wall time in the worker
+        self.modelsLoaded = None  # models the worker had loaded when the job ended
         self._ended = threading.Event()
         self.started = False  # the worker began it (a queued job can be dropped without a kill)
+        self._worker_process = worker.process
 
     @property
     def process(self):
-        """The worker process that runs (or ran) this job."""
-        return self.worker.process
+        """The job as a process (see :class:`_JobProcess`); its ``pid`` is the worker's."""
+        return _JobProcess(self, self._worker_process)
 
     # fed by the worker's reader thread
     def _feed(self, event: dict) -> None:
@@ -61,6 +84,7 @@ class WorkerJob(BackgroundJob):
             if event.get("error"):
                 self._lines.put(("err", str(event["error"])))
             self.seconds = event.get("seconds")
+            self.modelsLoaded = event.get("models_loaded")
             self.returncode = int(event.get("rc", 1))
             self._ended.set()
         elif kind == "log":
@@ -246,14 +270,35 @@ class WarmWorker:
         self.kill()
 
 
-_WORKERS = {}
+_WORKERS = {}  # command -> (environment fingerprint, WarmWorker)
+_RETIRED = []  # workers left to finish their jobs after the environment changed
+
+
+def _fingerprint() -> tuple:
+    """The variables that change what a worker does (model folders, devices, library path)."""
+    env = libraryEnvironment()
+    keys = sorted(k for k in env if k.startswith(("BRAINSPINEAI", "CUDA", "PYTORCH", "OMP_", "MKL_"))
+                  or k in ("PYTHONPATH", "HOME", "PATH"))
+    return tuple((k, env[k]) for k in keys)
 
 
 def sharedWorker(command: str) -> WarmWorker:
-    """The process-wide worker for ``command`` (``"classify"`` / ``"segment"``)."""
-    if command not in _WORKERS:
-        _WORKERS[command] = WarmWorker(preload=command)
-    return _WORKERS[command]
+    """The process-wide worker for ``command`` (``"classify"`` / ``"segment"``); a new one when
+    the environment it was started with has changed (the old one ends once idle)."""
+    fp = _fingerprint()
+    old = _WORKERS.get(command)
+    if old is not None and old[0] != fp:
+        if old[1].jobs:
+            _RETIRED.append(old[1])
+        else:
+            old[1].stop()
+        old = None
+    if old is None:
+        _WORKERS[command] = (fp, WarmWorker(preload=command))
+    for w in [w for w in _RETIRED if not w.jobs]:
+        _RETIRED.remove(w)
+        w.stop()
+    return _WORKERS[command][1]
 
 
 def warmWorkerEnabled() -> bool:
@@ -274,9 +319,10 @@ def startJob(argv, workdir=None, context=None):
 
 def stopAll() -> None:
     """End every worker (at Slicer's exit or in tests)."""
-    for w in list(_WORKERS.values()):
+    for w in [w for _, w in _WORKERS.values()] + _RETIRED:
         w.stop()
     _WORKERS.clear()
+    del _RETIRED[:]
 
 
 atexit.register(stopAll)

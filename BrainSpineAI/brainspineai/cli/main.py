@@ -63,7 +63,7 @@ def build_parser() -> argparse.ArgumentParser:
     segment.add_train_parser(tsub)
     segment.add_evaluate_parser(sub)
     models.add_parsers(sub)
-    worker.add_parser(sub)
+    worker.add_parser(sub, main)
     install_validators(p)
     _use_defaults_formatter(p)
     return p

@@ -15,7 +15,8 @@ Replies (stdout)
     ``{"event": "ready", "pid", "version"}`` once, at start; every JSON line the command prints
     (``progress``, ``done``) with ``"job": ID`` added; its other output as ``{"job", "event":
     "log", "stream", "line"}``; and at the end of every job ``{"job": ID, "event": "exit", "rc":
-    exit status as the command's, "error": its last stderr line, "seconds": wall time}``. A
+    exit status as the command's, "error": its last stderr line, "seconds": wall time, "models_loaded": models this
+    process has loaded so far}``. A
     malformed request gets ``{"event": "error", "message"}``. ``{"event": "pong"}`` answers a ping.
 
 Jobs run one at a time, in order; the exit status and error lines are the command's own
@@ -37,6 +38,7 @@ from pathlib import Path
 WORKER_COMMANDS = ("classify", "segment")
 CACHE_SIZE = 3
 _CACHE = None  # OrderedDict in a worker process; None elsewhere (no caching)
+_LOADS = [0]  # models loaded by this process (a worker reports it with every job)
 
 
 def _stamp(ref) -> tuple:
@@ -66,6 +68,7 @@ def cached_load(ref, guarded, loader, *args):
         _CACHE.move_to_end(key)
         return _CACHE[key]
     model = guarded(ref, loader, *args)
+    _LOADS[0] += 1
     _CACHE[key] = model
     while len(_CACHE) > CACHE_SIZE:
         _CACHE.popitem(last=False)
@@ -122,7 +125,8 @@ class Worker:
     """The serving loop: stdin is read by a thread (so ``cancel`` reaches a running job),
     jobs run in the calling thread, one at a time."""
 
-    def __init__(self, stdin=None, stdout=None):
+    def __init__(self, entry, stdin=None, stdout=None):
+        self.entry = entry  # brainspineai.cli.main.main
         self.stdin = stdin if stdin is not None else sys.stdin
         self.out = stdout if stdout is not None else sys.stdout
         self.lock = threading.Lock()
@@ -168,8 +172,6 @@ class Worker:
         self.jobs.put(None)
 
     def run_job(self, job_id, argv) -> int:
-        from .main import main
-
         t0 = time.perf_counter()
         if job_id in self.cancelled:
             self.cancelled.discard(job_id)
@@ -187,7 +189,7 @@ class Worker:
         sys.stdout, sys.stderr = out, err
         try:
             try:
-                rc = main(list(argv))
+                rc = self.entry(list(argv))
             except Cancelled:
                 rc = 130
             for s in (out, err):
@@ -200,7 +202,7 @@ class Worker:
         if cancel.is_set():
             rc, err.last = 130, "brainspineai: cancelled"
         self.send({"job": job_id, "event": "exit", "rc": rc, "error": err.last if rc else "",
-                   "seconds": round(time.perf_counter() - t0, 3)})
+                   "seconds": round(time.perf_counter() - t0, 3), "models_loaded": _LOADS[0]})
         return rc
 
     def serve(self) -> int:
@@ -225,7 +227,8 @@ def _preload(command: str) -> None:
         import brainspineai.segmentation.network  # noqa: F401
 
 
-def cmd_worker(args) -> int:
+def cmd_worker(args, entry) -> int:
+    """Serve jobs until stdin ends; ``entry`` runs one command line (``brainspineai.cli.main.main``)."""
     global _CACHE
     _CACHE = OrderedDict()
     # the protocol gets its own copy of stdout; fd 1 now goes to stderr, so that whatever a
@@ -233,15 +236,15 @@ def cmd_worker(args) -> int:
     sys.stdout.flush()
     protocol = os.fdopen(os.dup(1), "w", encoding="utf-8", buffering=1)
     os.dup2(2, 1)
-    worker = Worker(stdout=protocol)
+    worker = Worker(entry, stdout=protocol)
     if args.preload:
         threading.Thread(target=_preload, args=(args.preload,), daemon=True).start()
     return worker.serve()
 
 
-def add_parser(sub) -> None:
+def add_parser(sub, entry) -> None:
     w = sub.add_parser("worker", help="serve classify / segment jobs as JSON lines on stdin / stdout "
                                       "(a warm process for 3D Slicer and scripts)")
     w.add_argument("--preload", choices=list(WORKER_COMMANDS),
                    help="import what this command needs at start, before the first request")
-    w.set_defaults(func=cmd_worker)
+    w.set_defaults(func=lambda args: cmd_worker(args, entry))
