@@ -55,7 +55,7 @@ def test_folder_of_slices_one_model_load_json_dir_and_csv(tmp_path, validation_i
     assert r.returncode == 0, r.stderr[-2000:]
     imported = {line.split("|")[-1].strip() for line in r.stderr.splitlines() if line.startswith("import time:")}
     assert "brainspineai.classification.inference" in imported  # the import trace is really there
-    assert not [m for m in imported if m.startswith(("open_clip", "brainspineai.segmentation", "brainspineai.sicf.features"))]
+    assert not [m for m in imported if m.startswith(("open_clip", "brainspineai.segmentation"))]
     events = [json.loads(line) for line in r.stdout.splitlines()]
     progress = [e["fraction"] for e in events if e["event"] == "progress"]
     assert progress == sorted(progress) and progress[-1] == 1.0
