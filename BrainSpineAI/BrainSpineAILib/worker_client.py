@@ -58,7 +58,8 @@ class WorkerJob(BackgroundJob):
         import queue
         from pathlib import Path
 
-        self.worker, self.jobId, self.command = worker, jobId, list(argv)
+        self.worker, self.jobId = worker, jobId
+        self.command = worker._commandLine()[:3] + [str(a) for a in argv]  # [python, -m, brainspineai, ...] as it runs
         self.workdir = Path(workdir) if workdir is not None else None
         self.context = dict(context or {})
         self.progressText, self.fraction, self.etaSeconds = "waiting for the worker", 0.0, None

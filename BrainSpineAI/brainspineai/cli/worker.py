@@ -82,6 +82,8 @@ class Cancelled(KeyboardInterrupt):
 class _JobStream(io.TextIOBase):
     """``sys.stdout`` / ``sys.stderr`` of a running job: each line goes to the client."""
 
+    encoding = "utf-8"
+
     def __init__(self, worker, job_id, stream: str, cancel: threading.Event):
         self.worker, self.job_id, self.stream, self.cancel = worker, job_id, stream, cancel
         self.buf = ""
