@@ -4,9 +4,11 @@
    "Segment" to the nodes in the scene for a 3D volume classification (with Grad-CAM) and a
    case segmentation: the cold path (a fresh ``brainspineai`` process per job,
    ``BRAINSPINEAI_WARM_WORKER=0``), then the warm worker's first job (it starts) and second
-   job. Beside them the inference time: for classification the same ``classify_image`` call
-   timed in this process once warm; for segmentation the ``seconds`` the job itself reports
-   (preparation, sliding window and restoring). Overhead = total - inference.
+   job. Beside them the inference time the job itself reports (``seconds`` of its result:
+   classification and Grad-CAM; for segmentation preparation, sliding window and restoring),
+   measured in the same run, so the machine's load affects both alike. Overhead = total -
+   inference: starting a process, importing torch / MONAI, loading the model, writing the
+   input and reading the result back into the scene.
 2. The ``brainspineai classify`` command: wall seconds for one slice in one call and for 50
    slices in one call (model loaded once), and their ratio.
 
@@ -62,7 +64,7 @@ def _row(what, total, inference):
 def bench_slicer(device: str, segment: bool) -> None:
     import slicer
 
-    from BrainSpineAILib import mrml_utils, worker_client
+    from BrainSpineAILib import worker_client
     from BrainSpineAILib.classification_logic import ClassificationLogic
 
     scene = slicer.vtkMRMLScene()
@@ -72,23 +74,12 @@ def bench_slicer(device: str, segment: bool) -> None:
     print(f"classification of a volume ({VOLUME.parent.name} T1c, 155 slices, Grad-CAM), Slicer logic:")
     print(f"  {'path':<34} {'total':>10} {'inference':>10} {'overhead':>10}")
     os.environ["BRAINSPINEAI_WARM_WORKER"] = "0"
-    cold, _, _ = _timed(start, logic.finishBackgroundClassification)
+    rows = [("cold (a new process per job)",) + _timed(start, logic.finishBackgroundClassification)[:2]]
     os.environ["BRAINSPINEAI_WARM_WORKER"] = "1"
-    first, _, _ = _timed(start, logic.finishBackgroundClassification)
-    second, out, job = _timed(start, logic.finishBackgroundClassification)
-    from brainspineai.catalogue import load_model
-    from brainspineai.classification.inference import classify_image
-
-    image = mrml_utils.sitk_image_from_volume_node(node)
-    model = load_model(None, device)
-    classify_image(image, model, heatmap=True)  # warm this process too
-    t0 = time.perf_counter()
-    classify_image(image, model, heatmap=True)
-    inference = time.perf_counter() - t0
-    _row("cold (a new process per job)", cold, inference)
-    _row("warm worker, first job", first, inference)
-    _row("warm worker, second job", second, inference)
-    print(f"  second job in the worker: {job.seconds:.2f} s; predicted {out.result['predicted']}", flush=True)
+    rows.append(("warm worker, first job",) + _timed(start, logic.finishBackgroundClassification)[:2])
+    rows.append(("warm worker, second job",) + _timed(start, logic.finishBackgroundClassification)[:2])
+    for what, total, o in rows:
+        _row(what, total, o.result["seconds"])
     if not segment:
         return
     from BrainSpineAISegmentLib.segment_logic import SegmentationLogic

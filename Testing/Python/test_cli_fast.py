@@ -65,7 +65,7 @@ def test_folder_of_slices_one_model_load_json_dir_and_csv(tmp_path, validation_i
     assert files == sorted([n.rsplit(".", 1)[0] + ".json" for n in truth] + ["summary.csv"])
     for name, cls in truth.items():
         doc = json.loads((out / (name.rsplit(".", 1)[0] + ".json")).read_text())
-        assert doc["predicted"] == cls and doc["input"].endswith(name)
+        assert doc["predicted"] == cls and doc["input"].endswith(name) and doc["seconds"] > 0
         assert sum(doc["probabilities"]) == pytest.approx(1.0, abs=1e-5)
     rows = list(csv.DictReader(io.StringIO((out / "summary.csv").read_text())))
     assert len(rows) == 6 and {os.path.basename(r["input"]): r["predicted"] for r in rows} == truth

@@ -12,7 +12,7 @@ import time
 
 import pytest
 
-from conftest import LIB_PARENT, run_cli  # noqa: F401
+from conftest import LIB_PARENT
 
 
 def _worker():

@@ -40,10 +40,13 @@ def expand_inputs(paths) -> list[str]:
 def classify_one(args, model, path: str, progress=None) -> tuple:
     """Read and classify one input with a loaded ``model``: ``(result document, result,
     image)``; the document is what ``--json`` writes (``classes``, ``probabilities``,
-    ``predicted``, ``slices`` for volumes, ``sicf`` for an SICF model, ``input``)."""
+    ``predicted``, ``slices`` for volumes, ``sicf`` for an SICF model, ``input``, ``seconds``)."""
+    import time
+
     from ..io import read_image
 
     image = read_image(path)
+    t0 = time.perf_counter()
     if getattr(model, "kind", "") == "sicf":
         from ..sicf.inference import classify_sicf
 
@@ -56,6 +59,7 @@ def classify_one(args, model, path: str, progress=None) -> tuple:
                                 progress=progress)
         doc = result.to_json()
     doc["input"] = str(path)
+    doc["seconds"] = round(time.perf_counter() - t0, 3)  # inference (and Grad-CAM), without reading the input
     return doc, result, image
 
 
