@@ -72,6 +72,7 @@ class WorkerJob(BackgroundJob):
         self._ended = threading.Event()
         self.started = False  # the worker began it (a queued job can be dropped without a kill)
         self._worker_process = worker.process
+        self._deadSince = None
 
     @property
     def process(self):
@@ -102,12 +103,25 @@ class WorkerJob(BackgroundJob):
             self._ended.set()
 
     def poll(self) -> bool:
+        proc = self._worker_process
+        if self.returncode is None and proc is not None and proc.poll() is not None:
+            # the worker is gone; its reader thread ends this job, unless the job was sent after
+            # the reader finished: then this does, once the reader had time to deliver its lines
+            if self._deadSince is None:
+                self._deadSince = time.monotonic()
+            elif time.monotonic() - self._deadSince > 5:
+                self._end(proc.returncode or 1, f"the background worker stopped unexpectedly (exit code {proc.returncode})")
         self._drain()
         return self.returncode is not None
 
     def wait(self, timeout=None) -> bool:
-        self._ended.wait(timeout)
-        return self.poll()
+        end = None if timeout is None else time.monotonic() + timeout
+        while not self.poll():
+            left = None if end is None else end - time.monotonic()
+            if left is not None and left <= 0:
+                return False
+            self._ended.wait(0.5 if left is None else min(0.5, left))
+        return True
 
     @property
     def succeeded(self) -> bool:
