@@ -128,7 +128,7 @@ class ClassificationLogic(DependencyMixin):
         workdir = Path(tempfile.mkdtemp(prefix="BrainSpineAI-classify-"))
         try:
             image = mrml_utils.sitk_image_from_volume_node(volumeNode)
-            sitk.WriteImage(image, str(workdir / "input.nrrd"), True)
+            sitk.WriteImage(image, str(workdir / "input.nrrd"), False)  # uncompressed: written and read fast
         except Exception:
             shutil.rmtree(workdir, ignore_errors=True)
             raise
@@ -137,7 +137,7 @@ class ClassificationLogic(DependencyMixin):
         if modelRef:
             cmd += ["--model", str(modelRef)]
         if computeHeatmap:
-            cmd += ["--heatmap", str(workdir / "heatmap.nrrd")]
+            cmd += ["--heatmap", str(workdir / "heatmap.nii")]
             if heatmapClass:
                 cmd += ["--heatmap-class", str(heatmapClass)]
         return startJob(cmd, workdir, context={"inputNodeID": volumeNode.GetID()})  # the warm worker
@@ -154,7 +154,7 @@ class ClassificationLogic(DependencyMixin):
             volumeNode = self.scene.GetNodeByID(job.context["inputNodeID"])
             if volumeNode is None:
                 raise RuntimeError("the input volume was removed from the scene while it was being classified")
-            heat = job.workdir / "heatmap.nrrd"
+            heat = job.workdir / "heatmap.nii"
             heatImage = sitk.ReadImage(str(heat)) if heat.is_file() else None
             return self._toScene(volumeNode, job.result, heatImage)
         finally:
