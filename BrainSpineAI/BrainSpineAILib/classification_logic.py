@@ -17,8 +17,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from . import mrml_utils
-from .background import BackgroundJob, cliCommand
+from .background import BackgroundJob
 from .dependencies import REQUIRED_PACKAGES, DependencyMixin  # noqa: F401  (REQUIRED_PACKAGES: re-exported)
+from .worker_client import startJob
 
 BackgroundClassification = BackgroundJob  # a ``brainspineai classify`` job; ``context["inputNodeID"]``
 
@@ -133,7 +134,7 @@ class ClassificationLogic(DependencyMixin):
     def startBackgroundClassification(self, volumeNode, modelRef=None, device="auto", computeHeatmap=True,
                                       heatmapClass=None) -> BackgroundClassification:
         """Write the volume (a single slice or a 3D volume) to a temporary file and start
-        ``brainspineai classify`` on it in a separate process; poll the returned job, then call
+        ``brainspineai classify`` on it in the warm worker (:mod:`.worker_client`); poll the returned job, then call
         :meth:`finishBackgroundClassification`. This is the path the module's GUI takes for
         every input, so importing torch, initialising CUDA and loading the model (or building
         VGG16 for an SICF model) never block Slicer. An SICF model gets no heatmap.
@@ -147,19 +148,19 @@ class ClassificationLogic(DependencyMixin):
         workdir = Path(tempfile.mkdtemp(prefix="BrainSpineAI-classify-"))
         try:
             image = mrml_utils.sitk_image_from_volume_node(volumeNode)
-            sitk.WriteImage(image, str(workdir / "input.nrrd"), True)
+            sitk.WriteImage(image, str(workdir / "input.nrrd"), False)  # uncompressed: written and read fast
         except Exception:
             shutil.rmtree(workdir, ignore_errors=True)
             raise
-        cmd = cliCommand("classify", workdir / "input.nrrd", "--device", device or "auto",
-                         "--json", workdir / "result.json", "--progress", "jsonl")
+        cmd = ["classify", workdir / "input.nrrd", "--device", device or "auto",
+                         "--json", workdir / "result.json", "--progress", "jsonl"]
         if modelRef:
             cmd += ["--model", str(modelRef)]
         if computeHeatmap:
-            cmd += ["--heatmap", str(workdir / "heatmap.nrrd")]
+            cmd += ["--heatmap", str(workdir / "heatmap.nii")]
             if heatmapClass:
                 cmd += ["--heatmap-class", str(heatmapClass)]
-        return BackgroundClassification(cmd, workdir, context={"inputNodeID": volumeNode.GetID()})
+        return startJob(cmd, workdir, context={"inputNodeID": volumeNode.GetID()})  # the warm worker
 
     def finishBackgroundClassification(self, job: BackgroundClassification) -> ClassificationOutput:
         """Read a finished job's result into the scene and remove its temporary files.
@@ -173,7 +174,7 @@ class ClassificationLogic(DependencyMixin):
             volumeNode = self.scene.GetNodeByID(job.context["inputNodeID"])
             if volumeNode is None:
                 raise RuntimeError("the input volume was removed from the scene while it was being classified")
-            heat = job.workdir / "heatmap.nrrd"
+            heat = job.workdir / "heatmap.nii"
             heatImage = sitk.ReadImage(str(heat)) if heat.is_file() else None
             return self._toScene(volumeNode, job.result, heatImage)
         finally:

@@ -40,6 +40,7 @@ import numpy as np
 
 from BrainSpineAILib import mrml_utils
 from BrainSpineAILib.background import BackgroundJob, cliCommand
+from BrainSpineAILib.worker_client import startJob
 from BrainSpineAILib.dependencies import DependencyMixin
 
 from .sequences import SEQUENCE_LABELS, SEQUENCES, assign_sequences
@@ -302,7 +303,7 @@ class SegmentationLogic(DependencyMixin):
         context = {"referenceNodeID": reference.GetID(), "referenceSequence": required[0],
                    "volumeNodeIDs": {s: n.GetID() for s, n in chosen.items()},
                    "modelId": card["id"], "name": name or f"{reference.GetName()} tumour"}
-        return BackgroundJob(cliCommand(*cmd), workdir, context=context)
+        return startJob(cmd, workdir, context=context)  # the warm worker (BackgroundJob interface)
 
     def finishSegmentation(self, job: BackgroundJob) -> SegmentationOutput:
         """Load a finished job's labelmap into the scene as a segmentation node and remove the

@@ -55,10 +55,13 @@ def _report_model(folder) -> None:
         print(f"encoder written to {folder}{extra}")
 
 
-def _backbones():
-    from ..classification.backbones import BACKBONES
+# the names of brainspineai.classification.backbones.BACKBONES, spelled out so that building the
+# parser does not import torch (test_cli_fast.py checks that both lists agree)
+BACKBONE_NAMES = ("resnet18-w32", "resnet18", "resnet10-w32", "mobilenet_v3_small", "efficientnet_b0", "vit-tiny")
 
-    return list(BACKBONES)
+
+def _backbones():
+    return list(BACKBONE_NAMES)
 
 
 def _common_train_args(p, image_size: int, epochs: int, lr: float, batch_size: int = 32, resume: bool = True) -> None:

@@ -16,12 +16,37 @@ import argparse
 import sys
 
 from ..errors import BrainSpineAIError
-from . import classify, evaluate, models, preprocess, prognosis, segment, sicf, train
+from . import classify, evaluate, models, preprocess, prognosis, segment, sicf, train, worker
 from .validate import OneLineParser, clean_message, install_validators
 
 
+class DefaultsFormatter(argparse.HelpFormatter):
+    """Help that names each option's default (when it has a meaningful one)."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        default = action.default
+        if ("%(default)" not in text and action.option_strings and default not in (None, False, True, "")
+                and default is not argparse.SUPPRESS and not isinstance(action, argparse._VersionAction)):
+            text += " (default: %(default)s)"
+        return text
+
+
+def _use_defaults_formatter(parser) -> None:
+    parser.formatter_class = DefaultsFormatter
+    for action in parser._actions:
+        if action.help is None and action.option_strings and action.default not in (None, False, True, ""):
+            action.help = "(default: %(default)s)"  # an option without help still names its default
+        if isinstance(action, argparse._SubParsersAction):
+            for child in set(action.choices.values()):
+                _use_defaults_formatter(child)
+
+
 def build_parser() -> argparse.ArgumentParser:
+    from .. import __version__
+
     p = OneLineParser(prog="brainspineai", description="Tumour AI for brain and spine MRI (research use only).")
+    p.add_argument("--version", action="version", version=f"brainspineai {__version__}")
     p.add_argument("--debug", action="store_true", help="show tracebacks")
     sub = p.add_subparsers(dest="command", required=True)
     classify.add_parser(sub)
@@ -41,7 +66,9 @@ def build_parser() -> argparse.ArgumentParser:
     preprocess.add_parser(sub)
     prognosis.add_train_parser(tsub)
     prognosis.add_parsers(sub)
+    worker.add_parser(sub, main)
     install_validators(p)
+    _use_defaults_formatter(p)
     return p
 
 

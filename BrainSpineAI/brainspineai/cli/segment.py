@@ -8,6 +8,7 @@ from pathlib import Path
 from ..errors import InputError
 from .common import _check_train_out, _event_sink, _json_line, _overwrite_arg, _suffix_ok
 from .preprocess import add_preprocess_arg, preprocess_for
+from .progress import add_progress_arg, make_progress
 
 
 def _read_sequences(args, needed) -> tuple:
@@ -21,35 +22,43 @@ def _read_sequences(args, needed) -> tuple:
     return {s: read_image(given[s]) for s in needed}, sorted(set(given) - set(needed))
 
 
+def _case_doc(model, res, out, report) -> dict:
+    from ..segmentation.data import LABELS
+
+    return {"model": model.id, "sequences": model.sequences, "reference": model.sequences[0],
+            "labelmap": str(Path(out).resolve()), "labels": {str(k): v for k, v in LABELS.items()},
+            "regions": res.regions(), "report": report or None, "seconds": res.seconds}
+
+
 def cmd_segment(args) -> int:
     from ..io import atomic_write_text, write_image_atomic
     from ..outputs import check_outputs
     from ..segmentation.inference import load_segmenter, report_warning, segment
     from .validate import guarded_load
+    from .worker import cached_load
 
+    if args.cases:
+        return _segment_cases(args)
     if not _suffix_ok(args.out, (".nii.gz", ".nii", ".nrrd", ".mha", ".seg.nrrd")):
         raise InputError(f"--out {args.out}: use a .nii.gz, .nii, .nrrd or .mha file")
     check_outputs([("--out", args.out), ("--json", args.json)],
                   inputs=[getattr(args, s) for s in ("t1", "t1ce", "t2", "flair")] + [args.model])
-    model = guarded_load(args.model, load_segmenter, args.model, args.device)
+    model = cached_load(args.model, guarded_load, load_segmenter, args.model, args.device)
     images, extra = _read_sequences(args, model.sequences)
     jsonl = args.progress == "jsonl"
-    progress = None
-    if jsonl:
-        progress = lambda f, m: _json_line({"event": "progress", "fraction": round(f, 3), "message": m})  # noqa: E731
-        if extra:
-            progress(0.0, f"ignoring {', '.join(extra)} (model uses {', '.join(model.sequences)})")
-    images, prep = preprocess_for(args, images, model.sequences[0], progress)
-    res = segment(images, model, report=args.report, overlap=args.overlap, tta=args.tta, progress=progress)
-    from ..segmentation.data import LABELS
-
+    progress = make_progress(args.progress)
+    if jsonl and extra:
+        progress(0.0, f"ignoring {', '.join(extra)} (model uses {', '.join(model.sequences)})")
+    try:
+        images, prep = preprocess_for(args, images, model.sequences[0], progress)
+        res = segment(images, model, report=args.report, overlap=args.overlap, tta=args.tta, progress=progress)
+    finally:
+        progress.close()
     if extra and not jsonl:  # said after the work, so that a refused input gives one line only
         print(f"note: ignoring {', '.join(extra)} (model '{model.id}' uses {', '.join(model.sequences)})", file=sys.stderr)
     warning = report_warning(model.card) if (args.report or "").strip() else None
-    doc = {"model": model.id, "sequences": model.sequences, "reference": model.sequences[0],
-           "labelmap": str(Path(args.out).resolve()), "labels": {str(k): v for k, v in LABELS.items()},
-           "regions": res.regions(), "report": args.report or None, "seconds": res.seconds,
-           "warnings": [warning] if warning else []}
+    doc = _case_doc(model, res, args.out, args.report)
+    doc["warnings"] = [warning] if warning else []
     if prep:
         doc["preprocessing"] = prep
     write_image_atomic(res.labelmap, args.out)
@@ -64,6 +73,58 @@ def cmd_segment(args) -> int:
         for r, v in doc["regions"].items():
             print(f"  {r}: {v['volume_ml']:.2f} ml ({v['voxels']} voxels)")
         print(f"labelmap (1 NCR, 2 ED, 4 ET): {args.out}")
+    return 0
+
+
+def _segment_cases(args) -> int:
+    """``segment --cases DIR --out FOLDER``: every case of DIR (BraTS layouts or dataset.json),
+    one model load; ``<case>.nii.gz`` and ``<case>.json`` per case and ``summary.csv`` (region
+    volumes in ml) written once all cases are segmented."""
+    from ..cases import discover_cases
+    from ..io import atomic_write_text, read_image, write_image_atomic
+    from ..outputs import check_outputs
+    from ..segmentation.inference import load_segmenter, segment
+    from .progress import scaled
+    from .validate import guarded_load
+    from .worker import cached_load
+
+    given = [s for s in ("t1", "t1ce", "t2", "flair") if getattr(args, s)]
+    if given or args.json:
+        raise InputError(f"--cases takes the sequences from the case folders; leave out --{(given or ['json'])[0]}")
+    if Path(args.out).exists() and not Path(args.out).is_dir():
+        raise InputError(f"--out {args.out}: with --cases, a folder for the labelmaps (this is a file)")
+    cases = discover_cases(args.cases)
+    out = Path(args.out)
+    check_outputs([("--out", str(out / f"{c.case_id}{ext}")) for c in cases for ext in (".nii.gz", ".json")]
+                  + [("--out", str(out / "summary.csv"))], inputs=[args.cases, args.model])
+    model = cached_load(args.model, guarded_load, load_segmenter, args.model, args.device)
+    for c in cases:  # every case is checked before any is segmented
+        missing = [s for s in model.sequences if s not in c.images]
+        if missing:
+            raise InputError(f"case {c.case_id}: missing sequence {missing[0]} (the model needs {', '.join(model.sequences)})")
+    progress = make_progress(args.progress)
+    results = []
+    try:
+        for k, c in enumerate(cases):
+            step = scaled(progress, k / len(cases), (k + 1) / len(cases), f"{c.case_id}: ")
+            res = segment({s: read_image(c.images[s]) for s in model.sequences}, model, report=args.report,
+                          overlap=args.overlap, tta=args.tta, progress=step)
+            results.append((c.case_id, res, _case_doc(model, res, out / f"{c.case_id}.nii.gz", args.report)))
+    finally:
+        progress.close()
+    rows = ["case,seconds," + ",".join(f"{r}_ml" for r in results[0][2]["regions"])]
+    for cid, res, doc in results:  # all computed: now write
+        write_image_atomic(res.labelmap, out / f"{cid}.nii.gz")
+        atomic_write_text(out / f"{cid}.json", json.dumps(doc, indent=2) + "\n")
+        rows.append(f"{cid},{res.seconds}," + ",".join(f"{v['volume_ml']}" for v in doc["regions"].values()))
+    atomic_write_text(out / "summary.csv", "\n".join(rows) + "\n")
+    if args.progress == "jsonl":
+        _json_line({"event": "done", "result": {"model": model.id, "cases": [d for _, _, d in results]}})
+    else:
+        print(f"model: {model.id}   {len(results)} cases -> {out}")
+        for cid, res, doc in results:
+            print(f"  {cid:<28} " + "  ".join(f"{r} {v['volume_ml']:8.2f} ml" for r, v in doc["regions"].items())
+                  + f"   {res.seconds:.1f} s")
     return 0
 
 
@@ -131,14 +192,17 @@ def add_segment_parser(sub) -> None:
         sg.add_argument(f"--{seq}", metavar="PATH", help=f"{seq} volume (NIfTI / NRRD / MHA / DICOM folder)")
     sg.add_argument("--report", metavar="TEXT", help="report text for the semantic level (default: per-region "
                     "descriptions); only meaningful with a pre-trained CLIP, not the shipped small-random one")
-    sg.add_argument("--out", required=True, help="labelmap to write (.nii.gz), on the grid of the model's first sequence")
+    sg.add_argument("--cases", metavar="DIR", help="segment every case of DIR (BraTS layouts or dataset.json) "
+                                                   "instead of --t1 .. --flair; --out is then a folder")
+    sg.add_argument("--out", required=True, help="labelmap to write (.nii.gz), on the grid of the model's first "
+                                                 "sequence (with --cases: the folder of <case>.nii.gz, <case>.json "
+                                                 "and summary.csv)")
     sg.add_argument("--model", help="segmenter id, folder or URL (default: the shipped FLAIR + T1ce model)")
     sg.add_argument("--device", default="auto", choices=DEVICE_CHOICES)
     sg.add_argument("--overlap", type=float, default=0.5, help="sliding-window overlap in [0, 1)")
     sg.add_argument("--tta", action="store_true", help="flip test-time augmentation (4 passes)")
     sg.add_argument("--json", metavar="OUT", help="write the result as JSON")
-    sg.add_argument("--progress", choices=["text", "jsonl"], default="text",
-                    help="jsonl: progress and result as JSON lines on stdout (for 3D Slicer)")
+    add_progress_arg(sg)
     add_preprocess_arg(sg)
     sg.set_defaults(func=cmd_segment)
 

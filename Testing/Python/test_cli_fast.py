@@ -1,0 +1,142 @@
+"""Issue 19 on the command line: ``--version``, defaults in ``--help``, ``classify`` of several
+inputs (folder, ``--json-dir``, summary CSV, model loaded once, only the classification
+imports), ``segment --cases``, and the progress display."""
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+
+import pytest
+
+from conftest import BRATS15, need, run_cli
+
+
+def test_version_and_help_name_defaults():
+    from brainspineai import __version__
+
+    r = run_cli("--version")
+    assert r.returncode == 0 and r.stdout.strip() == f"brainspineai {__version__}"
+    r = run_cli("classify", "--help")
+    assert r.returncode == 0
+    text = " ".join(r.stdout.split())
+    assert "(default: text)" in text and "(default: auto)" in text  # --progress and --device (no help text of its own)
+    r = run_cli("train", "segmenter", "--help")
+    assert "(default: 30)" in " ".join(r.stdout.split())  # --epochs
+
+
+def test_parser_backbone_names_are_the_library_s():
+    from brainspineai.classification.backbones import BACKBONES
+    from brainspineai.cli.common import BACKBONE_NAMES
+
+    assert tuple(BACKBONE_NAMES) == tuple(BACKBONES)
+
+
+def _slices(tmp_path, validation_images):
+    folder = tmp_path / "slices"
+    folder.mkdir()
+    truth = {}
+    for name in ("glioma", "pituitary", "notumor"):
+        for src in sorted(validation_images[name])[:2]:
+            (folder / src.name).symlink_to(src)
+            truth[src.name] = name
+    (folder / "notes.txt").write_text("not an image\n")  # ignored: not an image suffix
+    return folder, truth
+
+
+def test_folder_of_slices_one_model_load_json_dir_and_csv(tmp_path, validation_images):
+    """Six held-out slices in one call: one JSON per slice and summary.csv, every prediction
+    right, progress as JSON lines; the run imports neither open_clip nor the segmentation code."""
+    folder, truth = _slices(tmp_path, validation_images)
+    out = tmp_path / "out"
+    r = run_cli("classify", folder, "--device", "cpu", "--json-dir", out, "--progress", "jsonl",
+                env={"PYTHONPROFILEIMPORTTIME": "1"})
+    assert r.returncode == 0, r.stderr[-2000:]
+    imported = {line.split("|")[-1].strip() for line in r.stderr.splitlines() if line.startswith("import time:")}
+    assert "brainspineai.classification.inference" in imported  # the import trace is really there
+    assert not [m for m in imported if m.startswith(("open_clip", "brainspineai.segmentation"))]
+    events = [json.loads(line) for line in r.stdout.splitlines()]
+    progress = [e["fraction"] for e in events if e["event"] == "progress"]
+    assert progress == sorted(progress) and progress[-1] == 1.0
+    done = events[-1]
+    assert done["event"] == "done" and len(done["result"]["results"]) == 6
+    files = sorted(p.name for p in out.iterdir())
+    assert files == sorted([n.rsplit(".", 1)[0] + ".json" for n in truth] + ["summary.csv"])
+    for name, cls in truth.items():
+        doc = json.loads((out / (name.rsplit(".", 1)[0] + ".json")).read_text())
+        assert doc["predicted"] == cls and doc["input"].endswith(name) and doc["seconds"] > 0
+        assert sum(doc["probabilities"]) == pytest.approx(1.0, abs=1e-5)
+    rows = list(csv.DictReader(io.StringIO((out / "summary.csv").read_text())))
+    assert len(rows) == 6 and {os.path.basename(r["input"]): r["predicted"] for r in rows} == truth
+    assert all(float(r["p_predicted"]) == pytest.approx(float(r["p_" + r["predicted"]])) for r in rows)
+
+
+def test_batch_refusals_write_nothing(tmp_path, validation_images):
+    folder, _ = _slices(tmp_path, validation_images)
+    r = run_cli("classify", folder, "--json", tmp_path / "r.json")
+    assert r.returncode == 2 and r.stderr.count("\n") == 1
+    assert "use --json-dir" in r.stderr and not (tmp_path / "r.json").exists()
+    (folder / "zz_broken.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"\0" * 40)  # a truncated PNG among good slices
+    r = run_cli("classify", folder, "--device", "cpu", "--json-dir", tmp_path / "out")
+    assert r.returncode == 2 and r.stderr.startswith("brainspineai: error: ") and r.stderr.count("\n") == 1
+    assert "zz_broken.png" in r.stderr
+    assert not (tmp_path / "out").exists() or not list((tmp_path / "out").iterdir())
+
+
+def test_terminal_bar_only_on_a_terminal():
+    from brainspineai.cli.progress import TerminalBar, make_progress
+
+    class Tty(io.StringIO):
+        def isatty(self):
+            return True
+
+    assert type(make_progress("text", io.StringIO())).__name__ == "_Null"
+    assert isinstance(make_progress("text", Tty()), TerminalBar)
+    tty = Tty()
+    bar = TerminalBar(tty, delay=0.0)
+    bar(0.5, "sliding-window inference")
+    assert "[" + "#" * 15 + "." * 15 + "]  50%  sliding-window inference" in tty.getvalue()
+    bar.close()
+    assert tty.getvalue().endswith("\r" + " " * 100 + "\r")
+    quiet = Tty()
+    slow = TerminalBar(quiet, delay=60.0)  # a command under its delay draws nothing
+    slow(0.5, "x")
+    slow.close()
+    assert quiet.getvalue() == ""
+
+
+@pytest.fixture(scope="module")
+def tiny_seg(tmp_path_factory):
+    """A small CLIP-guided U-Net (4 mm voxels) trained for one short epoch on one real case."""
+    from brainspineai.segmentation.training import SegTrainConfig, train_segmenter
+
+    data = tmp_path_factory.mktemp("segdata")
+    (data / "brats_2013_pat0001_1").symlink_to(need(BRATS15 / "brats_2013_pat0001_1"))
+    cfg = SegTrainConfig(epochs=1, batch_size=2, samples_per_epoch=2, patch_size=16, spacing=4.0, val_cases=0,
+                         channels=(4, 8, 16, 32), device="cpu", model_id="tiny-seg-fast")
+    return train_segmenter(data, tmp_path_factory.mktemp("segmodel") / "tiny-seg-fast", cfg)
+
+
+def test_segment_a_folder_of_cases(tmp_path, tiny_seg):
+    """Two real cases in one call: a labelmap on each case's FLAIR grid, its JSON and summary.csv."""
+    import SimpleITK as sitk
+
+    cases = tmp_path / "cases"
+    cases.mkdir()
+    for pid in ("brats_2013_pat0002_1", "brats_2013_pat0003_1"):
+        (cases / pid).symlink_to(need(BRATS15 / pid))
+    out = tmp_path / "seg"
+    r = run_cli("segment", "--cases", cases, "--out", out, "--model", tiny_seg, "--device", "cpu", "--overlap", "0")
+    assert r.returncode == 0, r.stderr[-2000:]
+    rows = (out / "summary.csv").read_text().splitlines()
+    assert rows[0] == "case,seconds,WT_ml,TC_ml,ET_ml" and len(rows) == 3
+    for pid in ("brats_2013_pat0002_1", "brats_2013_pat0003_1"):
+        lab = sitk.ReadImage(str(out / f"{pid}.nii.gz"))
+        ref = sitk.ReadImage(str(BRATS15 / pid / "Flair_subtrMeanDivStd.nii.gz"))
+        assert lab.GetSize() == ref.GetSize() and lab.GetSpacing() == pytest.approx(ref.GetSpacing())
+        doc = json.loads((out / f"{pid}.json").read_text())
+        voxels = int((sitk.GetArrayFromImage(lab) > 0).sum())
+        assert doc["regions"]["WT"]["voxels"] == voxels and doc["model"] == "tiny-seg-fast"
+    r = run_cli("segment", "--cases", cases, "--out", out / "summary.csv", "--model", tiny_seg)
+    assert r.returncode == 2 and r.stderr.count("\n") == 1  # --out must be a folder with --cases
