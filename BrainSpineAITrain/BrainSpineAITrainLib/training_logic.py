@@ -455,6 +455,13 @@ class TrainingRun:
             self._finish("cancelled")
         for tmp in self.runDir.glob(f".{self.modelId}.*"):
             shutil.rmtree(tmp, ignore_errors=True)
+        # a checkpoint being written when the process was killed (unique temporary names,
+        # see brainspineai.checkpoint): the last complete last.pt stays
+        for tmp in (self.runDir / f"{self.modelId}.work").glob(".*.tmp"):
+            try:
+                tmp.unlink()
+            except OSError:
+                pass
         if self.outDir.exists():  # a model written but not yet registered is not kept either
             shutil.rmtree(self.outDir, ignore_errors=True)
         if discard:

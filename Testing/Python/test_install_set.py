@@ -13,6 +13,7 @@ skipped with the reason when the index cannot be reached.
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
@@ -28,7 +29,9 @@ PIP_TIMEOUT = 900
 
 
 def _pip(args, timeout=PIP_TIMEOUT):
-    return subprocess.run([sys.executable, "-m", "pip", *args], capture_output=True, text=True, timeout=timeout)
+    # UTF-8 whatever the locale the suite left (VTK may set the C locale; pip prints non-ASCII)
+    return subprocess.run([sys.executable, "-m", "pip", *args], capture_output=True, encoding="utf-8", errors="replace",
+                          timeout=timeout, env={**os.environ, "PYTHONIOENCODING": "utf-8"})
 
 
 def _constraints(folder, slicer_version):
