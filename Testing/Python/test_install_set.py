@@ -45,7 +45,7 @@ def _resolve(folder, requirements, slicer_version, python):
     tag = f"{slicer_version}-py{python}-{abs(hash(tuple(requirements)))}"
     report = folder / f"report-{tag}.json"
     req = folder / f"requirements-{tag}.txt"
-    req.write_text("".join(r + "\n" for r in requirements))
+    req.write_text("".join(r + "\n" for r in requirements), encoding="utf-8")
     args = ["install", "--dry-run", "--disable-pip-version-check", "--report", str(report),
             "--only-binary=:all:", "-c", str(_constraints(folder, slicer_version)), "-r", str(req)]
     if python == THIS_PYTHON:
@@ -53,7 +53,7 @@ def _resolve(folder, requirements, slicer_version, python):
     else:  # pip 23 accepts --python-version with --dry-run only together with --target (nothing is written)
         args += ["--python-version", python, "--target", str(folder / f"target-{tag}")]
     proc = _pip(args)
-    return proc, (json.loads(report.read_text()) if proc.returncode == 0 and report.exists() else None)
+    return proc, (json.loads(report.read_text(encoding="utf-8")) if proc.returncode == 0 and report.exists() else None)
 
 
 def _errors(proc) -> str:
