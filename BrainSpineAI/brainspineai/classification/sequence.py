@@ -19,6 +19,8 @@ of slices voting for the volume's class.
 """
 from __future__ import annotations
 
+import functools
+
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -232,6 +234,15 @@ def load_sequence_model(folder, card: dict, device="auto") -> SequenceModel:
     return SequenceModel(card=card, folder=Path(folder), network=net.to(dev).eval(), device=dev, class_names=names)
 
 
+@functools.lru_cache(maxsize=4)
+def _default_sequence_model(device: str):
+    """The shipped sequence model, loaded (and its checksums verified) once per process and
+    device: every classification asks for it, a batch or the warm worker many times."""
+    from ..catalogue import load_model
+
+    return load_model(DEFAULT_SEQUENCE_MODEL_ID, device=device, task=SEQUENCE_TASK)
+
+
 def detect_sequence(image, model: SequenceModel | None = None, device="auto") -> dict:
     """Predict the MRI sequence of a 2D slice or 3D volume.
 
@@ -242,9 +253,7 @@ def detect_sequence(image, model: SequenceModel | None = None, device="auto") ->
     :raises InputError: an image without foreground.
     """
     if model is None:
-        from ..catalogue import load_model
-
-        model = load_model(DEFAULT_SEQUENCE_MODEL_ID, device=device, task=SEQUENCE_TASK)
+        model = _default_sequence_model(str(device))
     size = int(model.card["input_size"][0])
     slices, _ = sequence_slices(image, size=size, max_slices=int(model.card.get("max_slices", 32)))
     p = slice_probabilities(model.network, slices, temperature=float(model.card.get("temperature", 1.0)))

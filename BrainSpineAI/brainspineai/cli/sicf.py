@@ -1,5 +1,5 @@
 """The SICF parts of the ``brainspineai`` command (see :mod:`brainspineai.cli.main` for the
-conventions): ``train sicf``, ``ablation sicf``, and ``classify`` / ``evaluate`` with an
+conventions): ``train sicf``, ``ablation sicf``, and ``evaluate`` with an
 SICF model (task ``sicf-2d``)."""
 from __future__ import annotations
 
@@ -79,39 +79,6 @@ def cmd_ablation_sicf(args) -> int:
     doc = run_ablation(args.data, args.out, _config(args), progress=_event_sink(args.events))
     print(ablation_markdown(doc), end="")
     print(f"table written to {Path(args.out) / 'ablation.md'} and ablation.json")
-    return 0
-
-
-def classify(args, image, model) -> int:
-    """``classify`` with an SICF model (called by :func:`brainspineai.cli.main.cmd_classify`)."""
-    from .common import _json_line
-    from ..io import atomic_write_text
-    from ..sicf.inference import classify_sicf
-
-    if args.heatmap:
-        raise InputError(f"model '{model.id}' is an SICF model (random forest on SIFT + VGG16 features): it has no "
-                         "Grad-CAM heatmap; leave out --heatmap")
-    progress = None
-    if args.progress == "jsonl":
-        progress = lambda f, m: _json_line({"event": "progress", "fraction": round(f, 3), "message": m})  # noqa: E731
-    result = classify_sicf(image, model, progress=progress)
-    doc = {**result.to_json(), "sicf": result.extra["sicf"]}
-    if args.json:
-        atomic_write_text(args.json, json.dumps(doc, indent=2) + "\n")
-    if args.progress == "jsonl":
-        _json_line({"event": "done", "result": doc})
-        return 0
-    s = doc["sicf"]
-    p_pred = doc["probabilities"][doc["classes"].index(doc["predicted"])]
-    print(f"model: {doc['model']} (SICF)")
-    kind = "2D slice" if doc.get("slices") is None else f"volume, {len(doc['slices'])} slices classified"
-    print(f"input: {args.input} ({kind})")
-    print(f"predicted: {doc['predicted']} ({p_pred:.1%})")
-    for i in sorted(range(len(doc["classes"])), key=lambda i: -doc["probabilities"][i]):
-        print(f"  {doc['classes'][i]:<12} {doc['probabilities'][i]:7.2%}")
-    where = "" if s["slice_index"] is None else f" of LPS axial slice {s['slice_index']}"
-    print(f"ROI ({s['roi_mode']}) rows {s['roi_box'][0]}-{s['roi_box'][2]}, columns {s['roi_box'][1]}-{s['roi_box'][3]}"
-          f"{where}; {len(s['keypoints'])} SIFT keypoints; {s['n_features_kept']} of {s['n_features']} features kept")
     return 0
 
 
