@@ -116,7 +116,8 @@ class ClassificationLogic(DependencyMixin):
 
         res = classify_image(image, model, heatmap=computeHeatmap, heatmap_class=heatmapClass)
         doc = res.to_json()
-        doc["sequence"], doc["warnings"] = check_sequence(image, model.card, device)  # as `brainspineai classify`
+        doc["sequence"], doc["warnings"] = check_sequence(image, model.card, device,  # as `brainspineai classify`
+                                                          predicted=doc.get("predicted"))
         return self._toScene(volumeNode, doc, res.heatmap)
 
     @staticmethod

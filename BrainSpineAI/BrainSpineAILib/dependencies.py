@@ -30,7 +30,7 @@ from typing import Callable, Optional, Sequence
 # import name -> pip requirement: what every module needs, installed with pip (after PyTorch)
 REQUIRED_PACKAGES = {
     "monai": "monai>=1.3", "cv2": "opencv-contrib-python-headless>=4.8", "sklearn": "scikit-learn>=1.3",
-    "open_clip": "open_clip_torch>=2.24", "safetensors": "safetensors>=0.4", "tqdm": "tqdm>=4.66",
+    "open_clip": "open_clip_torch>=2.24", "timm": "timm>=0.9", "safetensors": "safetensors>=0.4", "tqdm": "tqdm>=4.66",
     "matplotlib": "matplotlib>=3.7", "pytorch_metric_learning": "pytorch-metric-learning>=2.5",
     "lightning_fabric": "lightning-fabric>=2.3",
     "skops": "skops>=0.10",

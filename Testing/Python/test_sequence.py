@@ -88,6 +88,16 @@ def test_validated_sequences_warning(seq_model):
     assert check_sequence(vol, {"id": "m"}, model=seq_model)[1] == []  # a card that says nothing: no warning
 
 
+def test_per_sequence_classes_warn_on_a_class_never_validated_there(seq_model):
+    """A card validated on FLAIR for glioma / no tumour only: a FLAIR answer of meningioma is flagged."""
+    vol = sitk.ReadImage(str(need(TCGA) / TEST_TCGA / "flair.nii.gz"))
+    card = {"id": "m", "validated_sequences": {"t1c": ["glioma", "meningioma"], "flair": ["glioma", "notumor"]}}
+    seq, warnings = check_sequence(vol, card, model=seq_model, predicted="meningioma")
+    assert seq["predicted"] == "flair"  # the held-out TCGA FLAIR volume the CLI test reads as FLAIR too
+    assert len(warnings) == 1 and "on FLAIR" in warnings[0] and "not on meningioma" in warnings[0]
+    assert check_sequence(vol, card, model=seq_model, predicted="glioma")[1] == []
+
+
 def test_classify_reports_sequence_warning_and_uncertainty(tmp_path):
     """The shipped tumour classifier on a held-out FLAIR and T1c volume of TCGA-LGG."""
     flair, t1c = need(TCGA) / TEST_TCGA / "flair.nii.gz", TCGA / TEST_TCGA / "t1ce.nii.gz"

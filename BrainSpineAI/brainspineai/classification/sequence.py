@@ -271,10 +271,14 @@ def validated_sequences(card: dict) -> list:
     return [str(k) for k in v] if isinstance(v, (list, dict)) else []
 
 
-def check_sequence(image, card: dict, device="auto", model=None) -> tuple:
+def check_sequence(image, card: dict, device="auto", model=None, predicted=None) -> tuple:
     """Detect the input's sequence and compare it with the classifier card's validated sequences.
 
     :param card: the card of the tumour classifier about to answer.
+    :param predicted: the class it answered; when the card lists, for the detected sequence,
+        the classes it was validated on (``validated_sequences`` as a dict) and this is not one
+        of them, that is a warning too (e.g. "meningioma" on FLAIR, where only glioma and no
+        tumour were ever seen).
     :returns: ``(sequence, warnings)``: ``{"predicted", "probabilities", "model", "agreement"}``
         (``None`` when no sequence model could be used) and a list of warning sentences.
     """
@@ -290,4 +294,10 @@ def check_sequence(image, card: dict, device="auto", model=None) -> tuple:
         warnings.append(f"the input looks like {SEQUENCE_LABELS.get(det['predicted'], det['predicted'])} ({p:.0%}); "
                         f"model '{card.get('id')}' was validated on "
                         f"{', '.join(SEQUENCE_LABELS.get(v, v) for v in valid)} only: its answer may be wrong")
+    per_class = card.get("validated_sequences")
+    if predicted is not None and isinstance(per_class, dict) and det["predicted"] in per_class:
+        classes = list(per_class[det["predicted"]] or [])
+        if classes and predicted not in classes:
+            warnings.append(f"on {SEQUENCE_LABELS.get(det['predicted'], det['predicted'])} model '{card.get('id')}' "
+                            f"was validated on {', '.join(classes)} only, not on {predicted}: its answer may be wrong")
     return seq, warnings

@@ -173,8 +173,8 @@ def _train(data_dir: Path, out_dir: Path, cfg: TrainConfig, resume: bool, progre
     from .. import engine
     from ..checkpoint import load_for_resume
     from ..retrain import init_weights, keep_parent_split, load_parent, version_card
-    from .data import limit_per_class_subset, load_slice_batch, scan_image_folder, stratified_split
-    from .networks import build_classifier
+    from .data import GROUPS_FILE, limit_per_class_subset, load_slice_batch, scan_image_folder, split_dataset
+    from .networks import PRETRAINED, build_classifier
     from .predict import predict_batches
 
     engine.seed_everything(cfg.seed)
@@ -187,7 +187,7 @@ def _train(data_dir: Path, out_dir: Path, cfg: TrainConfig, resume: bool, progre
     if resume:  # refuse other settings before the images are loaded (fit checks again)
         load_for_resume(out_dir, PIPELINE, config, fabric.world_size)
     parent = load_parent(cfg.init_model, "classification-2d", class_names, cfg.image_size) if cfg.init_model else None
-    train_idx, val_idx = stratified_split(labels, cfg.val_fraction, cfg.seed)
+    train_idx, val_idx, by_group = split_dataset(data_dir, paths, labels, cfg.val_fraction, cfg.seed)
     train_idx, val_idx, n_kept = keep_parent_split(parent, paths, data_dir, train_idx, val_idx)
     for c, name in enumerate(class_names):
         if not np.any(labels[train_idx] == c) or not np.any(labels[val_idx] == c):
@@ -203,7 +203,7 @@ def _train(data_dir: Path, out_dir: Path, cfg: TrainConfig, resume: bool, progre
         progress({"event": "data", "pipeline": PIPELINE, "n_train": len(train_idx), "n_val": len(val_idx),
                   "classes": class_names, "seconds": round(time.time() - t0, 1)})
 
-    net = build_classifier(cfg.architecture, len(class_names))
+    net = build_classifier(cfg.architecture, len(class_names), pretrained=parent is None and cfg.architecture in PRETRAINED)
     if parent is not None:
         init_weights(net, parent)
     opt = torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
@@ -246,6 +246,12 @@ def _train(data_dir: Path, out_dir: Path, cfg: TrainConfig, resume: bool, progre
     split = {"data_folder": data_dir.name, "class_names": class_names,
              "validation": [str(paths[i].relative_to(data_dir)) for i in val_idx],
              "train": [str(paths[i].relative_to(data_dir)) for i in train_idx]}
+    if by_group:
+        card["training_data"]["split_groups"] = GROUPS_FILE + " (every image of a group, e.g. a patient, on one side)"
+    if parent is None and cfg.architecture in PRETRAINED:
+        from .efficientnet import PRETRAINED_CARD
+
+        card["pretrained"] = dict(PRETRAINED_CARD)
     card = version_card(card, parent, cfg.model_id, n_kept)
     folder = _save(net, card, out_dir, {"split.json": json.dumps(split, indent=1)})
     if progress:

@@ -72,7 +72,7 @@ def add_trust_fields(doc: dict, image, model, device) -> list:
     return the text lines that say them (:func:`trust_lines`)."""
     from ..classification.sequence import check_sequence
 
-    seq, warnings = check_sequence(image, model.card, device)
+    seq, warnings = check_sequence(image, model.card, device, predicted=doc.get("predicted"))
     doc["sequence"], doc["warnings"] = seq, warnings
     return trust_lines(doc)
 

