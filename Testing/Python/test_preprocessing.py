@@ -125,3 +125,28 @@ def test_affine_refinement_reports_its_matrix(brats):
     s = r.summary()
     assert s["kind"] == "affine" and len(s["matrix"]) == 9 and r.quality >= 1.03
     assert s["motion_mm"] < 1.5  # an aligned pair stays where it is
+
+
+def test_classify_preprocess_strips_a_skull_on_the_input_grid_and_refuses_on_for_a_slice(tmp_path):
+    """``classify --preprocess``: a TCGA-LGG T1c study with its skull is brain-extracted (on its
+    own grid: the heatmap fits the input); a 2D slice with ``on`` is one line, exit 2."""
+    import json
+
+    from conftest import DATA, KAGGLE
+
+    vol = need(DATA / "volumes" / "tcga-lgg-flair" / "TCGA_DU_6405" / "t1ce.nii.gz")
+    r = run_cli("classify", vol, "--preprocess", "auto", "--device", "cpu", "--json", tmp_path / "r.json",
+                "--heatmap", tmp_path / "h.nii.gz")
+    assert r.returncode == 0, r.stderr
+    doc = json.loads((tmp_path / "r.json").read_text())
+    be = doc["preprocessing"]["brain_extraction"]
+    assert be["applied"] is True and be["outside_fraction"] > 0.05, be  # the skull was there, and was removed
+    assert "preprocessing (auto)" in r.stderr and "brain mask on input" in r.stderr
+    heat, src = sitk.ReadImage(str(tmp_path / "h.nii.gz")), sitk.ReadImage(str(vol))
+    assert heat.GetSize() == src.GetSize() and np.allclose(heat.GetOrigin(), src.GetOrigin())
+    off = run_cli("classify", vol, "--device", "cpu", "--json", tmp_path / "o.json")
+    assert off.returncode == 0 and "preprocessing" not in json.loads((tmp_path / "o.json").read_text())
+    jpg = sorted(need(KAGGLE / "glioma").glob("*.jpg"))[0]
+    bad = run_cli("classify", jpg, "--preprocess", "on", "--json", tmp_path / "b.json")
+    assert bad.returncode == 2 and bad.stderr.strip().startswith("brainspineai: error:") and "2D slice" in bad.stderr
+    assert len(bad.stderr.strip().splitlines()) == 1 and not (tmp_path / "b.json").exists()

@@ -12,9 +12,12 @@ TCGA-LGG with skull), so that the network cannot tell datasets apart by their va
    (evenly subsampled to ``max_slices``), cropped to the volume's in-plane foreground box,
    zero-padded to square and resized (area interpolation) to ``size`` x ``size``.
 
-A 2D image is one slice through the same steps. The network is a small 4-block CNN
-(two 3x3 conv + batch norm + ReLU, max pool; 8-16-32-64 channels, global average pool, linear);
-a volume's probabilities are the mean of its slices' softmax outputs, ``agreement`` the share
+A 2D image is one slice through the same steps. The shipped network (card version 2,
+``architecture: efficientnet-lite0``) is EfficientNet-Lite0 with frozen ImageNet weights and a
+logistic regression on its pooled features folded into the last linear layer (see
+``Testing/Benchmarks/train_sequence_classifier.py --efficientnet``); version 1 cards describe a
+small 4-block CNN (two 3x3 conv + batch norm + ReLU, max pool; 8-16-32-64 channels, global
+average pool, linear), still loadable. A volume's probabilities are the mean of its slices' softmax outputs, ``agreement`` the share
 of slices voting for the volume's class.
 """
 from __future__ import annotations
@@ -226,7 +229,12 @@ def load_sequence_model(folder, card: dict, device="auto") -> SequenceModel:
     weights = verify_weights(folder, card)
     names = list(card["class_names"])
     try:
-        net = build_sequence_net(len(names), tuple(card.get("channels", (8, 16, 32, 64))))
+        if card.get("architecture") == "efficientnet-lite0":  # version 2: see classification/efficientnet.py
+            from .efficientnet import EfficientNetLite0
+
+            net = EfficientNetLite0(len(names), int(card.get("in_channels", 1)))
+        else:
+            net = build_sequence_net(len(names), tuple(card.get("channels", (8, 16, 32, 64))))
         net.load_state_dict(load_file(str(weights)))
     except (RuntimeError, ValueError, TypeError) as exc:
         raise ModelError(f"model '{card['id']}': weights do not fit the sequence network ({str(exc)[:200]})") from None

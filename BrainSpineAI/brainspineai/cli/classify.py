@@ -48,6 +48,9 @@ def classify_one(args, model, path: str, progress=None) -> tuple:
 
     image = read_image(path)
     t0 = time.perf_counter()
+    prep = None
+    if getattr(args, "preprocess", "off") != "off":
+        image, prep = _brain_extract(args, image, progress)
     if getattr(model, "kind", "") == "sicf":
         from ..sicf.inference import classify_sicf
 
@@ -61,9 +64,33 @@ def classify_one(args, model, path: str, progress=None) -> tuple:
         doc = result.to_json()
         add_trust_fields(doc, image, model, args.device)
     doc.setdefault("warnings", [])
+    if prep is not None:
+        doc["preprocessing"] = prep
     doc["input"] = str(path)
     doc["seconds"] = round(time.perf_counter() - t0, 3)  # inference (and Grad-CAM), without reading the input
     return doc, result, image
+
+
+def _brain_extract(args, image, progress=None) -> tuple:
+    """``classify --preprocess``: brain extraction (deepbet, :mod:`brainspineai.preprocessing`) of
+    a 3D input on its own grid, so results and heatmaps map onto the input voxel for voxel.
+    ``auto`` strips only a skull that is still there and leaves a 2D slice alone; ``on`` always
+    strips and refuses a 2D slice. Returns ``(image to classify, report or None)``."""
+    from ..io import is_slice
+    from ..preprocessing.pipeline import preprocess
+    from .preprocess import _device, summary_line
+
+    if is_slice(image):
+        if args.preprocess == "on":
+            raise InputError("--preprocess on: brain extraction needs a 3D volume, this input is a 2D slice")
+        return image, {"mode": args.preprocess, "brain_extraction": {"applied": False, "reason": "2D slice: not preprocessed"}}
+    res = preprocess({"input": image}, "input", mode=args.preprocess, device=_device(args.device))
+    line = summary_line(res.report)
+    if getattr(args, "progress", "text") == "jsonl" and progress is not None:
+        progress(0.0, line)
+    else:
+        print(line, file=sys.stderr)
+    return res.images["input"], res.report
 
 
 def add_trust_fields(doc: dict, image, model, device) -> list:
@@ -257,6 +284,9 @@ def add_parser(sub) -> None:
                         "default: the model's choice")
     c.add_argument("--json", metavar="OUT", help="write the result as JSON (one input only)")
     c.add_argument("--json-dir", metavar="OUT", help="write one JSON per input and summary.csv into this folder")
+    from .preprocess import add_preprocess_arg
+
+    add_preprocess_arg(c, default="off", single=True)
     add_progress_arg(c)
     add_trust_pickle_arg(c)
     c.set_defaults(func=cmd_classify)

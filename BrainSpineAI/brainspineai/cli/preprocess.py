@@ -13,11 +13,12 @@ from .common import _json_line
 SEQUENCES = ("t1", "t1ce", "t2", "flair")
 
 
-def add_preprocess_arg(p, default: str = "auto") -> None:
-    p.add_argument("--preprocess", choices=["auto", "on", "off"], default=default,
-                   help="co-register the sequences onto the reference and extract the brain (deepbet) first; "
-                        "auto: register only when the head moved > 1 mm, strip only a skull still there "
-                        f"(default: {default})")
+def add_preprocess_arg(p, default: str = "auto", single: bool = False) -> None:
+    text = ("extract the brain (deepbet) of a 3D input first, on its own grid; auto: only where a skull is still "
+            "there (2D slices are left alone)" if single else
+            "co-register the sequences onto the reference and extract the brain (deepbet) first; "
+            "auto: register only when the head moved > 1 mm, strip only a skull still there")
+    p.add_argument("--preprocess", choices=["auto", "on", "off"], default=default, help=f"{text} (default: {default})")
 
 
 def _device(name: str) -> str:
