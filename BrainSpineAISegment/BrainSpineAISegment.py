@@ -134,6 +134,7 @@ class BrainSpineAISegmentWidget(ModuleWidgetMixin, ModelListMixin, ScriptedLoada
         self._poller = self.newPoller(250, self.showJobProgress, self._onJobEnded)
 
         self.ui.segmentButton.connect("clicked(bool)", self.onSegmentButton)
+        self.ui.prepareButton.connect("clicked(bool)", self.onPrepareButton)
         self.ui.cancelButton.connect("clicked(bool)", self.onCancelButton)
         self.ui.guessButton.connect("clicked(bool)", lambda: self.fillVolumesFromNames(overwrite=True))
         self.ui.addToTrainingSetButton.connect("clicked(bool)", self.onAddToTrainingSet)
@@ -210,6 +211,7 @@ class BrainSpineAISegmentWidget(ModuleWidgetMixin, ModelListMixin, ScriptedLoada
             _("Segment the tumour.") if card and not missing
             else _("Select the volumes the model needs: {names}.").format(
                 names=", ".join(SEQUENCE_LABELS[s] for s in missing)) if card else _("No segmentation model."))
+        self.ui.prepareButton.enabled = bool(volumes) and not running
         self.ui.cancelButton.enabled = running
         hasFolder = currentFolder(self.ui.datasetPathLineEdit) is not None
         hasSegmentation = bool(self._parameterNode and self._parameterNode.segmentation)
@@ -230,9 +232,42 @@ class BrainSpineAISegmentWidget(ModuleWidgetMixin, ModelListMixin, ScriptedLoada
         self.setStatus(_("Segmentation started...") + (" " + _("Warning: {text}").format(text=warning) if warning else ""))
         self.updateButtons()
 
+    def onPrepareButton(self) -> None:
+        """Registration and brain extraction of the selected sequences (``brainspineai preprocess
+        --mode auto``) in a background process; the result comes back as hidden nodes."""
+        if not self.dependenciesReady():
+            return
+        from BrainSpineAISegmentLib.prepare_logic import PrepareLogic
+
+        card = self.currentCard() or {}
+        required = [str(s) for s in card.get("sequences") or []]
+        volumes = self._volumes()
+        reference = required[0] if required and required[0] in volumes else None
+        ok, job = self.tryRun(_("Preparation failed."), PrepareLogic(slicer.mrmlScene).startPreparation, volumes,
+                              reference=reference, mode="auto", device=self._parameterNode.device)
+        if not ok:
+            return
+        self.ui.progressBar.setValue(0)
+        self._poller.start(job, kind="prepare")
+        self.setStatus(_("Preparing: registration and brain extraction..."))
+        self.updateButtons()
+
+    def _showPrepared(self, prepared, seconds: float) -> None:
+        from brainspineai.cli.preprocess import summary_line
+
+        self.setStatus(_("Prepared in {seconds:.0f} s: {summary}. The brain mask and the prepared volumes are in the "
+                         "Data module (hidden).").format(seconds=seconds, summary=summary_line(prepared.result)))
+
     def _onJobEnded(self, job, context) -> None:
         self.updateButtons()
         seconds = context["seconds"]
+        if context.get("kind") == "prepare":
+            from BrainSpineAISegmentLib.prepare_logic import PrepareLogic
+
+            ok, prepared = self.tryRun(_("Preparation failed."), PrepareLogic(slicer.mrmlScene).finishPreparation, job)
+            if ok:
+                self._showPrepared(prepared, seconds)
+            return
         if context.get("kind") == "segment":
             ok, output = self.tryRun(_("Segmentation failed."), self.logic.finishSegmentation, job)
             if ok:
@@ -350,6 +385,8 @@ class BrainSpineAISegmentTest(ScriptedLoadableModuleTest):
         self.test_SegmentSampleTumour()
         self.setUp()
         self.test_CancelledSegmentationLeavesSceneUnchanged()
+        self.setUp()
+        self.test_PrepareAddsHiddenBrainMask()
 
     # -- helpers
     def _sample(self, name):
@@ -457,6 +494,27 @@ class BrainSpineAISegmentTest(ScriptedLoadableModuleTest):
             self.assertIn(entry.GetTypeObject().GetCodeValue(), typeCodes, f"{region.name}: type not in {TERMINOLOGY_CONTEXT}")
         self.delayDisplay(f"Segments: {', '.join(f'{k} {int(m.sum())} voxels' for k, m in masks.items())}")
         self.delayDisplay("Test passed")
+
+    def test_PrepareAddsHiddenBrainMask(self):
+        """The Prepare button's path: brain extraction of the sample tumour study in the
+        background, the mask back as a hidden labelmap on the input's grid, the input untouched."""
+        import numpy as np
+
+        from BrainSpineAISegmentLib.prepare_logic import PrepareLogic
+
+        logic = BrainSpineAISegmentLogic()
+        self._requirePackages(logic)
+        tumour = self._sample("MRBrainTumor1")
+        before = slicer.util.arrayFromVolume(tumour).copy()
+        job = PrepareLogic(slicer.mrmlScene).startPreparation({"t1ce": tumour}, mode="on", device="cpu")
+        self._wait(job, "preparation")
+        prepared = PrepareLogic(slicer.mrmlScene).finishPreparation(job)
+        mask = slicer.util.arrayFromVolume(prepared.brainMask)
+        self.assertEqual(mask.shape, before.shape)
+        self.assertTrue(0.05 < float((mask > 0).mean()) < 0.6, "brain mask of implausible size")
+        self.assertEqual(prepared.brainMask.GetAttribute("BrainSpineAI.Prepared"), "1")
+        np.testing.assert_array_equal(slicer.util.arrayFromVolume(tumour), before)
+        self.delayDisplay("Prepare test passed")
 
     def test_CancelledSegmentationLeavesSceneUnchanged(self):
         logic = BrainSpineAISegmentLogic()
