@@ -47,7 +47,7 @@ from .errors import ChecksumError, InputError, ModelError
 
 CARD_NAME = "model.json"
 WEIGHTS_NAME = "model.safetensors"
-DEFAULT_MODEL_ID = "brain-tumor-4class-resnet18w32"
+DEFAULT_MODEL_ID = "brain-tumor-4class-efficientnetlite0"
 DEFAULT_SEGMENTER_ID = "brats-flair-t1ce-clipunet3d"  # task "segmentation-3d", see brainspineai.segmentation.inference
 REQUIRED_FIELDS = ("id", "task", "architecture", "class_names", "input_size", "sha256", "weights")
 ZOO_DIR = Path(__file__).resolve().parent / "zoo"

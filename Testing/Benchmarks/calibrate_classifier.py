@@ -41,7 +41,7 @@ def main(argv=None):
     ap.add_argument("data_dir", nargs="?")
     ap.add_argument("--write", action="store_true")
     ap.add_argument("--pins", action="store_true")
-    ap.add_argument("--validated-sequences", default="t1c", help="comma-separated sequences the card claims")
+    ap.add_argument("--validated-sequences", default="t1c", help="comma-separated sequences the card claims, each SEQ (every class) or SEQ=class+class")
     ap.add_argument("--sequence-note", default="the README's BraTS volume figures show it holds on T1c and not on "
                     "FLAIR / T1 / T2")
     a = ap.parse_args(argv)
@@ -98,8 +98,9 @@ def main(argv=None):
         card = json.loads((folder / "model.json").read_text())
         card["calibration"] = calibration
         card["uncertainty"] = thresholds
-        seqs = [s for s in a.validated_sequences.split(",") if s]
-        card["validated_sequences"] = {s: list(model.class_names) for s in seqs}
+        seqs = [s for s in a.validated_sequences.split(",") if s]  # SEQ or SEQ=class+class
+        card["validated_sequences"] = {s.split("=")[0]: (s.split("=")[1].split("+") if "=" in s else list(model.class_names))
+                                       for s in seqs}
         card["validated_sequences_note"] = "sequence -> classes the model was validated on; " + a.sequence_note
         (folder / "model.json").write_text(json.dumps(card, indent=2) + "\n")
         print(f"card written: {folder / 'model.json'}")

@@ -102,14 +102,20 @@ def main(argv=None):
 
     ap = argparse.ArgumentParser()
     ap.add_argument("--data", required=True, type=Path)
-    ap.add_argument("--split", required=True, type=Path)
+    ap.add_argument("--split", required=True, type=Path, help="the new model's split.json, or 'groups' to recompute it")
     ap.add_argument("--model", action="append", required=True)
     ap.add_argument("--json", type=Path)
     ap.add_argument("--no-volumes", action="store_true")
     a = ap.parse_args(argv)
-    torch.set_num_threads(2)
-    split = json.loads(a.split.read_text())
-    val_rel = set(split["validation"])
+    torch.set_num_threads(int(__import__('os').environ.get('BRAINSPINEAI_THREADS', '2')))
+    if a.split.suffix == ".json":
+        val_rel = set(json.loads(a.split.read_text())["validation"])
+    else:  # no model trained yet: the split train classifier makes of DIR/train (groups.csv, seed 0, 0.15)
+        from brainspineai.classification.data import split_dataset
+
+        ps, ls, _ = scan_image_folder(a.data / "train")
+        _, va, _ = split_dataset(a.data / "train", ps, ls, 0.15, 0)
+        val_rel = {ps[i].relative_to(a.data / "train").as_posix() for i in va}
     tr_meta, te_meta = meta(a.data / "train"), meta(a.data / "test")
     report = {}
     for ref in a.model:

@@ -10,6 +10,10 @@
 4. Grad-CAM faithfulness (deletion, Samek et al. 2017) on held-out tumour slices: probability
    lost when the 15% hottest vs the 15% coldest head pixels are set to 0.
 
+Per class and per sequence on patient-level held-out slices, volume figures per sequence and
+calibration measured away from where it was fitted: the card's ``evaluation`` entry, written from
+``Testing/Benchmarks/evaluate_default_classifier.py`` (printed first when present).
+
 5. With ``--localisation``: the localisation metrics (pointing game with 3 mm tolerance,
    energy inside the tumour / box, heat outside the head) per dataset and sequence, for
    Grad-CAM at layer4 without the head mask (before issue 16) and for the model's chosen
@@ -55,6 +59,8 @@ def main() -> None:
     ap.add_argument("--step", type=int, default=3)
     ap.add_argument("--methods", nargs="+", metavar="METHOD@LAYER", help="with --compare: only these")
     ap.add_argument("--datasets", nargs="+", choices=["figshare3", "brats2015", "lgg"])
+    ap.add_argument("--lgg", type=Path, help="with --localisation: the TCGA-LGG case folder to use (e.g. a folder of "
+                    "links to the validation patients only, to choose a method on them)")
     ap.add_argument("--volumes-only", action="store_true", help="stop after the calibration and BraTS volume figures")
     args = ap.parse_args()
     m = load_model(args.model, args.device)
@@ -63,6 +69,19 @@ def main() -> None:
     val = m.card["metrics"]["validation"]
     print(f"model {m.id}: held-out accuracy {val['accuracy']:.2%} on {val['n']} slices, macro F1 {val['macro_f1']:.3f}")
 
+    ev = m.card.get("evaluation") or {}  # written from Testing/Benchmarks/evaluate_default_classifier.py
+    for part in ("validation", "test"):
+        if part in ev:
+            e = ev[part]
+            print(f"{part} ({e['n']} slices, patients apart): accuracy {e['accuracy']:.3f} {e['ci95']}")
+            for key in ("per_class", "per_source_sequence", "per_sequence_class"):
+                print("  " + key + ": " + "; ".join(f"{k} {v['accuracy']:.2f} (n {v['n']}, {v['ci95']})"
+                                                   for k, v in e[key].items()))
+    if "volumes" in ev:
+        print("volumes read as glioma (all are gliomas): " + "; ".join(
+            f"{k} {v['glioma']}/{v['n']}" for k, v in ev["volumes"].items()))
+    if "calibration_heldout" in ev:
+        print(f"calibration, fitted on half the validation patients: {ev['calibration_heldout']}")
     cal = m.card.get("calibration") or {}
     if cal:
         print(f"calibration: temperature {cal['temperature']:g} fitted on {cal['fitted_on']}; ECE (15 bins) "
@@ -138,7 +157,7 @@ def localisation_tables(m, args) -> None:
 
     vols = DATA / "volumes"
     sources = [("figshare3 boxes", DATA / "brain-mri-2d" / "figshare3" / "tumor_boxes.csv"),
-               ("BraTS 2015", vols / "brats2015-flair-t1c"), ("TCGA-LGG", vols / "tcga-lgg-flair")]
+               ("BraTS 2015", vols / "brats2015-flair-t1c"), ("TCGA-LGG", args.lgg or vols / "tcga-lgg-flair")]
     configs = [("before: gradcam@layer4, no head mask", ("gradcam", "layer4", False))]
     chosen = heatmap_choice(m)
     configs.append((f"chosen: {chosen[0]}@{chosen[1]}, head mask", chosen + (True,)))

@@ -44,17 +44,21 @@ def isolated_catalogue(tmp_path_factory, monkeypatch):
     return home
 
 
+KAGGLE_MODEL_ID = "brain-tumor-4class-resnet18w32"  # shipped; trained on kaggle4-train only (split.json there)
+
+
 @pytest.fixture(scope="session")
-def default_model():
+def kaggle_model():
+    """The shipped ResNet trained on kaggle4-train alone: its split.json names kaggle4 images."""
     from brainspineai.catalogue import load_model
 
-    return load_model(None, "cpu")
+    return load_model(KAGGLE_MODEL_ID, "cpu")
 
 
 @pytest.fixture(scope="session")
-def validation_images(default_model):
-    """(path, class name) of the default model's held-out validation images, per class."""
-    split = json.loads((default_model.folder / "split.json").read_text())
+def validation_images(kaggle_model):
+    """(path, class name) of the kaggle4 model's held-out validation images, per class."""
+    split = json.loads((kaggle_model.folder / "split.json").read_text())
     root = need(KAGGLE)
     out = {}
     for rel in split["validation"]:

@@ -35,10 +35,28 @@ def test_the_card_records_a_temperature_fitted_on_its_validation_split():
     assert 0 < unc["min_top_probability"] < 1 and 0 <= unc["min_margin"] < 1 and unc["min_slice_agreement"] == 0.5
     v = unc["validation"]
     assert v["errors_flagged"] <= v["errors"] and v["flagged"] < v["n"] / 4  # flags few of the right answers
-    assert list(CARD["validated_sequences"]) == ["t1c"]
+    # every class on T1c; on FLAIR only what the shared FLAIR data holds (glioma, tumour-free)
+    assert CARD["validated_sequences"] == {"t1c": CARD["class_names"], "flair": ["glioma", "notumor"]}
+    held = cal["heldout_half"]  # the honest "after": fitted on half the validation patients, measured on the rest
+    assert held["n"] > 300 and 0 <= held["ece_after"] <= held["ece_before"]
 
 
-def test_fit_and_thresholds_on_real_outputs(default_model, validation_images):
+def test_the_default_card_reports_classes_sequences_and_volumes_on_held_out_patients():
+    """The new default's card: per class and per sequence on validation and test patients, the
+    volume figures, and the previous default measured on the same images."""
+    ev = CARD["evaluation"]
+    assert CARD["architecture"] == "efficientnet-lite0" and CARD["pretrained"]["licence"].startswith("Apache-2.0")
+    for part in ("validation", "test"):
+        assert {"per_class", "per_source_sequence", "per_sequence_class"} <= set(ev[part])
+        lo, hi = ev[part]["ci95"]
+        assert lo <= ev[part]["accuracy"] <= hi
+    assert {"tcga-lgg/flair", "tcga-lgg/t1", "tcga-lgg/t1c", "brats2015/flair", "brats2015/t1c"} <= set(ev["test"]["per_source_sequence"])
+    assert {"t1", "t1c", "t2", "flair"} <= set(ev["volumes_per_sequence"])
+    old = ev["previous_default_same_images"]
+    assert ev["validation"]["accuracy"] > old["validation_accuracy"] and ev["test"]["accuracy"] > old["test_accuracy"]
+
+
+def test_fit_and_thresholds_on_real_outputs(kaggle_model, validation_images):
     """Real softmax outputs of 6 validation images per class: the fitted temperature lowers the
     NLL; the thresholds flag no more than all and every flagged image is below them."""
     from brainspineai.classification.data import load_slice_batch
@@ -47,7 +65,7 @@ def test_fit_and_thresholds_on_real_outputs(default_model, validation_images):
     names = sorted(validation_images)
     paths = [p for n in names for p in sorted(validation_images[n])[:6]]
     labels = np.array([names.index(n) for n in names for _ in range(6)])
-    probs = predict_batches(default_model.network, load_slice_batch(paths, default_model.input_size), default_model.device)
+    probs = predict_batches(kaggle_model.network, load_slice_batch(paths, kaggle_model.input_size), kaggle_model.device)
     fit = fit_temperature(probs, labels)
     assert fit["nll_after"] <= fit["nll_before"] + 1e-9 and 0.05 <= fit["temperature"] <= 20
     th = choose_thresholds(apply_temperature(probs, fit["temperature"]), labels)

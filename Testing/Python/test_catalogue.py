@@ -19,10 +19,16 @@ def test_default_model_is_shipped_small_and_documented():
     assert (folder / card["weights"]).stat().st_size <= 25 * 2**20
     assert sha256_file(folder / card["weights"]) == card["sha256"]
     val = card["metrics"]["validation"]
-    assert val["accuracy"] >= 0.95 and val["n"] == card["training_data"]["n_validation"] > 500
+    # its validation holds TCGA-LGG FLAIR / T1 / T1c slices of unseen patients besides the 2D sets
+    assert val["accuracy"] >= 0.9 and val["n"] == card["training_data"]["n_validation"] > 500
     split = json.loads((folder / "split.json").read_text())
     assert not set(split["validation"]) & set(split["train"])
     assert len(split["validation"]) == val["n"]
+
+    def patients(names):  # volume slices are named <source>__<patient>__<sequence>__z<k>.png
+        return {n.split("/")[-1].split("__")[1] for n in names if n.split("/")[-1].startswith("tcga-lgg__")}
+
+    assert patients(split["validation"]) and not patients(split["validation"]) & patients(split["train"])
 
 
 def test_lookup_by_id_path_and_listing():
@@ -75,12 +81,12 @@ def test_corrupted_download_leaves_nothing_in_the_cache(tmp_path, isolated_catal
     assert list((isolated_catalogue / "cache").iterdir()) == []
 
 
-def test_save_model_replaces_atomically(tmp_path, default_model):
+def test_save_model_replaces_atomically(tmp_path, kaggle_model):
     out = tmp_path / "m"
-    card = {k: v for k, v in default_model.card.items() if k not in ("sha256", "created")}
-    save_model(default_model.network, card, out)
+    card = {k: v for k, v in kaggle_model.card.items() if k not in ("sha256", "created")}
+    save_model(kaggle_model.network, card, out)
     first = sha256_file(out / "model.safetensors")
-    assert first == default_model.card["sha256"]  # same weights, same digest
-    save_model(default_model.network, card, out, extra_files={"notes.txt": "second"})
+    assert first == kaggle_model.card["sha256"]  # same weights, same digest
+    save_model(kaggle_model.network, card, out, extra_files={"notes.txt": "second"})
     assert (out / "notes.txt").read_text() == "second"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m"]  # no temporary folders left

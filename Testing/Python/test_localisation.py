@@ -62,7 +62,7 @@ def test_pointing_tolerance_is_in_millimetres():
         pointing_hit(heat, np.zeros((40, 40), bool))
 
 
-def test_heat_outside_the_head_is_zero(default_model, validation_images):
+def test_heat_outside_the_head_is_zero(kaggle_model, validation_images):
     """2D slice and real LGG volume: classify_image's heatmap is 0 outside the head mask, and
     the metric says so; without the mask the same method puts heat outside the head."""
     import SimpleITK as sitk
@@ -74,7 +74,7 @@ def test_heat_outside_the_head_is_zero(default_model, validation_images):
     from brainspineai.io import read_image
 
     img = read_image(validation_images["glioma"][0])
-    res = classify_image(img, default_model, heatmap=True)
+    res = classify_image(img, kaggle_model, heatmap=True)
     heat, head = slice_array(res.heatmap), head_mask(slice_array(img))
     assert heat.max() == pytest.approx(1.0) and 0.2 < head.mean() < 0.95
     assert np.all(heat[~head] == 0)
@@ -83,20 +83,20 @@ def test_heat_outside_the_head_is_zero(default_model, validation_images):
 
     case = need(LGG) / "TCGA_CS_4941"  # 23 slices
     vol = read_image(case / "flair.nii.gz")
-    res = classify_image(vol, default_model, heatmap=True, heatmap_class="glioma")
+    res = classify_image(vol, kaggle_model, heatmap=True, heatmap_class="glioma")
     h = sitk.GetArrayFromImage(to_lps_axial(res.heatmap))
     a = sitk.GetArrayFromImage(to_lps_axial(vol))
     outside = sum(float(h[k][~head_mask(a[k])].sum()) for k in range(a.shape[0]))
     assert h.max() == pytest.approx(1.0) and outside == 0.0
     assert res.strongest_slice == int(h.max(axis=(1, 2)).argmax())
     label = read_image(case / "mask.nii.gz")
-    raw = score_volume(default_model, vol, label, None, "glioma", "gradcam", "layer4", mask_head=False, step=4)
-    masked = score_volume(default_model, vol, label, None, "glioma", "gradcam", "layer4", mask_head=True, step=4)
+    raw = score_volume(kaggle_model, vol, label, None, "glioma", "gradcam", "layer4", mask_head=False, step=4)
+    masked = score_volume(kaggle_model, vol, label, None, "glioma", "gradcam", "layer4", mask_head=True, step=4)
     assert raw and max(s["heat_outside_head"] for s in raw) > 0.01
     assert all(s["heat_outside_head"] == 0.0 for s in masked)
 
 
-def test_cam_methods_and_layers(default_model, validation_images):
+def test_cam_methods_and_layers(kaggle_model, validation_images):
     """Every method gives a non-negative map at the input size; earlier stages are finer
     (more distinct values) than layer4; an unknown method or layer is refused."""
     from brainspineai.classification.explain import METHODS, cam_batch, heatmap_choice, parse_method
@@ -105,23 +105,23 @@ def test_cam_methods_and_layers(default_model, validation_images):
     from brainspineai.io import read_image
 
     x, _, _ = prepare_slices([slice_array(read_image(validation_images["meningioma"][0]))], 128)
-    k = default_model.class_names.index("meningioma")
-    maps = {m: cam_batch(default_model, x, k, m, "layer4") for m in METHODS}
+    k = kaggle_model.class_names.index("meningioma")
+    maps = {m: cam_batch(kaggle_model, x, k, m, "layer4") for m in METHODS}
     for m in maps.values():
         assert m.shape == (1, 128, 128) and m.min() >= 0 and m.max() > 0
     assert not np.allclose(maps["gradcam"], maps["layercam"])
-    fine = cam_batch(default_model, x, k, "layercam", "layer2")
+    fine = cam_batch(kaggle_model, x, k, "layercam", "layer2")
     assert fine.max() > 0 and not np.allclose(fine / fine.max(), maps["layercam"] / maps["layercam"].max())
     assert parse_method("layercam@layer3") == ("layercam", "layer3")
     with pytest.raises(InputError):
         parse_method("saliency")
     with pytest.raises(InputError, match="no layer"):
-        cam_batch(default_model, x, k, "gradcam", "layer9")
-    assert heatmap_choice(default_model, "hirescam", "layer3") == ("hirescam", "layer3")
-    assert not default_model.network.layer4._forward_hooks, "hooks are removed after use"
+        cam_batch(kaggle_model, x, k, "gradcam", "layer9")
+    assert heatmap_choice(kaggle_model, "hirescam", "layer3") == ("hirescam", "layer3")
+    assert not kaggle_model.network.layer4._forward_hooks, "hooks are removed after use"
 
 
-def test_methods_match_the_grad_cam_package(default_model, validation_images):
+def test_methods_match_the_grad_cam_package(kaggle_model, validation_images):
     """The channel weighting is the grad-cam package's (where it is installed; not a dependency)."""
     gc = pytest.importorskip("pytorch_grad_cam", reason="grad-cam is not installed (optional reference)")
     from brainspineai.classification.explain import METHODS, cam_batch
@@ -129,10 +129,10 @@ def test_methods_match_the_grad_cam_package(default_model, validation_images):
     from brainspineai.io import read_image
 
     x, _, _ = prepare_slices([slice_array(read_image(p)) for p in validation_images["glioma"][:2]], 128)
-    k, net = default_model.class_names.index("glioma"), default_model.network
+    k, net = kaggle_model.class_names.index("glioma"), kaggle_model.network
     classes = {"gradcam": gc.GradCAM, "gradcam++": gc.GradCAMPlusPlus, "hirescam": gc.HiResCAM, "layercam": gc.LayerCAM}
     for method in METHODS:
-        ours = cam_batch(default_model, x, k, method, "layer3")
+        ours = cam_batch(kaggle_model, x, k, method, "layer3")
         with classes[method](model=net, target_layers=[net.layer3]) as cam:
             ref = cam(x, targets=[gc.utils.model_targets.ClassifierOutputTarget(k)] * 2)  # each min-max scaled
         for a, b in zip(ours, ref):

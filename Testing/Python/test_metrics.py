@@ -39,17 +39,17 @@ def _stats(pm):
 
 
 @pytest.fixture(scope="module")
-def held_out(default_model, validation_images):
+def held_out(kaggle_model, validation_images):
     """The default model's softmax on its whole held-out validation split (666 kaggle4 slices)."""
     from brainspineai.classification.data import load_slice_batch
     from brainspineai.classification.preprocess import crop_mode
     from brainspineai.classification.predict import predict_batches
 
-    names = default_model.class_names
+    names = kaggle_model.class_names
     paths = [p for c in names for p in validation_images[c]]
     labels = np.array([names.index(c) for c in names for _ in validation_images[c]])
-    batch = load_slice_batch(paths, default_model.input_size, crop=crop_mode(default_model.card, volume=False))
-    probs = predict_batches(default_model.network, batch, default_model.device)
+    batch = load_slice_batch(paths, kaggle_model.input_size, crop=crop_mode(kaggle_model.card, volume=False))
+    probs = predict_batches(kaggle_model.network, batch, kaggle_model.device)
     return labels, probs, names
 
 
@@ -173,18 +173,18 @@ def test_probability_metrics_refuses_bad_input(case, message):
 
 
 @pytest.fixture(scope="module")
-def real_slices(default_model, validation_images):
+def real_slices(kaggle_model, validation_images):
     """32 held-out slices (the last 8 of each class in the split) as a prepared batch."""
     from brainspineai.classification.data import load_slice_batch
     from brainspineai.classification.preprocess import crop_mode
 
-    names = default_model.class_names
+    names = kaggle_model.class_names
     paths = [p for c in names for p in validation_images[c][-8:]]
     labels = np.repeat(np.arange(len(names)), 8)
-    return load_slice_batch(paths, default_model.input_size, crop=crop_mode(default_model.card, volume=False)), labels
+    return load_slice_batch(paths, kaggle_model.input_size, crop=crop_mode(kaggle_model.card, volume=False)), labels
 
 
-def test_penultimate_features_are_the_input_of_fc(default_model, real_slices):
+def test_penultimate_features_are_the_input_of_fc(kaggle_model, real_slices):
     import torch
 
     from brainspineai.classification.embeddings import penultimate_features
@@ -192,27 +192,27 @@ def test_penultimate_features_are_the_input_of_fc(default_model, real_slices):
     from brainspineai.classification.predict import predict_batches
 
     batch, _ = real_slices
-    net = default_model.network
-    feats = penultimate_features(net, batch, default_model.device, batch_size=10)
+    net = kaggle_model.network
+    feats = penultimate_features(net, batch, kaggle_model.device, batch_size=10)
     assert feats.shape == (32, 256) and feats.dtype == np.float32 and np.all(np.isfinite(feats))
     with torch.no_grad():
         from_features = torch.softmax(net.fc(torch.from_numpy(feats)), 1).numpy()
-    np.testing.assert_allclose(from_features, predict_batches(net, batch, default_model.device), atol=1e-5)
+    np.testing.assert_allclose(from_features, predict_batches(net, batch, kaggle_model.device), atol=1e-5)
     assert not net.training and not net.fc._forward_pre_hooks  # mode kept, hook removed
     with pytest.raises(ModelError, match="fc"):
         penultimate_features(torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(4, 2)), batch[:, :, :2, :2],
-                             default_model.device)
+                             kaggle_model.device)
 
 
-def test_embedding_png_of_real_slices_separates_classes(default_model, real_slices, tmp_path):
+def test_embedding_png_of_real_slices_separates_classes(kaggle_model, real_slices, tmp_path):
     import cv2
 
     from brainspineai.classification.embeddings import penultimate_features
 
     batch, labels = real_slices
-    feats = penultimate_features(default_model.network, batch, default_model.device)
+    feats = penultimate_features(kaggle_model.network, batch, kaggle_model.device)
     png = tmp_path / "sub" / "tsne.png"
-    xy = save_embedding_png(feats, labels, default_model.class_names, png, seed=0)
+    xy = save_embedding_png(feats, labels, kaggle_model.class_names, png, seed=0)
     img = cv2.imread(str(png))
     assert img is not None and img.shape[0] > 300 and img.shape[1] > 300
     assert xy.shape == (32, 2) and xy.dtype == np.float32 and np.all(np.isfinite(xy))
@@ -221,17 +221,17 @@ def test_embedding_png_of_real_slices_separates_classes(default_model, real_slic
     assert np.mean(labels[d.argmin(1)] == labels) > 0.8  # nearest neighbour in the plot shares the class
     assert [p.name for p in png.parent.iterdir()] == ["tsne.png"]  # no temporary file left
     with pytest.raises(ValueError, match="at least 5"):
-        save_embedding_png(feats[:4], labels[:4], default_model.class_names, tmp_path / "x.png")
+        save_embedding_png(feats[:4], labels[:4], kaggle_model.class_names, tmp_path / "x.png")
     with pytest.raises(ValueError, match="labels must have shape"):
-        save_embedding_png(feats, labels[:-1], default_model.class_names, tmp_path / "x.png")
+        save_embedding_png(feats, labels[:-1], kaggle_model.class_names, tmp_path / "x.png")
     assert not (tmp_path / "x.png").exists()
 
 
-def test_cli_evaluate_writes_auc_with_intervals_and_embedding(tmp_path, default_model, validation_images):
+def test_cli_evaluate_writes_auc_with_intervals_and_embedding(tmp_path, kaggle_model, validation_images):
     import cv2
 
     root = need(KAGGLE)
-    chosen = [str(p.relative_to(root)) for c in default_model.class_names for p in validation_images[c][-10:]]
+    chosen = [str(p.relative_to(root)) for c in kaggle_model.class_names for p in validation_images[c][-10:]]
     split = tmp_path / "split.json"
     split.write_text(json.dumps({"validation": chosen}))
     out = tmp_path / "out"
@@ -245,7 +245,7 @@ def test_cli_evaluate_writes_auc_with_intervals_and_embedding(tmp_path, default_
     assert pm["macro_auc"]["value"] > 0.9
     for name, s in _stats(pm):
         assert s["ci95"][0] <= s["value"] <= s["ci95"][1], name
-    assert set(pm["per_class"]) == set(default_model.class_names)
+    assert set(pm["per_class"]) == set(kaggle_model.class_names)
     assert cv2.imread(str(out / "tsne.png")) is not None
     assert "macro AUC (one-vs-rest)" in r.stdout and "specificity" in r.stdout
     bad = run_cli("evaluate", root, "--device", "cpu", "--split", split, "--json", tmp_path / "bad" / "e.json",

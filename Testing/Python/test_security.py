@@ -573,12 +573,12 @@ def test_overwrite_replaces_only_a_model_folder(tmp_path):
         sorted(p.name for p in tmp_path.iterdir()) == sorted(["tiny", "existing-model"])
 
 
-def test_library_write_refuses_a_non_model_folder(tmp_path, default_model):
+def test_library_write_refuses_a_non_model_folder(tmp_path, kaggle_model):
     data = _dataset(tmp_path)
     before = tree(tmp_path)
-    card = {k: v for k, v in default_model.card.items() if k not in ("sha256", "created")}
+    card = {k: v for k, v in kaggle_model.card.items() if k not in ("sha256", "created")}
     with pytest.raises(InputError, match="not a model folder"):
-        save_model(default_model.network, dict(card, id="x"), data)
+        save_model(kaggle_model.network, dict(card, id="x"), data)
     with pytest.raises(InputError, match="pass --overwrite"):
         check_out_dir(_model_folder(tmp_path))
     assert {k: v for k, v in tree(tmp_path).items() if not k.startswith("existing-model")} == before

@@ -39,6 +39,10 @@ METHOD_NAMES = {"gradcam": "Grad-CAM", "gradcam++": "Grad-CAM++", "hirescam": "H
 # slices and on labelled volumes (README "Heatmaps"; Testing/Benchmarks/model_report.py --compare).
 DEFAULT_HEATMAPS = {
     "brain-tumor-4class-resnet18w32": ("gradcam++", "layer2"),
+    # chosen on the 12 TCGA-LGG validation patients of its split (pointing game, mean over FLAIR /
+    # T1 / T1c: layercam@layer4 0.470, gradcam++@layer4 0.464, gradcam@layer4 0.440, finer stages
+    # blocks.4 / blocks.2 0.10-0.39); its test patients and BraTS chose nothing
+    "brain-tumor-4class-efficientnetlite0": ("layercam", "layer4"),
 }
 
 
