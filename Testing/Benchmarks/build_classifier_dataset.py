@@ -5,7 +5,9 @@
 Writes ``DIR/train`` (ImageFolder: glioma, meningioma, notumor, pituitary) with a ``groups.csv``
 (``image, group, split, sequence, source``) that :func:`brainspineai.classification.data.split_dataset`
 reads, and ``DIR/test`` (the same layout) with slices of patients kept out of training and
-validation. Images of 2D sets are symlinked; volume slices are written as 8-bit PNG.
+validation, and a ``boxes.csv`` in each (tumour boxes: figshare3's expert boxes and the bounding
+box of the TCGA-LGG / BraTS mask on each tumour slice) for ``train classifier --boxes``. Images of
+2D sets are symlinked; volume slices are written as 8-bit PNG.
 
 Sources and how they are split (all at the patient level where patients are known):
 
@@ -100,7 +102,14 @@ def volume_slices(vol_path, mask_path, label_fn, n_tumour=5, n_free=3):
         near[max(0, z - 3):z + 4] = True
     free = np.flatnonzero(~near & (head >= 0.6 * head.max()))
     pick = lambda idx, n: idx[np.linspace(0, len(idx) - 1, n).round().astype(int)] if len(idx) > n else idx  # noqa: E731
-    return [(int(z), img[z]) for z in pick(tumour, n_tumour)], [(int(z), img[z]) for z in pick(free, n_free)]
+    def box(z):  # the mask's bounding box on slice z, as fractions (x_center, y_center, width, height)
+        ys, xs = np.nonzero(mask[z])
+        h, w = mask[z].shape
+        return ((xs.min() + xs.max() + 1) / 2 / w, (ys.min() + ys.max() + 1) / 2 / h, (xs.max() + 1 - xs.min()) / w,
+                (ys.max() + 1 - ys.min()) / h)
+
+    return ([(int(z), img[z], box(z)) for z in pick(tumour, n_tumour)],
+            [(int(z), img[z], None) for z in pick(free, n_free)])
 
 
 def main(argv=None):
@@ -156,13 +165,19 @@ def main(argv=None):
         for seq, f in (("flair", "Flair_subtrMeanDivStd.nii.gz"), ("t1c", "T1c_subtrMeanDivStd.nii.gz")):
             vols.append(("brats2015", d.name, seq, d / f, d / "OTMultiClass.nii.gz", lambda m: m > 0, "test"))
     counts = {}
+    boxes = {"train": [], "test": []}
+    for r in csv.DictReader(open(DATA / "brain-mri-2d" / "figshare3" / "tumor_boxes.csv", newline="", encoding="utf-8")):
+        cls, fname = r["image"].split("/")
+        boxes["train"].append((f"{cls}/figshare3__{fname}", r["label"], r["x_center"], r["y_center"], r["width"], r["height"]))
     for src, pid, seq, path, mask, fn, side in vols:
         tum, free = volume_slices(path, mask, fn)
         part = "test" if side == "test" else "train"
         for cls, sl in (("glioma", tum), ("notumor", free)):
-            for z, arr in sl:
+            for z, arr, bx in sl:
                 name = f"{src}__{pid}__{seq}__z{z:03d}.png"
                 cv2.imwrite(str(out / part / cls / name), arr)
+                if bx is not None:
+                    boxes[part].append((f"{cls}/{name}", cls, *(round(float(v), 5) for v in bx)))
                 rows[part].append((f"{cls}/{name}", f"{src}:{pid}", "" if part == "test" else side, seq, src))
                 counts[(part, side, src, seq, cls)] = counts.get((part, side, src, seq, cls), 0) + 1
     for part, rs in rows.items():
@@ -170,6 +185,10 @@ def main(argv=None):
             w = csv.writer(fh)
             w.writerow(["image", "group", "split", "sequence", "source"])
             w.writerows(rs)
+        with open(out / part / "boxes.csv", "w", newline="", encoding="utf-8") as fh:
+            w = csv.writer(fh)
+            w.writerow(["image", "label", "x_center", "y_center", "width", "height"])
+            w.writerows(boxes[part])
     print(json.dumps({"near_duplicate_pairs": n_pairs, "old_validation_moved_to_train": moved,
                       "tcga_patients": {s: sum(1 for v in sides.values() if v == s) for s in ("test", "validation")},
                       "volume_slices": {"/".join(k): v for k, v in sorted(counts.items())},

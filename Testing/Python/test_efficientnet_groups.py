@@ -130,3 +130,39 @@ def test_groups_csv_errors_name_the_problem(tmp_path):
     (root / "groups.csv").write_text("file,patient\nx,y\n", encoding="utf-8")
     with pytest.raises(InputError, match="groups file"):
         split_dataset(root, paths, labels, 0.25, 0)
+
+
+def test_alignment_loss_prefers_evidence_inside_the_tumour_box_and_masks_follow_augmentation():
+    """The explanation-alignment pieces on a real figshare3 slice with its expert box: the box
+    mask lies where the box is, follows the same flip / affine as the image, and the loss is low
+    for a map concentrated in the box and high for one concentrated away from it."""
+    import torch
+
+    from brainspineai.classification.data import load_slice_batch, prepared_boxes, read_box_table
+    from brainspineai.classification.training import augment, box_masks, cam_outside_box
+    from conftest import FIGSHARE
+
+    root = need(FIGSHARE)
+    table = read_box_table(root / "tumor_boxes.csv")
+    rel = sorted(table)[5]
+    x, geoms = load_slice_batch([root / rel], 128, return_geometry=True)
+    box = prepared_boxes([root / rel], root, geoms, table)
+    m = box_masks(torch.from_numpy(box), 128)
+    x0, y0, x1, y1 = (box[0] * 128).round().astype(int)
+    assert m[0, 0, (y0 + y1) // 2, (x0 + x1) // 2] == 1 and m[0, 0].sum() == pytest.approx((x1 - x0) * (y1 - y0), rel=0.3)
+    assert box_masks(torch.full((1, 4), float("nan")), 128).sum() == 0  # no box: nothing inside
+    # the same random transform for image and mask: the masked image keeps the tumour's pixels
+    g1, g2 = torch.Generator().manual_seed(3), torch.Generator().manual_seed(3)
+    xa, ma = augment(x, g1, m)
+    assert torch.allclose(xa, augment(x, g2))
+    inside_before = float((x * m).sum() / m.sum())
+    inside_after = float((xa * (ma > 0.5)).sum() / (ma > 0.5).sum())
+    assert abs(inside_after - inside_before) < 0.25 * inside_before + 0.05
+    # a 4 x 4 map whose channel 0 is hot in the box's cell versus in the opposite corner
+    cy, cx = min(int((y0 + y1) / 2 / 32), 3), min(int((x0 + x1) / 2 / 32), 3)
+    feats = torch.zeros(2, 2, 4, 4)
+    feats[0, 0, cy, cx] = 5.0
+    feats[1, 0, 3 - cy, 3 - cx] = 5.0
+    w = torch.tensor([[1.0, 0.0]])
+    loss = cam_outside_box(feats, w, torch.zeros(2, dtype=torch.long), m.repeat(2, 1, 1, 1))
+    assert float(loss[0]) < float(loss[1]) - 0.05  # (a box smaller than a cell bounds how low it can go)

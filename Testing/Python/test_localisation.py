@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 
-from conftest import DATA, FIGSHARE, KAGGLE, need, run_cli
+from conftest import DATA, FIGSHARE, KAGGLE, KAGGLE_MODEL_ID, need, run_cli
 
 LGG = DATA / "volumes" / "tcga-lgg-flair"
 
@@ -145,8 +145,8 @@ def test_cli_heatmap_method_and_evaluate_localisation(tmp_path, validation_image
     bad = run_cli("classify", image, "--device", "cpu", "--heatmap", tmp_path / "h.png", "--heatmap-method", "saliency")
     assert bad.returncode == 2 and bad.stderr.strip().count("\n") == 0 and "heatmap method" in bad.stderr
     assert not (tmp_path / "h.png").exists()
-    r = run_cli("classify", image, "--device", "cpu", "--heatmap", tmp_path / "h.png", "--json", tmp_path / "r.json",
-                "--heatmap-method", "gradcam++@layer3")
+    r = run_cli("classify", image, "--model", KAGGLE_MODEL_ID, "--device", "cpu", "--heatmap", tmp_path / "h.png",
+                "--json", tmp_path / "r.json", "--heatmap-method", "gradcam++@layer3")
     assert r.returncode == 0, r.stderr
     assert json.loads((tmp_path / "r.json").read_text())["heatmap_method"]["method"] == "gradcam++"
     assert "Grad-CAM++ at layer3" in r.stdout

@@ -102,17 +102,23 @@ def test_per_sequence_classes_warn_on_a_class_never_validated_there(seq_model):
 
 
 def test_classify_reports_sequence_warning_and_uncertainty(tmp_path):
-    """The shipped tumour classifier on a held-out FLAIR and T1c volume of TCGA-LGG."""
-    flair, t1c = need(TCGA) / TEST_TCGA / "flair.nii.gz", TCGA / TEST_TCGA / "t1ce.nii.gz"
-    r = run_cli("classify", flair, "--device", "cpu", "--json", tmp_path / "f.json")
+    """The shipped tumour classifier (validated on T1c, and on FLAIR for glioma / no tumour) on a
+    held-out T1, FLAIR and T1c volume of TCGA-LGG: only the T1 one is warned about."""
+    t1, flair = need(TCGA) / TEST_TCGA / "t1.nii.gz", TCGA / TEST_TCGA / "flair.nii.gz"
+    t1c = TCGA / TEST_TCGA / "t1ce.nii.gz"
+    r = run_cli("classify", t1, "--device", "cpu", "--json", tmp_path / "f.json")
     assert r.returncode == 0, r.stderr
     doc = json.loads((tmp_path / "f.json").read_text())
-    assert set(doc["sequence"]) >= {"predicted", "probabilities"} and doc["sequence"]["predicted"] == "flair"
-    assert len(doc["warnings"]) == 1 and "validated on T1c" in doc["warnings"][0]
-    assert f"warning: {doc['warnings'][0]}" in r.stderr and "sequence: FLAIR" in r.stdout
+    assert set(doc["sequence"]) >= {"predicted", "probabilities"} and doc["sequence"]["predicted"] == "t1"
+    assert len(doc["warnings"]) == 1 and "validated on T1c (contrast), FLAIR only" in doc["warnings"][0]
+    assert f"warning: {doc['warnings'][0]}" in r.stderr and "sequence: T1 (" in r.stdout
     assert isinstance(doc["uncertain"], bool) and doc["calibrated"] is True
     assert doc["uncertain"] == ("UNCERTAIN" in r.stdout) == bool(doc["uncertainty"]["reasons"])
     r = run_cli("classify", t1c, "--device", "cpu", "--json", tmp_path / "c.json")
     assert r.returncode == 0, r.stderr
     doc = json.loads((tmp_path / "c.json").read_text())
     assert doc["sequence"]["predicted"] == "t1c" and doc["warnings"] == [] and "warning" not in r.stderr
+    r = run_cli("classify", flair, "--device", "cpu", "--json", tmp_path / "l.json")
+    doc = json.loads((tmp_path / "l.json").read_text())
+    assert r.returncode == 0 and doc["sequence"]["predicted"] == "flair" and doc["predicted"] == "glioma"
+    assert doc["warnings"] == []  # FLAIR glioma is what this model was validated on

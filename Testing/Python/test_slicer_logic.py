@@ -10,6 +10,7 @@ slicer = pytest.importorskip("slicer", reason="slicer-core is not installed")
 
 from BrainSpineAILib import mrml_utils  # noqa: E402
 from BrainSpineAILib.classification_logic import ClassificationLogic  # noqa: E402
+from brainspineai.catalogue import DEFAULT_MODEL_ID  # noqa: E402
 from conftest import BRATS15, need, load_volume as load  # noqa: E402
 
 CASE = BRATS15 / "brats_2013_pat0003_1"
@@ -137,7 +138,7 @@ def test_errors_name_the_problem(scene):
 
 def test_model_list_puts_the_default_first(scene):
     cards = ClassificationLogic(scene).availableModels()
-    assert cards[0]["id"] == "brain-tumor-4class-resnet18w32" and "path" in cards[0]
+    assert cards[0]["id"] == DEFAULT_MODEL_ID and "path" in cards[0]
     assert ClassificationLogic.missingPackages() == []
 
 
@@ -222,19 +223,19 @@ def test_sicf_models_get_no_heatmap_in_the_background(scene, tmp_path):
 
 
 def test_sequence_warning_and_uncertain_flag_reach_the_result_table(scene):
-    """A held-out TCGA-LGG FLAIR volume (the shipped classifier is validated on T1c only): the
-    result carries the detected sequence, the warning and the uncertain flag, the table node
+    """A held-out TCGA-LGG T1 volume (the shipped classifier is validated on T1c and FLAIR only):
+    the result carries the detected sequence, the warning and the uncertain flag, the table node
     their attributes, and the module's table the extra rows."""
     from BrainSpineAILib.classification_logic import resultTrustRows
     from conftest import DATA
 
-    node = load(scene, need(DATA / "volumes" / "tcga-lgg-flair" / "TCGA_DU_5849" / "flair.nii.gz"), "flair")
+    node = load(scene, need(DATA / "volumes" / "tcga-lgg-flair" / "TCGA_DU_5849" / "t1.nii.gz"), "t1")
     out = ClassificationLogic(scene).classify(node, device="cpu", computeHeatmap=False)
     r = out.result
-    assert r["sequence"]["predicted"] == "flair" and "validated on T1c" in r["warnings"][0]
-    assert out.tableNode.GetAttribute("BrainSpineAI.sequence") == "flair"
+    assert r["sequence"]["predicted"] == "t1" and "validated on T1c" in r["warnings"][0]
+    assert out.tableNode.GetAttribute("BrainSpineAI.sequence") == "t1"
     assert out.tableNode.GetAttribute("BrainSpineAI.warnings") == r["warnings"][0]
     assert out.tableNode.GetAttribute("BrainSpineAI.uncertain") == ("true" if r["uncertain"] else "false")
     rows = dict(resultTrustRows(r))
-    assert rows["Sequence"].startswith("FLAIR (") and rows["Uncertain"] == ("YES" if r["uncertain"] else "no")
+    assert rows["Sequence"].startswith("T1 (") and rows["Uncertain"] == ("YES" if r["uncertain"] else "no")
     assert resultTrustRows({"classes": ["a"], "probabilities": [1.0]}) == []  # an older result: no extra rows

@@ -220,8 +220,6 @@ def load_labelled_split(root, size: int, val_fraction: float, seed: int, limit_p
     :raises InputError: bad dataset, a class without training or validation images, or an
         unreadable boxes file.
     """
-    import csv
-
     import torch
 
     root = Path(root)
@@ -234,28 +232,43 @@ def load_labelled_split(root, size: int, val_fraction: float, seed: int, limit_p
         if not np.any(labels[train_idx] == c) or not np.any(labels[val_idx] == c):
             raise InputError(f"{root}: class '{name}' has too few images for a training and a validation split")
     x, geoms = load_slice_batch(paths, size, return_geometry=True)
-    boxes = None
-    if boxes_csv:
-        try:
-            with open(boxes_csv, newline="", encoding="utf-8") as fh:
-                rows = list(csv.DictReader(fh))
-            table = {}
-            for r in rows:
-                xc, yc, w, h = (float(r[k]) for k in ("x_center", "y_center", "width", "height"))
-                b = np.array([xc - w / 2, yc - h / 2, xc + w / 2, yc + h / 2])
-                old = table.get(r["image"])
-                table[r["image"]] = b if old is None else np.concatenate([np.minimum(old[:2], b[:2]),
-                                                                          np.maximum(old[2:], b[2:])])
-        except (OSError, KeyError, ValueError) as exc:
-            raise InputError(f"{boxes_csv}: not a tumour-box CSV with image, x_center, y_center, width, height ({exc})") from None
-        out = np.full((len(paths), 4), np.nan, dtype=np.float32)
-        for i, (p, g) in enumerate(zip(paths, geoms)):
-            b = table.get(str(p.relative_to(root)))
-            if b is not None:
-                out[i] = box_to_prepared(b, g)
-        boxes = torch.from_numpy(out)
+    boxes = torch.from_numpy(prepared_boxes(paths, root, geoms, read_box_table(boxes_csv))) if boxes_csv else None
     return LabelledSplit(x=x, y=torch.as_tensor(labels), paths=paths, class_names=class_names,
                          train_idx=train_idx, val_idx=val_idx, root=root, boxes=boxes)
+
+
+def read_box_table(boxes_csv) -> dict:
+    """A tumour-box CSV (``image`` relative to the dataset root, ``x_center``, ``y_center``,
+    ``width``, ``height`` as fractions of the original image) -> ``{image: (x0, y0, x1, y1)}``;
+    images with several rows get their union box.
+
+    :raises InputError: an unreadable file or missing columns."""
+    import csv
+
+    try:
+        with open(boxes_csv, newline="", encoding="utf-8") as fh:
+            rows = list(csv.DictReader(fh))
+        table = {}
+        for r in rows:
+            xc, yc, w, h = (float(r[k]) for k in ("x_center", "y_center", "width", "height"))
+            b = np.array([xc - w / 2, yc - h / 2, xc + w / 2, yc + h / 2])
+            old = table.get(r["image"])
+            table[r["image"]] = b if old is None else np.concatenate([np.minimum(old[:2], b[:2]),
+                                                                      np.maximum(old[2:], b[2:])])
+    except (OSError, KeyError, ValueError, UnicodeDecodeError) as exc:
+        raise InputError(f"{boxes_csv}: not a tumour-box CSV with image, x_center, y_center, width, height ({exc})") from None
+    return table
+
+
+def prepared_boxes(paths, root, geoms, table: dict) -> np.ndarray:
+    """float32 (N, 4): each image's box from :func:`read_box_table` mapped into its prepared
+    slice (:func:`box_to_prepared`); NaN rows where the table has none."""
+    out = np.full((len(paths), 4), np.nan, dtype=np.float32)
+    for i, (p, g) in enumerate(zip(paths, geoms)):
+        b = table.get(Path(p).relative_to(root).as_posix())
+        if b is not None:
+            out[i] = box_to_prepared(b, g)
+    return out
 
 
 def box_to_prepared(box, geom) -> np.ndarray:

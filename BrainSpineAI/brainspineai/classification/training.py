@@ -45,16 +45,23 @@ class TrainConfig(CommonConfig):
     label_smoothing: float = 0.05
     keep: str = "last"  # "last" epoch (unbiased validation figure) or "best" validation epoch
     skull_strip_p: float = 0.5  # probability of showing a training slice skull-stripped
+    boxes: str = ""  # tumour-box CSV (data.read_box_table), for align_weight
+    align_weight: float = 0.0  # weight of the CAM-outside-the-box loss on tumour slices with a box
 
     def extra_rules(self) -> list:
         return [("image_size", self.image_size >= 32, ">= 32"), ("keep", self.keep in ("last", "best"), "last or best"),
                 ("val_fraction", 0 < self.val_fraction < 1, "between 0 and 1"),
                 ("label_smoothing", 0 <= self.label_smoothing < 1, "in [0, 1)"),
-                ("skull_strip_p", 0 <= self.skull_strip_p <= 1, "between 0 and 1")]
+                ("skull_strip_p", 0 <= self.skull_strip_p <= 1, "between 0 and 1"),
+                ("align_weight", self.align_weight >= 0, ">= 0"),
+                ("boxes", bool(self.boxes) or self.align_weight == 0, "a tumour-box CSV when align_weight > 0"),
+                ("boxes", not self.boxes or Path(self.boxes).is_file(), "an existing file")]
 
 
-def augment(x, generator):
-    """Random flips, rotation, scaling, translation and gamma on a batch (N, 1, H, W) in [0, 1]."""
+def augment(x, generator, masks=None):
+    """Random flips, rotation, scaling, translation and gamma on a batch (N, 1, H, W) in [0, 1];
+    ``masks`` (N, 1, H, W), if given, get the same flips and affine maps (no gamma) and
+    ``(x, masks)`` is returned."""
     import torch
     import torch.nn.functional as F
 
@@ -63,6 +70,8 @@ def augment(x, generator):
     g = generator
     flip = torch.rand(n, generator=g) < 0.5
     x = torch.where(flip.to(dev)[:, None, None, None], x.flip(-1), x)
+    if masks is not None:
+        masks = torch.where(flip.to(dev)[:, None, None, None], masks.flip(-1), masks)
     angle = (torch.rand(n, generator=g) * 30.0 - 15.0) * math.pi / 180.0
     scale = 0.85 + torch.rand(n, generator=g) * 0.30
     tx = (torch.rand(n, generator=g) * 0.16 - 0.08) * 2
@@ -72,7 +81,42 @@ def augment(x, generator):
     grid = F.affine_grid(theta, list(x.shape), align_corners=False)
     x = F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
     gamma = torch.exp(torch.rand(n, generator=g) * (math.log(1.4) - math.log(0.7)) + math.log(0.7)).to(dev)
-    return x.clamp(0, 1).pow(gamma[:, None, None, None])
+    x = x.clamp(0, 1).pow(gamma[:, None, None, None])
+    if masks is None:
+        return x
+    return x, F.grid_sample(masks, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+
+
+def box_masks(boxes, size: int):
+    """float32 (N, 1, size, size): 1 inside each box (x0, y0, x1, y1 as fractions; NaN rows: all 0)."""
+    import torch
+
+    t = (torch.arange(size, dtype=torch.float32) + 0.5) / size
+    b = torch.nan_to_num(torch.as_tensor(boxes, dtype=torch.float32), nan=-1.0)
+    inx = (t[None, :] >= b[:, 0:1]) & (t[None, :] <= b[:, 2:3])
+    iny = (t[None, :] >= b[:, 1:2]) & (t[None, :] <= b[:, 3:4])
+    return (iny[:, :, None] & inx[:, None, :]).float()[:, None]
+
+
+def cam_outside_box(features, fc_weight, labels, masks):
+    """The explanation-alignment loss, per image: the share of the class evidence lying outside
+    the tumour box, in the spirit of "right for the right reasons" (Ross et al., IJCAI 2017).
+    The evidence is the class activation map (CAM, Zhou et al., CVPR 2016: ``sum_c W[y, c] A_c``
+    at the last stage, exact for a network that average-pools it into ``fc``), turned into a
+    spatial distribution by a softmax over its cells (so that the loss has a gradient even where
+    the map is negative), weighted by the fraction of each cell the box covers.
+
+    :param features: (N, C, h, w) last-stage map; :param fc_weight: (K, C);
+    :param labels: int64 (N,); :param masks: (N, 1, H, W) box masks in [0, 1].
+    :returns: float tensor (N,) in [0, 1].
+    """
+    import torch
+    import torch.nn.functional as F
+
+    cam = torch.einsum("nchw,nc->nhw", features.float(), fc_weight[labels].float())
+    p = torch.softmax(cam.flatten(1), dim=1).view_as(cam)
+    m = F.adaptive_avg_pool2d(masks, features.shape[-2:])[:, 0]
+    return (p * (1 - m)).sum((1, 2))
 
 
 def skull_strip_like(x, seed: int = 0):
@@ -174,7 +218,7 @@ def _train(data_dir: Path, out_dir: Path, cfg: TrainConfig, resume: bool, progre
     from ..checkpoint import load_for_resume
     from ..retrain import init_weights, keep_parent_split, load_parent, version_card
     from .data import GROUPS_FILE, limit_per_class_subset, load_slice_batch, scan_image_folder, split_dataset
-    from .networks import PRETRAINED, build_classifier
+    from .networks import GRADCAM_LAYER, PRETRAINED, build_classifier
     from .predict import predict_batches
 
     engine.seed_everything(cfg.seed)
@@ -194,8 +238,15 @@ def _train(data_dir: Path, out_dir: Path, cfg: TrainConfig, resume: bool, progre
             raise InputError(f"{data_dir}: class '{name}' has too few images for a training and a validation split")
 
     t0 = time.time()
-    x_all = load_slice_batch(paths, cfg.image_size)
+    x_all, geoms = load_slice_batch(paths, cfg.image_size, return_geometry=True)
     y_all = torch.as_tensor(labels)
+    boxes_tr = None
+    if cfg.align_weight > 0:
+        from .data import prepared_boxes, read_box_table
+
+        boxes_tr = torch.from_numpy(prepared_boxes(paths, data_dir, geoms, read_box_table(cfg.boxes)))[train_idx]
+        if not torch.isfinite(boxes_tr[:, 0]).any():
+            raise InputError(f"{cfg.boxes}: none of its boxes names a training image of {data_dir}")
     x_tr, y_tr = x_all[train_idx], y_all[train_idx]
     x_va, y_va = x_all[val_idx], y_all[val_idx]
     x_tr_stripped = skull_strip_like(x_tr, cfg.seed) if cfg.skull_strip_p > 0 else None
@@ -212,16 +263,32 @@ def _train(data_dir: Path, out_dir: Path, cfg: TrainConfig, resume: bool, progre
     sched = engine.one_cycle(opt, cfg.lr, cfg.epochs, steps)
     best = BestEpoch(net, keep_weights=cfg.keep == "best")
 
+    captured = {}
+    if boxes_tr is not None:  # the last stage's map, for the alignment loss
+        net.get_submodule(GRADCAM_LAYER).register_forward_hook(lambda m, i, o: captured.__setitem__("a", o))
+
     def step(idx, gen):
         xb = x_tr[idx]
+        use = torch.zeros(len(idx), 1, 1, 1, dtype=torch.bool)
         if x_tr_stripped is not None:
             use = (torch.rand(len(idx), generator=gen) < cfg.skull_strip_p)[:, None, None, None]
             xb = torch.where(use, x_tr_stripped[idx], xb)
-        xb = augment(xb, gen).to(fabric.device, non_blocking=True)
+        if boxes_tr is None:
+            xb = augment(xb, gen).to(fabric.device, non_blocking=True)
+        else:
+            xb, mb = augment(xb, gen, box_masks(boxes_tr[idx], xb.shape[-1]))
+            xb, mb = xb.to(fabric.device, non_blocking=True), mb.to(fabric.device)
         yb = y_tr[idx].to(fabric.device)
         with fabric.autocast():
             loss = F.cross_entropy(model(xb).float(), yb, label_smoothing=cfg.label_smoothing)
-        return loss, {}
+        if boxes_tr is None:
+            return loss, {}
+        # boxes of re-cropped (skull-stripped) slices no longer fit: those are left out
+        sel = (torch.isfinite(boxes_tr[idx][:, 0]) & ~use.view(-1)).to(fabric.device)
+        if not bool(sel.any()):
+            return loss, {"align": 0.0}
+        out = cam_outside_box(captured["a"][sel], net.fc.weight, yb[sel], mb[sel]).mean()
+        return loss + cfg.align_weight * out, {"align": float(out.detach())}
 
     def evaluate():
         acc = float(np.mean(predict_batches(net, x_va, fabric.device).argmax(1) == y_va.numpy()))
@@ -248,6 +315,11 @@ def _train(data_dir: Path, out_dir: Path, cfg: TrainConfig, resume: bool, progre
              "train": [str(paths[i].relative_to(data_dir)) for i in train_idx]}
     if by_group:
         card["training_data"]["split_groups"] = GROUPS_FILE + " (every image of a group, e.g. a patient, on one side)"
+    if cfg.align_weight > 0:
+        card["training"]["alignment"] = (
+            "cross-entropy + align_weight x the share of the class activation map (CAM, Zhou et al. 2016) at "
+            f"{GRADCAM_LAYER} outside the tumour box, on tumour slices with a box in {Path(cfg.boxes).name} "
+            "(right for the right reasons, Ross et al. 2017); skull-stripped views left out")
     if parent is None and cfg.architecture in PRETRAINED:
         from .efficientnet import PRETRAINED_CARD
 

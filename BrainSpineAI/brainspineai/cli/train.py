@@ -40,7 +40,8 @@ def cmd_train_classifier(args) -> int:
                       batch_size=args.batch_size, lr=args.lr, val_fraction=args.val_fraction, seed=args.seed,
                       device=args.device, limit_per_class=args.limit_per_class, model_id=args.model_id or "",
                       keep=args.keep, skull_strip_p=args.skull_strip_p, extra_card={"description": args.description} if args.description else {},
-                      init_model=getattr(args, "init_model", None) or "")
+                      init_model=getattr(args, "init_model", None) or "", boxes=args.boxes or "",
+                      align_weight=args.align_weight)
     folder = train_classifier(args.data, args.out, cfg, resume=args.resume, progress=_event_sink(args.events))
     _report_model(folder)
     return 0
@@ -156,6 +157,11 @@ def add_train_parsers(tsub) -> None:
     tc.add_argument("--keep", choices=["last", "best"], default="last",
                     help="weights to keep: the last epoch (default; unbiased validation figure) or the best validation epoch")
     _skull_strip_arg(tc)
+    tc.add_argument("--boxes", metavar="CSV", help="tumour boxes (image relative to --data, x_center, y_center, width, "
+                                                   "height as fractions), e.g. figshare3/tumor_boxes.csv; for --align-weight")
+    tc.add_argument("--align-weight", type=float, default=0.0,
+                    help="weight of the explanation-alignment loss: the share of the class activation map outside the "
+                         "tumour box, on slices with a box (0 = off)")
     tc.set_defaults(func=cmd_train_classifier)
 
     ta = tsub.add_parser("affcl", help="AFF-CL: global + local branches, attentional feature fusion, SupCon memory queue")
