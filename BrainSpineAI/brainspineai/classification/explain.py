@@ -40,8 +40,9 @@ METHOD_NAMES = {"gradcam": "Grad-CAM", "gradcam++": "Grad-CAM++", "hirescam": "H
 DEFAULT_HEATMAPS = {
     "brain-tumor-4class-resnet18w32": ("gradcam++", "layer2"),
     # chosen on the 12 TCGA-LGG validation patients of its split (pointing game, mean over FLAIR /
-    # T1 / T1c: layercam@layer4 0.470, gradcam++@layer4 0.464, gradcam@layer4 0.440, finer stages
-    # blocks.4 / blocks.2 0.10-0.39); its test patients and BraTS chose nothing
+    # T1 / T1c; version 1: layercam@layer4 0.470, gradcam++@layer4 0.464, gradcam@layer4 0.440,
+    # finer stages blocks.4 / blocks.2 0.10-0.39; version 2, trained with the alignment loss:
+    # layercam@layer4 0.479 = gradcam++@layer4, gradcam@layer4 0.459); test patients chose nothing
     "brain-tumor-4class-efficientnetlite0": ("layercam", "layer4"),
 }
 
