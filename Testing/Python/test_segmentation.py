@@ -131,6 +131,15 @@ def test_evaluate_seg_reports_dice_and_hd95_per_region(tiny_seg, tmp_path, tmp_p
     card = read_card(folder)  # same cases, same sliding window: the card's held-out figures agree
     assert m["WT"]["dice"] == pytest.approx(card["metrics"]["held_out"]["cases"]["brats_2013_pat0003_1"]["WT"]["dice"], abs=1e-3)
     assert "HD95" in r.stdout
+    # --progress jsonl: progress events per case (fractions rising to 1), then the result as one line
+    r = run_cli("evaluate-seg", data, "--model", folder, "--device", "cpu", "--progress", "jsonl")
+    assert r.returncode == 0, r.stderr
+    lines = [json.loads(x) for x in r.stdout.splitlines()]
+    steps = [e for e in lines if e["event"] == "progress"]
+    assert steps and all("case 1/1 brats_2013_pat0003_1" in e["message"] for e in steps)
+    fr = [e["fraction"] for e in steps]
+    assert fr == sorted(fr) and fr[-1] == 1.0
+    assert lines[-1]["event"] == "done" and lines[-1]["result"]["cases"] == doc["cases"]
 
 
 def test_evaluate_seg_leaves_out_the_models_training_cases(tiny_seg, tmp_path, tmp_path_factory):

@@ -8,7 +8,7 @@ from pathlib import Path
 from ..errors import InputError
 from .common import _check_train_out, _event_sink, _json_line, _overwrite_arg, _suffix_ok
 from .preprocess import add_preprocess_arg, preprocess_for
-from .progress import add_progress_arg, make_progress
+from .progress import add_progress_arg, json_line, make_progress
 
 
 def _read_sequences(args, needed) -> tuple:
@@ -164,10 +164,17 @@ def cmd_evaluate_seg(args) -> int:
         raise InputError(f"{args.data_dir}: not a dataset folder" if Path(args.data_dir).exists()
                          else f"dataset folder not found: {args.data_dir}")
     model = guarded_load(args.model, load_segmenter, args.model, args.device)
-    doc = evaluate_cases(args.data_dir, model, overlap=args.overlap, tta=args.tta, cases=args.cases,
-                         include_training=args.include_training)
+    progress = make_progress(args.progress)
+    try:
+        doc = evaluate_cases(args.data_dir, model, overlap=args.overlap, tta=args.tta, cases=args.cases,
+                             include_training=args.include_training, progress=progress)
+    finally:
+        progress.close()
     if args.json:
         atomic_write_text(args.json, json.dumps(doc, indent=2) + "\n")
+    if args.progress == "jsonl":
+        json_line({"event": "done", "result": doc})
+        return 0
     print(f"model: {model.id}   data: {args.data_dir} ({len(doc['cases'])} cases)")
     if doc["left_out_training_cases"]:
         print(f"  left out {len(doc['left_out_training_cases'])} training case(s) of the model: "
@@ -250,6 +257,7 @@ def add_evaluate_parser(sub) -> None:
     es.add_argument("--device", default="auto", choices=DEVICE_CHOICES)
     es.add_argument("--overlap", type=float, default=0.5)
     es.add_argument("--tta", action="store_true")
+    add_progress_arg(es)
     es.add_argument("--cases", nargs="+", metavar="ID", help="evaluate only these case ids (training cases included)")
     es.add_argument("--include-training", action="store_true",
                     help="keep the cases the model card lists as training data (left out by default)")

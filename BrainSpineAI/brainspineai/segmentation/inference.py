@@ -184,9 +184,11 @@ def _mean(per_case: dict) -> dict:
 
 
 def evaluate_network(net, card: dict, cases, device="cpu", overlap: float = 0.5, tta: bool = False,
-                     postprocess: bool = True) -> dict:
+                     postprocess: bool = True, progress=None) -> dict:
     """Dice / HD95 per region per case on the reference grid: ``{"cases": {id: {region:
-    {"dice", "hd95_mm"}}}, "mean": {...}, "overlap", "tta"}``."""
+    {"dice", "hd95_mm"}}}, "mean": {...}, "overlap", "tta"}``.
+
+    :param progress: optional ``progress(fraction, message)``, per case and within each case."""
     import SimpleITK as sitk
 
     from ..io import read_image
@@ -195,10 +197,14 @@ def evaluate_network(net, card: dict, cases, device="cpu", overlap: float = 0.5,
     model = LoadedSegmenter(card=card, folder=Path("."), network=net, device=device)
     _check_cases(cases, model.sequences)
     per_case = {}
-    for c in cases:
+    for k, c in enumerate(cases):
+        step = None
+        if progress is not None:
+            lo, hi, name = k / len(cases), (k + 1) / len(cases), f"case {k + 1}/{len(cases)} {c.case_id}: "
+            step = lambda f, m="", lo=lo, hi=hi, name=name: progress(lo + (hi - lo) * float(f), name + m)  # noqa: E731
         truth = read_labelmap(c)
         res = segment({s: read_image(c.images[s]) for s in model.sequences}, model, overlap=overlap, tta=tta,
-                      postprocess=postprocess)
+                      postprocess=postprocess, progress=step)
         per_case[c.case_id] = region_metrics(sitk.GetArrayFromImage(res.labelmap), sitk.GetArrayFromImage(truth),
                                              truth.GetSpacing()[::-1])
     return {"cases": per_case, "mean": _mean(per_case), "overlap": overlap, "tta": tta, "postprocess": postprocess}
@@ -240,7 +246,7 @@ def report_warning(card: dict):
 
 
 def evaluate_cases(data, model: LoadedSegmenter, overlap: float = 0.5, tta: bool = False,
-                   cases=None, include_training: bool = False) -> dict:
+                   cases=None, include_training: bool = False, progress=None) -> dict:
     """:func:`evaluate_network` on the labelled cases under ``data`` (see
     :func:`brainspineai.segmentation.data.discover_cases`).
 
@@ -250,6 +256,7 @@ def evaluate_cases(data, model: LoadedSegmenter, overlap: float = 0.5, tta: bool
     :param cases: case ids to evaluate (``None``: all); a training case named here is kept, with
         a warning in ``"warnings"``.
     :param include_training: keep the training cases.
+    :param progress: optional ``progress(fraction, message)`` (:func:`evaluate_network`).
     :raises InputError: no labelled case; an unknown id in ``cases``; only training cases left."""
     from .data import discover_cases
 
@@ -278,5 +285,6 @@ def evaluate_cases(data, model: LoadedSegmenter, overlap: float = 0.5, tta: bool
         used = sorted(train & {c.case_id for c in found})
         if used:
             warnings.append(f"{', '.join(used)}: training case(s) of model '{model.id}'; their figures are optimistic")
-    doc = evaluate_network(model.network, model.card, found, device=model.device, overlap=overlap, tta=tta)
+    doc = evaluate_network(model.network, model.card, found, device=model.device, overlap=overlap, tta=tta,
+                           progress=progress)
     return {"model": model.id, "data": str(data), **doc, "left_out_training_cases": left_out, "warnings": warnings}
