@@ -44,8 +44,6 @@ def build_classifier(architecture: str, num_classes: int, in_channels: int = 1, 
     :param pretrained: only for ``efficientnet-lite0`` (see :data:`PRETRAINED`).
     :raises ModelError: for an unknown architecture name, or missing ImageNet weights.
     """
-    from monai.networks.nets import ResNet
-
     from ..errors import ModelError
 
     if architecture == "efficientnet-lite0":
@@ -55,6 +53,8 @@ def build_classifier(architecture: str, num_classes: int, in_channels: int = 1, 
     if architecture not in ARCHITECTURES:
         known = sorted(ARCHITECTURES) + ["efficientnet-lite0"]
         raise ModelError(f"unknown architecture '{architecture}'; known: {', '.join(known)}")
+    from monai.networks.nets import ResNet
+
     cfg = ARCHITECTURES[architecture]
     return ResNet(
         block=cfg["block"], layers=cfg["layers"], block_inplanes=cfg["block_inplanes"],

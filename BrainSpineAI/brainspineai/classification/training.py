@@ -263,9 +263,9 @@ def _train(data_dir: Path, out_dir: Path, cfg: TrainConfig, resume: bool, progre
     sched = engine.one_cycle(opt, cfg.lr, cfg.epochs, steps)
     best = BestEpoch(net, keep_weights=cfg.keep == "best")
 
-    captured = {}
-    if boxes_tr is not None:  # the last stage's map, for the alignment loss
-        net.get_submodule(GRADCAM_LAYER).register_forward_hook(lambda m, i, o: captured.__setitem__("a", o))
+    captured, hook = {}, None
+    if boxes_tr is not None:  # the last stage's map, for the alignment loss (removed after fitting)
+        hook = net.get_submodule(GRADCAM_LAYER).register_forward_hook(lambda m, i, o: captured.__setitem__("a", o))
 
     def step(idx, gen):
         xb = x_tr[idx]
@@ -299,6 +299,9 @@ def _train(data_dir: Path, out_dir: Path, cfg: TrainConfig, resume: bool, progre
                         n_train=len(train_idx), batch_size=cfg.batch_size, epochs=cfg.epochs, step_fn=step,
                         eval_fn=evaluate, out_dir=out_dir, config=config, seed=cfg.seed, resume=resume,
                         progress=progress, stateful={"best": best}, log_every=max(1, min(10, steps)))
+    if hook is not None:
+        hook.remove()
+        captured.clear()
     if not fabric.is_global_zero:
         return out_dir
     history = result["history"]
