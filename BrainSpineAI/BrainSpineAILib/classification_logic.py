@@ -263,7 +263,7 @@ class ClassificationLogic(DependencyMixin):
 
     def _heatmapNode(self, volumeNode, arr, className, method=None):
         """The heatmap volume; attributes name the class, the method (``heatmapMethod``, e.g.
-        "LayerCAM at layer3") and the RAS point of the hottest voxel (``hottestRAS``), where
+        "LayerCAM at layer4, 128+192 px input") and the RAS point of the hottest voxel (``hottestRAS``), where
         :meth:`showHeatmap` puts the slice views first."""
         import numpy as np
         import vtk
@@ -272,7 +272,8 @@ class ClassificationLogic(DependencyMixin):
         mrml_utils.update_volume_node_from_array(node, arr, reference=volumeNode)
         node.SetAttribute("BrainSpineAI.heatmapClass", className)
         method = method or {"name": "Grad-CAM", "layer": "layer4"}
-        node.SetAttribute("BrainSpineAI.heatmapMethod", f"{method.get('name', method.get('method'))} at {method.get('layer')}")
+        size = f", {'+'.join(map(str, method['input_sizes']))} px input" if method.get("input_sizes") else ""
+        node.SetAttribute("BrainSpineAI.heatmapMethod", f"{method.get('name', method.get('method'))} at {method.get('layer')}{size}")
         k, j, i = np.unravel_index(int(np.argmax(arr)), arr.shape)
         ijkToRAS = vtk.vtkMatrix4x4()
         volumeNode.GetIJKToRASMatrix(ijkToRAS)

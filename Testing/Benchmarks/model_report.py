@@ -17,8 +17,9 @@ calibration measured away from where it was fitted: the card's ``evaluation`` en
 5. With ``--localisation``: the localisation metrics (pointing game with 3 mm tolerance,
    energy inside the tumour / box, heat outside the head) per dataset and sequence, for
    Grad-CAM at layer4 without the head mask (before issue 16) and for the model's chosen
-   method (:func:`explain.heatmap_choice`); ``--compare`` adds every method x stage, on which
-   the choice in ``explain.DEFAULT_HEATMAPS`` was made. ``--cases N`` volumes per dataset,
+   method and input sides (:func:`explain.heatmap_choice`, :func:`explain.heatmap_sizes`);
+   ``--compare`` adds every method x stage (x ``--sizes``), on which the choice in
+   ``explain.DEFAULT_HEATMAPS`` was made. ``--cases N`` volumes per dataset,
    ``--rows N`` figshare3 box rows, ``--step K`` every K-th tumour slice.
 
 Usage: python Testing/Benchmarks/model_report.py [--model ID|DIR] [--device cpu]
@@ -58,6 +59,8 @@ def main() -> None:
     ap.add_argument("--rows", type=int, default=60)
     ap.add_argument("--step", type=int, default=3)
     ap.add_argument("--methods", nargs="+", metavar="METHOD@LAYER", help="with --compare: only these")
+    ap.add_argument("--sizes", nargs="+", metavar="PX[,PX]", help="with --compare: explanation input sides to "
+                    "compare (e.g. 128 192 128,192: one side, or the product of the maps over several); default: the model's")
     ap.add_argument("--datasets", nargs="+", choices=["figshare3", "brats2015", "lgg"])
     ap.add_argument("--lgg", type=Path, help="with --localisation: the TCGA-LGG case folder to use (e.g. a folder of "
                     "links to the validation patients only, to choose a method on them)")
@@ -152,33 +155,36 @@ def localisation_tables(m, args) -> None:
     """Localisation metrics per dataset and sequence (see the module doc, item 5)."""
     import time
 
-    from brainspineai.classification.explain import heatmap_choice
+    from brainspineai.classification.explain import heatmap_choice, heatmap_sizes
     from brainspineai.classification.localisation import localisation_report
 
     vols = DATA / "volumes"
     sources = [("figshare3 boxes", DATA / "brain-mri-2d" / "figshare3" / "tumor_boxes.csv"),
                ("BraTS 2015", vols / "brats2015-flair-t1c"), ("TCGA-LGG", args.lgg or vols / "tcga-lgg-flair")]
-    configs = [("before: gradcam@layer4, no head mask", ("gradcam", "layer4", False))]
+    own, sides = (m.input_size,), heatmap_sizes(m)
+    configs = [("before: gradcam@layer4, no head mask", ("gradcam", "layer4", False, own))]
     chosen = heatmap_choice(m)
-    configs.append((f"chosen: {chosen[0]}@{chosen[1]}, head mask", chosen + (True,)))
+    configs.append((f"chosen: {chosen[0]}@{chosen[1]} {'+'.join(map(str, sides))} px, head mask", chosen + (True, sides)))
     if args.compare:
         pairs = [tuple(t.split("@")) for t in args.methods] if args.methods else COMPARED
-        configs += [(f"{me}@{la}", (me, la, True)) for me, la in pairs if (me, la) != tuple(chosen)]
+        size_sets = [tuple(int(v) for v in t.split(",")) for t in args.sizes] if args.sizes else [sides]
+        configs += [(f"{me}@{la} {'+'.join(map(str, ss))} px", (me, la, True, ss)) for me, la in pairs for ss in size_sets
+                    if (me, la, ss) != tuple(chosen) + (tuple(sorted(ss)),)]
     if args.datasets:
         sources = [s for s, key in zip(sources, ("figshare3", "brats2015", "lgg")) if key in args.datasets]
     print(f"\nLocalisation of {m.id} (pointing game: peak within 3 mm of the tumour; energy: share of the heat "
           f"inside the tumour / box; outside: share of the heat outside the head); slice-level means")
-    print(f"{'dataset':<16} {'sequence':<9} {'n':>4}  {'method':<40} {'pointing':>8} {'energy':>7} {'outside':>8}")
+    print(f"{'dataset':<16} {'sequence':<9} {'n':>4}  {'method':<50} {'pointing':>8} {'energy':>7} {'outside':>8}")
     for name, src in sources:
         if not src.exists():
             print(f"{name:<16} (not found: {src})")
             continue
-        for label, (me, la, mask) in configs:
+        for label, (me, la, mask, ss) in configs:
             t = time.time()
             rep = localisation_report(m, src, me, la, mask_head=mask, step=args.step,
-                                      limit=args.rows if src.is_file() else args.cases)
+                                      limit=args.rows if src.is_file() else args.cases, input_sizes=ss)
             for seq, g in rep["groups"].items():
-                print(f"{name:<16} {seq:<9} {g['n']:>4}  {label:<40} {g['pointing']:8.3f} {g['energy_in_tumour']:7.3f} "
+                print(f"{name:<16} {seq:<9} {g['n']:>4}  {label:<50} {g['pointing']:8.3f} {g['energy_in_tumour']:7.3f} "
                       f"{g['heat_outside_head']:8.3f}", flush=True)
             print(f"{'':<16} ({time.time() - t:.0f} s)", flush=True)
 

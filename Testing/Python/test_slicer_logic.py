@@ -74,7 +74,9 @@ def test_heatmap_is_shown_over_the_input(scene, tmp_path, validation_images):
     colours = display.GetColorNode()
     alphas = [colours.GetLookupTable().GetTableValue(i)[3] for i in (0, 64, 128, 255)]
     assert alphas[0] == 0.0 and alphas == sorted(alphas) and alphas[-1] == 1.0  # transparent to hot
-    assert out.heatmapNode.GetAttribute("BrainSpineAI.heatmapMethod") == "{name} at {layer}".format(**out.result["heatmap_method"])
+    hm = out.result["heatmap_method"]
+    assert out.heatmapNode.GetAttribute("BrainSpineAI.heatmapMethod") == "{} at {}, {} px input".format(
+        hm["name"], hm["layer"], "+".join(map(str, hm["input_sizes"])))
     heat = mrml_utils.array_from_volume_node(out.heatmapNode)
     assert heat.shape == mrml_utils.array_from_volume_node(node).shape and heat.max() == pytest.approx(1.0, abs=1e-5)
 

@@ -38,8 +38,8 @@ class ClassificationResult:
     ``heatmap``: ``SimpleITK.Image`` (float32, [0, 1]) with exactly the input's size,
     spacing, origin and direction, or ``None``.
     ``heatmap_class``: the class the heatmap explains; ``heatmap_method``: how
-    (``{"method", "layer"}``, see :mod:`explain`); ``strongest_slice``: for volumes, the
-    LPS axial index of the slice that holds the hottest voxel.
+    (``{"method", "layer", "name", "input_sizes"}``, see :mod:`explain`);
+    ``strongest_slice``: for volumes, the LPS axial index of the slice that holds the hottest voxel.
     """
 
     model: str
@@ -122,18 +122,21 @@ def volume_rule(probs: np.ndarray, class_names: list) -> tuple[np.ndarray, str]:
     return p / p.sum(), f"mean over all {len(probs)} classified slices"
 
 
-def _heat(model, batch, cls, method):
-    """Raw maps (N, S, S) of :func:`explain.cam_batch` for ``method`` (``None``: the model's
-    choice; else ``METHOD`` or ``METHOD@LAYER``) and the ``{"method", "layer", "name"}`` used."""
-    from .explain import METHOD_NAMES, cam_batch, heatmap_choice, parse_method
+def _heat(model, slices, keep, cls, method, sizes, crop):
+    """Maps of :func:`explain.multiscale_cam` for ``method`` (``None``: the model's choice; else
+    ``METHOD`` or ``METHOD@LAYER``) at the input sides :func:`explain.heatmap_sizes` of ``sizes``;
+    returns ``(maps (N, s, s), geometries of the kept slices, {"method", "layer", "name", "input_sizes"})``."""
+    from .explain import METHOD_NAMES, heatmap_choice, heatmap_sizes, multiscale_cam, parse_method
 
     m, layer = parse_method(method) if method else (None, None)
     m, layer = heatmap_choice(model, m, layer)
-    return cam_batch(model, batch, cls, m, layer), {"method": m, "layer": layer, "name": METHOD_NAMES[m]}
+    sides = heatmap_sizes(model, sizes)
+    raw, geoms = multiscale_cam(model, list(slices), keep, cls, m, layer, sides, crop)
+    return raw, geoms, {"method": m, "layer": layer, "name": METHOD_NAMES[m], "input_sizes": list(sides)}
 
 
 def classify_image(image, model, heatmap: bool = False, heatmap_class=None, progress=None,
-                   heatmap_method=None) -> ClassificationResult:
+                   heatmap_method=None, heatmap_sizes=None) -> ClassificationResult:
     """Classify a 2D slice or a 3D volume.
 
     :param image: scalar ``SimpleITK.Image`` (see :func:`io.read_image`); 2D, or 3D (one voxel
@@ -144,6 +147,9 @@ def classify_image(image, model, heatmap: bool = False, heatmap_class=None, prog
     :param heatmap_method: ``METHOD`` or ``METHOD@LAYER`` (:data:`explain.METHODS`); default:
         the model's choice (:func:`explain.heatmap_choice`). Heat outside the head
         (:func:`explain.head_mask`) is set to 0.
+    :param heatmap_sizes: sides in pixels of the slices the map is computed on, one or several
+        (default: the model's choice, :func:`explain.heatmap_sizes`); probabilities always come
+        from the model's own input size.
     :param progress: optional callable ``(fraction_done: float, message: str)``.
     :raises InputError: unusable image (see :func:`io.validate_image`), a volume whose axial
         slices are smaller than :data:`io.MIN_SIDE` pixels, or a volume with no slice holding
@@ -151,7 +157,7 @@ def classify_image(image, model, heatmap: bool = False, heatmap_class=None, prog
     """
     import SimpleITK as sitk
 
-    from .explain import head_mask, parse_method
+    from .explain import head_mask, heatmap_sizes as _sizes, parse_method
     from ..io import MIN_SIDE, is_slice, to_grayscale, validate_image
     from .preprocess import (MIN_FOREGROUND_FRACTION, crop_mode, prepare_slices, restore_map, slice_array,
                              to_lps_axial)
@@ -160,19 +166,22 @@ def classify_image(image, model, heatmap: bool = False, heatmap_class=None, prog
     image = validate_image(to_grayscale(image))
     size = model.input_size
     wanted = _class_index(model, heatmap_class)
-    if heatmap and heatmap_method:
-        parse_method(heatmap_method)  # refuse a bad method before any work
+    if heatmap:  # refuse a bad method or size before any work
+        if heatmap_method:
+            parse_method(heatmap_method)
+        _sizes(model, heatmap_sizes)
 
     if is_slice(image):
         arr = slice_array(image)
-        batch, geoms, _ = prepare_slices([arr], size, crop=crop_mode(model.card, volume=False))
+        batch, _, _ = prepare_slices([arr], size, crop=crop_mode(model.card, volume=False))
         probs = _probabilities(model, batch)[0]
         pred = int(probs.argmax())
         res = _flag(ClassificationResult(model.id, list(model.class_names), probs, model.class_names[pred]), model.card)
         if heatmap:
             cls = pred if wanted is None else wanted
-            raw, used = _heat(model, batch, cls, heatmap_method)
-            heat = restore_map(raw[0], geoms[0]) * head_mask(arr)
+            raw, hgeoms, used = _heat(model, [arr], [0], cls, heatmap_method, heatmap_sizes,
+                                      crop_mode(model.card, volume=False))
+            heat = restore_map(raw[0], hgeoms[0]) * head_mask(arr)
             if heat.max() > 0:
                 heat /= heat.max()
             heat_arr = heat.reshape(sitk.GetArrayViewFromImage(image).shape).astype(np.float32)
@@ -189,7 +198,7 @@ def classify_image(image, model, heatmap: bool = False, heatmap_class=None, prog
                          f"{vol.shape[2]} x {vol.shape[1]} pixels, fewer than {MIN_SIDE} per side; give an axial "
                          "series or a single slice")
     report(0.05, f"preparing {vol.shape[0]} axial slices")
-    batch, geoms, fractions = prepare_slices(list(vol), size, crop=crop_mode(model.card, volume=True))
+    batch, _, fractions = prepare_slices(list(vol), size, crop=crop_mode(model.card, volume=True))
     keep = np.flatnonzero(fractions >= MIN_FOREGROUND_FRACTION)
     if keep.size == 0:
         raise InputError("no axial slice has enough foreground to classify (is the volume empty?)")
@@ -202,11 +211,12 @@ def classify_image(image, model, heatmap: bool = False, heatmap_class=None, prog
                                      rule=rule), model.card, probs)
     if heatmap:
         cls = pred if wanted is None else wanted
-        raw, used = _heat(model, batch[keep], cls, heatmap_method)
-        report(0.5, f"computing {used['name']} at {used['layer']}")
+        report(0.5, "computing the heatmap")
+        raw, hgeoms, used = _heat(model, vol, keep, cls, heatmap_method, heatmap_sizes,
+                                  crop_mode(model.card, volume=True))
         heat = np.zeros(vol.shape, dtype=np.float32)
         for i, k in enumerate(keep):
-            heat[k] = restore_map(raw[i], geoms[k]) * head_mask(vol[k])
+            heat[k] = restore_map(raw[i], hgeoms[i]) * head_mask(vol[k])
         res.strongest_slice = int(heat.max(axis=(1, 2)).argmax())  # holds the hottest voxel
         if heat.max() > 0:
             heat /= heat.max()  # one scale for the whole volume

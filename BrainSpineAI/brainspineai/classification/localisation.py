@@ -175,7 +175,8 @@ def volume_scores(heat_image, label_image, head_image=None, image=None, min_tumo
 
 # ---------------------------------------------------------------- a model's maps, scored
 def score_volume(model, image, label, head=None, class_name: str = "glioma", method=None, layer=None,
-                 mask_head: bool = True, step: int = 1, tolerance_mm: float = DEFAULT_TOLERANCE_MM) -> list:
+                 mask_head: bool = True, step: int = 1, tolerance_mm: float = DEFAULT_TOLERANCE_MM,
+                 input_sizes=None) -> list:
     """Metrics of a model's maps on the tumour-bearing axial slices of one labelled volume.
 
     The slices are prepared exactly as :func:`inference.classify_image` prepares a volume
@@ -186,12 +187,13 @@ def score_volume(model, image, label, head=None, class_name: str = "glioma", met
     :param image, label, head: ``SimpleITK.Image`` on one grid (``head`` may be ``None``:
         :func:`explain.head_mask` of each slice is the head).
     :param method, layer: see :func:`explain.heatmap_choice`.
+    :param input_sizes: sides of the slices the maps are computed on (:func:`explain.heatmap_sizes`).
     :param mask_head: zero the heat outside the head mask (as ``classify_image`` does).
     :returns: one :func:`localisation_scores` dict per scored slice (with its LPS ``index``).
     """
     import SimpleITK as sitk
 
-    from .explain import cam_batch, head_mask, heatmap_choice
+    from .explain import head_mask, heatmap_choice, heatmap_sizes, multiscale_cam
     from .preprocess import MIN_FOREGROUND_FRACTION, crop_mode, prepare_slices, restore_map, to_lps_axial
 
     def axial(img):
@@ -200,16 +202,17 @@ def score_volume(model, image, label, head=None, class_name: str = "glioma", met
     vol, lab = axial(image).astype(np.float32), axial(label) > 0
     heads = axial(head) > 0 if head is not None else None
     sp = to_lps_axial(image).GetSpacing()
-    batch, geoms, fractions = prepare_slices(list(vol), model.input_size, crop=crop_mode(model.card, volume=True))
+    _, _, fractions = prepare_slices(list(vol), model.input_size, crop=crop_mode(model.card, volume=True))
     ks = [k for k in range(vol.shape[0]) if lab[k].sum() >= 20 and fractions[k] >= MIN_FOREGROUND_FRACTION][::max(1, step)]
     if not ks:
         return []
     method, layer = heatmap_choice(model, method, layer)
-    raw = cam_batch(model, batch[ks], model.class_names.index(class_name), method, layer)
+    raw, geoms = multiscale_cam(model, list(vol), ks, model.class_names.index(class_name), method, layer,
+                                heatmap_sizes(model, input_sizes), crop_mode(model.card, volume=True))
     out = []
     for i, k in enumerate(ks):
         own_head = head_mask(vol[k])
-        heat = restore_map(raw[i], geoms[k]) * (own_head if mask_head else 1.0)
+        heat = restore_map(raw[i], geoms[i]) * (own_head if mask_head else 1.0)
         s = localisation_scores(heat, lab[k], heads[k] if heads is not None else own_head, (sp[1], sp[0]), tolerance_mm)
         s["index"] = int(k)
         out.append(s)
@@ -217,26 +220,27 @@ def score_volume(model, image, label, head=None, class_name: str = "glioma", met
 
 
 def score_boxes(model, rows: list, root, method=None, layer=None, mask_head: bool = True,
-                tolerance_mm: float = DEFAULT_TOLERANCE_MM, batch_size: int = 32) -> list:
+                tolerance_mm: float = DEFAULT_TOLERANCE_MM, batch_size: int = 32, input_sizes=None) -> list:
     """Metrics of a model's maps (explaining each row's ``label``) on 2D slices with tumour
     boxes (rows of :func:`read_boxes`; images relative to ``root``); pixel spacing 1 (the
     JPEGs carry none, so the tolerance is in pixels). Head: :func:`explain.head_mask`."""
     from ..io import read_image
-    from .explain import cam_batch, head_mask, heatmap_choice
-    from .preprocess import crop_mode, prepare_slices, restore_map, slice_array
+    from .explain import head_mask, heatmap_choice, heatmap_sizes, multiscale_cam
+    from .preprocess import crop_mode, restore_map, slice_array
 
     method, layer = heatmap_choice(model, method, layer)
+    sides = heatmap_sizes(model, input_sizes)
     out = []
     for i in range(0, len(rows), batch_size):
         part = [r for r in rows[i:i + batch_size] if r["label"] in model.class_names]
         arrs = [slice_array(read_image(Path(root) / r["image"])) for r in part]
-        batch, geoms, _ = prepare_slices(arrs, model.input_size, crop=crop_mode(model.card, volume=False))
         for cls in sorted({r["label"] for r in part}):
             idx = [j for j, r in enumerate(part) if r["label"] == cls]
-            raw = cam_batch(model, batch[idx], model.class_names.index(cls), method, layer)
-            for j, h in zip(idx, raw):
+            raw, geoms = multiscale_cam(model, arrs, idx, model.class_names.index(cls), method, layer, sides,
+                                        crop_mode(model.card, volume=False))
+            for j, h, geom in zip(idx, raw, geoms):
                 r, head = part[j], head_mask(arrs[j])
-                heat = restore_map(h, geoms[j]) * (head if mask_head else 1.0)
+                heat = restore_map(h, geom) * (head if mask_head else 1.0)
                 target = box_mask(heat.shape, r["x_center"], r["y_center"], r["width"], r["height"])
                 out.append(dict(localisation_scores(heat, target, head, tolerance_mm=tolerance_mm),
                                 image=r["image"], label=cls))
@@ -244,28 +248,31 @@ def score_boxes(model, rows: list, root, method=None, layer=None, mask_head: boo
 
 
 def localisation_report(model, source, method=None, layer=None, mask_head: bool = True, limit: int = 0,
-                        step: int = 1, progress=None) -> dict:
+                        step: int = 1, progress=None, input_sizes=None) -> dict:
     """Localisation metrics of a model on one labelled source, per sequence.
 
     :param source: a ``tumor_boxes.csv`` (2D slices, images relative to its folder, each
         explained for its own label), or a folder of BraTS 2015 cases (``OTMultiClass.nii.gz``)
         or of TCGA-LGG cases (``mask.nii.gz``; every volume explained for ``glioma``).
     :param limit: use only ``limit`` evenly spaced rows / the first ``limit`` cases (0: all).
-    :returns: ``{"source", "method", "layer", "groups": {sequence: summary}}`` with the
+    :param input_sizes: sides of the slices the maps are computed on (:func:`explain.heatmap_sizes`).
+    :returns: ``{"source", "method", "layer", "input_sizes", "groups": {sequence: summary}}`` with the
         summaries of :func:`summarise` (slice-level means).
     :raises InputError: unusable source.
     """
     from ..errors import InputError
     from ..io import read_image
-    from .explain import heatmap_choice
+    from .explain import heatmap_choice, heatmap_sizes
 
     source, report = Path(source), progress or (lambda msg: None)
     method, layer = heatmap_choice(model, method, layer)
+    input_sizes = list(heatmap_sizes(model, input_sizes))
     groups = {}
     if source.is_file():
         rows = read_boxes(source)
         rows = rows[::max(1, len(rows) // limit)][:limit] if limit else rows  # evenly over the classes
-        groups["2d-boxes"] = summarise(score_boxes(model, rows, source.parent, method, layer, mask_head))
+        groups["2d-boxes"] = summarise(score_boxes(model, rows, source.parent, method, layer, mask_head,
+                                                   input_sizes=input_sizes))
     elif source.is_dir():
         kind = "brats2015" if any(source.glob("*/OTMultiClass.nii.gz")) else "lgg"
         items = labelled_volumes(source, kind)
@@ -283,8 +290,8 @@ def localisation_report(model, source, method=None, layer=None, mask_head: bool 
             head = read_image(it["head"]) if it["head"] else None
             scores.setdefault(it["sequence"], []).extend(
                 score_volume(model, read_image(it["image"]), read_image(it["label"]), head, "glioma",
-                             method, layer, mask_head, step))
+                             method, layer, mask_head, step, input_sizes=input_sizes))
         groups = {seq: summarise(s) for seq, s in sorted(scores.items())}
     else:
         raise InputError(f"--localisation {source}: not found (give tumor_boxes.csv or a folder of labelled volumes)")
-    return {"source": str(source), "method": method, "layer": layer, "groups": groups}
+    return {"source": str(source), "method": method, "layer": layer, "input_sizes": input_sizes, "groups": groups}

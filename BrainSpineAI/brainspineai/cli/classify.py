@@ -60,7 +60,8 @@ def classify_one(args, model, path: str, progress=None) -> tuple:
         from ..classification.inference import classify_image
 
         result = classify_image(image, model, heatmap=bool(args.heatmap), heatmap_class=args.heatmap_class,
-                                progress=progress, heatmap_method=args.heatmap_method)
+                                progress=progress, heatmap_method=args.heatmap_method,
+                                heatmap_sizes=args.heatmap_size)
         doc = result.to_json()
         add_trust_fields(doc, image, model, args.device)
     doc.setdefault("warnings", [])
@@ -156,6 +157,12 @@ def _check_args(args, inputs) -> None:
         from ..classification.explain import parse_method
 
         parse_method(args.heatmap_method)  # refused before anything is read
+    if args.heatmap_size is not None:
+        from ..classification.explain import MAX_HEATMAP_SIZE, MIN_HEATMAP_SIZE
+
+        if not all(MIN_HEATMAP_SIZE <= v <= MAX_HEATMAP_SIZE for v in args.heatmap_size):
+            raise InputError(f"--heatmap-size {' '.join(map(str, args.heatmap_size))}: give whole numbers of pixels "
+                             f"from {MIN_HEATMAP_SIZE} to {MAX_HEATMAP_SIZE}")
     many = len(inputs) > 1
     if many and (args.json or args.heatmap):
         raise InputError(f"{len(inputs)} inputs: --json and --heatmap take one input; use --json-dir OUT for several")
@@ -264,7 +271,8 @@ def _classify_single(args, path: str, model) -> int:
         print(f"warning: {w}", file=sys.stderr)
     if args.heatmap:
         used = getattr(result, "heatmap_method", None) or {}
-        print(f"heatmap ({result.heatmap_class}, {used.get('name', '?')} at {used.get('layer', '?')}): {args.heatmap}")
+        print(f"heatmap ({result.heatmap_class}, {used.get('name', '?')} at {used.get('layer', '?')}, "
+              f"{'+'.join(map(str, used.get('input_sizes', [])))} px input): {args.heatmap}")
     return 0
 
 
@@ -282,6 +290,10 @@ def add_parser(sub) -> None:
     c.add_argument("--heatmap-method", metavar="METHOD[@LAYER]",
                    help="gradcam, gradcam++, hirescam or layercam, optionally at a layer (e.g. layercam@layer3); "
                         "default: the model's choice")
+    c.add_argument("--heatmap-size", metavar="PX", type=int, nargs="+",
+                   help="side(s) in pixels of the slice the heatmap is computed on; several: the product of "
+                        "their maps (the probabilities always use the model's own input size); default: the "
+                        "model's choice")
     c.add_argument("--json", metavar="OUT", help="write the result as JSON (one input only)")
     c.add_argument("--json-dir", metavar="OUT", help="write one JSON per input and summary.csv into this folder")
     from .preprocess import add_preprocess_arg

@@ -109,7 +109,8 @@ def cmd_evaluate(args) -> int:
         print(f"  {name:<12} {ci_text(m['auc']):<22} {ci_text(m['sensitivity']):<22} {ci_text(m['specificity']):<22}")
     for seq, g in doc.get("localisation", {}).get("groups", {}).items():
         loc = doc["localisation"]
-        print(f"localisation ({loc['method']}@{loc['layer']}, {seq}, {g['n']} tumour slices): pointing game "
+        sides = "+".join(map(str, loc.get("input_sizes", [])))
+        print(f"localisation ({loc['method']}@{loc['layer']}, {sides} px, {seq}, {g['n']} tumour slices): pointing game "
               f"{g['pointing']:.3f}, energy in tumour {g['energy_in_tumour']:.3f}, heat outside head {g['heat_outside_head']:.3f}")
     ece = calibration
     print(f"expected calibration error (15 bins): {ece['before']:.4f} uncalibrated" +
