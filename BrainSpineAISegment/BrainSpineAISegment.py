@@ -9,7 +9,7 @@ SimpleITK) are never imported here.
 import html
 import re
 import time
-from typing import Annotated
+from typing import Annotated, Union
 
 import slicer
 import vtk
@@ -30,7 +30,7 @@ from slicer.ScriptedLoadableModule import (
 from slicer.util import VTKObservationMixin
 from slicer.parameterNodeWrapper import Choice, parameterNodeWrapper
 
-from slicer import vtkMRMLScalarVolumeNode, vtkMRMLSegmentationNode
+from slicer import vtkMRMLLabelMapVolumeNode, vtkMRMLScalarVolumeNode, vtkMRMLSegmentationNode
 
 from BrainSpineAILib.module_support import CONTRIBUTORS
 from BrainSpineAILib.widget_helpers import ModelListMixin, ModuleWidgetMixin, currentFolder
@@ -92,6 +92,8 @@ class BrainSpineAISegmentParameterNode:
     tta - flip test-time augmentation.
     caseId - case id used by "Add to training set".
     segmentation - the segmentation to add to the training set (the last result by default).
+    tumourMask - the tumour region for Prognosis (a segmentation or a labelmap).
+    age - the patient's age in years at diagnosis for Prognosis (0: unknown).
     """
 
     t1Volume: vtkMRMLScalarVolumeNode
@@ -103,6 +105,8 @@ class BrainSpineAISegmentParameterNode:
     tta: bool = False
     caseId: str = ""
     segmentation: vtkMRMLSegmentationNode
+    tumourMask: Union[vtkMRMLSegmentationNode, vtkMRMLLabelMapVolumeNode]
+    age: float = 0.0
 
 
 #
@@ -135,6 +139,7 @@ class BrainSpineAISegmentWidget(ModuleWidgetMixin, ModelListMixin, ScriptedLoada
 
         self.ui.segmentButton.connect("clicked(bool)", self.onSegmentButton)
         self.ui.prepareButton.connect("clicked(bool)", self.onPrepareButton)
+        self.ui.prognosisButton.connect("clicked(bool)", self.onPrognosisButton)
         self.ui.cancelButton.connect("clicked(bool)", self.onCancelButton)
         self.ui.guessButton.connect("clicked(bool)", lambda: self.fillVolumesFromNames(overwrite=True))
         self.ui.addToTrainingSetButton.connect("clicked(bool)", self.onAddToTrainingSet)
@@ -212,6 +217,8 @@ class BrainSpineAISegmentWidget(ModuleWidgetMixin, ModelListMixin, ScriptedLoada
             else _("Select the volumes the model needs: {names}.").format(
                 names=", ".join(SEQUENCE_LABELS[s] for s in missing)) if card else _("No segmentation model."))
         self.ui.prepareButton.enabled = bool(volumes) and not running
+        pn = self._parameterNode
+        self.ui.prognosisButton.enabled = bool(pn and "flair" in volumes and pn.tumourMask and pn.age > 0) and not running
         self.ui.cancelButton.enabled = running
         hasFolder = currentFolder(self.ui.datasetPathLineEdit) is not None
         hasSegmentation = bool(self._parameterNode and self._parameterNode.segmentation)
@@ -252,6 +259,42 @@ class BrainSpineAISegmentWidget(ModuleWidgetMixin, ModelListMixin, ScriptedLoada
         self.setStatus(_("Preparing: registration and brain extraction..."))
         self.updateButtons()
 
+    def onPrognosisButton(self) -> None:
+        """Survival risk, curve, grade and modality weights of the patient (``brainspineai
+        prognosis``) in a background process; the result comes back as a table and a plot."""
+        if not self.dependenciesReady():
+            return
+        from BrainSpineAISegmentLib.prognosis_logic import PrognosisLogic
+
+        pn = self._parameterNode
+        ok, job = self.tryRun(_("Prognosis failed."), PrognosisLogic(slicer.mrmlScene).startPrognosis, self._volumes(),
+                              pn.tumourMask, pn.age)
+        if not ok:
+            return
+        self.ui.progressBar.setValue(0)
+        self.ui.prognosisResultLabel.text = ""
+        self._poller.start(job, kind="prognosis")
+        self.setStatus(_("Prognosis started..."))
+        self.updateButtons()
+
+    def _showPrognosis(self, output, seconds: float) -> None:
+        from BrainSpineAISegmentLib.prognosis_logic import survivalAt
+
+        r = output.result
+        grade = r["grade"]["probabilities"]
+        lines = [_("Risk group: <b>{group}</b> (log relative hazard {risk:+.2f})").format(group=html.escape(r["risk_group"]),
+                                                                                      risk=r["risk"]),
+                 _("Survival: 1 y {y1:.2f}, 2 y {y2:.2f}, 5 y {y5:.2f}").format(
+                     y1=survivalAt(r, 365), y2=survivalAt(r, 730), y5=survivalAt(r, 1825)),
+                 _("Grade: II {g2:.2f}, III {g3:.2f}").format(g2=grade["II"], g3=grade["III"]),
+                 _("Modality weights: {w}").format(w=html.escape(", ".join(f"{k} {v:.2f}" for k, v in
+                                                                           r["modality_weights"].items())))]
+        lines.append("<i>" + html.escape(_("Research use only: trained on 81 TCGA lower-grade glioma patients; "
+                                           "not validated for clinical decisions.")) + "</i>")
+        self.ui.prognosisResultLabel.text = "<br>".join(lines)
+        slicer.modules.plots.logic().ShowChartInLayout(output.plotChartNode)
+        self.setStatus(_("Prognosis done in {seconds:.0f} s ({model}).").format(seconds=seconds, model=r["model"]))
+
     def _showPrepared(self, prepared, seconds: float) -> None:
         from brainspineai.cli.preprocess import summary_line
 
@@ -267,6 +310,13 @@ class BrainSpineAISegmentWidget(ModuleWidgetMixin, ModelListMixin, ScriptedLoada
             ok, prepared = self.tryRun(_("Preparation failed."), PrepareLogic(slicer.mrmlScene).finishPreparation, job)
             if ok:
                 self._showPrepared(prepared, seconds)
+            return
+        if context.get("kind") == "prognosis":
+            from BrainSpineAISegmentLib.prognosis_logic import PrognosisLogic
+
+            ok, output = self.tryRun(_("Prognosis failed."), PrognosisLogic(slicer.mrmlScene).finishPrognosis, job)
+            if ok:
+                self._showPrognosis(output, seconds)
             return
         if context.get("kind") == "segment":
             ok, output = self.tryRun(_("Segmentation failed."), self.logic.finishSegmentation, job)
@@ -387,6 +437,8 @@ class BrainSpineAISegmentTest(ScriptedLoadableModuleTest):
         self.test_CancelledSegmentationLeavesSceneUnchanged()
         self.setUp()
         self.test_PrepareAddsHiddenBrainMask()
+        self.setUp()
+        self.test_PrognosisOfSampleTumour()
 
     # -- helpers
     def _sample(self, name):
@@ -515,6 +567,37 @@ class BrainSpineAISegmentTest(ScriptedLoadableModuleTest):
         self.assertEqual(prepared.brainMask.GetAttribute("BrainSpineAI.Prepared"), "1")
         np.testing.assert_array_equal(slicer.util.arrayFromVolume(tumour), before)
         self.delayDisplay("Prepare test passed")
+
+    def test_PrognosisOfSampleTumour(self):
+        """The Prognosis section's path: MRBrainTumor1 stands in for the FLAIR (a pipeline test,
+        not an accuracy test: the sample has no FLAIR), a box around its enhancing tumour is the
+        mask, the age is typed in; the result comes back as a table and a survival plot."""
+        import numpy as np
+
+        from BrainSpineAISegmentLib.prognosis_logic import PrognosisLogic
+
+        logic = BrainSpineAISegmentLogic()
+        self._requirePackages(logic)
+        tumour = self._sample("MRBrainTumor1")
+        voxels = slicer.util.arrayFromVolume(tumour)
+        mask = np.zeros(voxels.shape, np.uint8)
+        k, j, i = np.unravel_index(int(np.argmax(voxels)), voxels.shape)  # the enhancing rim is the brightest
+        mask[max(0, k - 5):k + 5, max(0, j - 10):j + 10, max(0, i - 10):i + 10] = 1
+        maskNode = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLLabelMapVolumeNode", "sample tumour mask")
+        slicer.util.updateVolumeFromArray(maskNode, mask)
+        maskNode.CopyOrientation(tumour)
+        before = slicer.mrmlScene.GetNumberOfNodes()
+        job = PrognosisLogic(slicer.mrmlScene).startPrognosis({"flair": tumour}, maskNode, 45)
+        self.assertEqual(slicer.mrmlScene.GetNumberOfNodes(), before, "the scene changed before the process finished")
+        self._wait(job, "prognosis")
+        output = PrognosisLogic(slicer.mrmlScene).finishPrognosis(job)
+        self.assertIn(output.result["risk_group"], ("low", "high"))
+        self.assertEqual(output.result["missing_sequences"], ["t1", "t1ce"])
+        self.assertGreater(output.tableNode.GetNumberOfRows(), 8)
+        self.assertEqual(output.plotChartNode.GetNumberOfPlotSeriesNodes(), 1)
+        with self.assertRaises(ValueError):
+            PrognosisLogic(slicer.mrmlScene).startPrognosis({"flair": tumour}, maskNode, None)
+        self.delayDisplay("Prognosis test passed")
 
     def test_CancelledSegmentationLeavesSceneUnchanged(self):
         logic = BrainSpineAISegmentLogic()

@@ -465,35 +465,41 @@ class SegmentationLogic(DependencyMixin):
         :raises ValueError: none of the three segments is found, or the segmentation and the
             volume are under different transforms.
         """
-        import slicer
-
         ids = self.regionSegmentIDs(segmentationNode)
         if not ids:
             raise ValueError(f"'{segmentationNode.GetName()}' has no {', '.join(r.name for r in REGIONS)} segment.")
+        return {region.key: self.segmentMaskOnReference(segmentationNode, ids.get(region.key), referenceVolume)
+                for region in REGIONS}
+
+    def segmentMaskOnReference(self, segmentationNode, segmentId, referenceVolume) -> np.ndarray:
+        """One segment as a bool array (K, J, I) on the reference volume's voxel grid (nearest
+        neighbour); ``segmentId`` ``None`` or an empty segment gives an empty mask.
+
+        :raises ValueError: the segmentation and the volume are under different transforms, or
+            the segment's voxels cannot be read.
+        """
+        import slicer
+
         if segmentationNode.GetTransformNodeID() != referenceVolume.GetTransformNodeID():
             raise ValueError("The segmentation and the reference volume are under different transforms; harden them first.")
         dims = referenceVolume.GetImageData().GetDimensions()
+        if segmentId is None:
+            return np.zeros(dims[::-1], bool)
+        name = segmentationNode.GetSegmentation().GetSegment(segmentId).GetName()
+        image = slicer.vtkOrientedImageData()
+        if not slicer.vtkSlicerSegmentationsModuleLogic.GetSegmentBinaryLabelmapRepresentation(
+                segmentationNode, segmentId, image, False):
+            raise ValueError(f"could not read the voxels of segment '{name}'")
+        if image.GetPointData().GetScalars() is None or image.IsEmpty():
+            return np.zeros(dims[::-1], bool)
         reference = self._orientedImage(np.zeros(dims[::-1], np.uint8), referenceVolume)
-        out = {}
-        for region in REGIONS:
-            if region.key not in ids:
-                out[region.key] = np.zeros(dims[::-1], bool)
-                continue
-            image = slicer.vtkOrientedImageData()
-            if not slicer.vtkSlicerSegmentationsModuleLogic.GetSegmentBinaryLabelmapRepresentation(
-                    segmentationNode, ids[region.key], image, False):
-                raise ValueError(f"could not read the voxels of segment '{region.name}'")
-            resampled = slicer.vtkOrientedImageData()
-            if image.GetPointData().GetScalars() is None or image.IsEmpty():
-                out[region.key] = np.zeros(dims[::-1], bool)
-                continue
-            if not slicer.vtkOrientedImageDataResample.ResampleOrientedImageToReferenceOrientedImage(
-                    image, reference, resampled, False, True):
-                raise ValueError(f"could not resample segment '{region.name}' onto the reference grid")
-            arr = mrml_utils.array_from_volume_node(_ImageHolder(resampled))
-            # a shared labelmap layer stores several segments: keep this segment's label value only
-            out[region.key] = arr == self._labelValue(segmentationNode, ids[region.key])
-        return out
+        resampled = slicer.vtkOrientedImageData()
+        if not slicer.vtkOrientedImageDataResample.ResampleOrientedImageToReferenceOrientedImage(
+                image, reference, resampled, False, True):
+            raise ValueError(f"could not resample segment '{name}' onto the reference grid")
+        arr = mrml_utils.array_from_volume_node(_ImageHolder(resampled))
+        # a shared labelmap layer stores several segments: keep this segment's label value only
+        return arr == self._labelValue(segmentationNode, segmentId)
 
     @staticmethod
     def _labelValue(segmentationNode, segmentId) -> int:

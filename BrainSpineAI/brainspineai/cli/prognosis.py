@@ -8,6 +8,7 @@ from pathlib import Path
 
 from ..errors import InputError
 from .common import _check_train_out, _overwrite_arg, _suffix_ok
+from .progress import add_progress_arg, json_line
 
 DEFAULT_PROGNOSIS_ID = "tcga-lgg-prognosis"
 
@@ -51,10 +52,18 @@ def cmd_prognosis(args) -> int:
     _check_json_out(args.json)
     age = check_age(args.age)
     find_case(args.case_dir)
+    jsonl = getattr(args, "progress", "text") == "jsonl"
+    if jsonl:
+        json_line({"event": "progress", "fraction": 0.0, "message": "loading the prognosis model"})
     model = _load(args.model)
+    if jsonl:
+        json_line({"event": "progress", "fraction": 0.2, "message": "image features and prediction"})
     res = model.predict(args.case_dir, age, mask=args.mask)
     if args.json:
         atomic_write_text(args.json, json.dumps(res, indent=2) + "\n")
+    if jsonl:  # the protocol of BrainSpineAILib.background: the result as the done event
+        json_line({"event": "done", "result": res})
+        return 0
     days, prob = res["survival"]["days"], res["survival"]["probability"]
 
     def at(d):  # the step function at day d
@@ -153,6 +162,7 @@ def add_parsers(sub) -> None:
     p.add_argument("--mask", help="tumour mask file to use instead of CASE_DIR/mask.nii.gz")
     p.add_argument("--model", help=f"model id, folder or URL (default {DEFAULT_PROGNOSIS_ID})")
     p.add_argument("--json", metavar="OUT", help="write the result as JSON")
+    add_progress_arg(p)
     p.set_defaults(func=cmd_prognosis)
     e = sub.add_parser("evaluate-prognosis", help="C-index, time AUC, grade AUC and Kaplan-Meier of a prognosis "
                                                   "model on patients with known outcome")
