@@ -174,7 +174,8 @@ def localisation_tables(m, args) -> None:
         sources = [s for s, key in zip(sources, ("figshare3", "brats2015", "lgg")) if key in args.datasets]
     print(f"\nLocalisation of {m.id} (pointing game: peak within 3 mm of the tumour; energy: share of the heat "
           f"inside the tumour / box; outside: share of the heat outside the head); slice-level means")
-    print(f"{'dataset':<16} {'sequence':<9} {'n':>4}  {'method':<50} {'pointing':>8} {'energy':>7} {'outside':>8}")
+    print(f"{'dataset':<16} {'sequence':<9} {'n':>4}  {'method':<50} {'pointing':>8} {'energy':>7} {'outside':>8}  "
+          "pointing 95% CI (bootstrap over patients)")
     for name, src in sources:
         if not src.exists():
             print(f"{name:<16} (not found: {src})")
@@ -184,8 +185,9 @@ def localisation_tables(m, args) -> None:
             rep = localisation_report(m, src, me, la, mask_head=mask, step=args.step,
                                       limit=args.rows if src.is_file() else args.cases, input_sizes=ss)
             for seq, g in rep["groups"].items():
+                ci = g.get("pointing_ci95") or [float("nan")] * 2
                 print(f"{name:<16} {seq:<9} {g['n']:>4}  {label:<50} {g['pointing']:8.3f} {g['energy_in_tumour']:7.3f} "
-                      f"{g['heat_outside_head']:8.3f}", flush=True)
+                      f"{g['heat_outside_head']:8.3f}  [{ci[0]:.3f}, {ci[1]:.3f}]", flush=True)
             print(f"{'':<16} ({time.time() - t:.0f} s)", flush=True)
 
 

@@ -48,6 +48,24 @@ def test_a_map_on_the_box_scores_higher_than_one_away_from_it():
         assert good["energy_in_tumour"] > 0.3 > bad["energy_in_tumour"] + 0.2
 
 
+def test_pointing_interval_resamples_patients():
+    """The pointing game's interval resamples whole patients when the scores name them: one
+    patient all hits and one all misses give a wide interval; the same slices as independent
+    single slices a narrower one; the interval holds the rate."""
+    from brainspineai.classification.localisation import summarise
+
+    scores = [{"pointing": True, "energy_in_tumour": 0.5, "heat_outside_head": 0.0, "case": "a"}] * 20 + \
+             [{"pointing": False, "energy_in_tumour": 0.1, "heat_outside_head": 0.0, "case": "b"}] * 20
+    by_patient = summarise(scores)
+    by_slice = summarise([{k: v for k, v in s.items() if k != "case"} for s in scores])
+    assert by_patient["pointing"] == by_slice["pointing"] == 0.5
+    assert by_patient["n_cases"] == 2 and by_slice["n_cases"] is None
+    lo, hi = by_patient["pointing_ci95"]
+    assert lo == 0.0 and hi == 1.0
+    lo2, hi2 = by_slice["pointing_ci95"]
+    assert 0.25 < lo2 < 0.5 < hi2 < 0.75
+
+
 def test_pointing_tolerance_is_in_millimetres():
     from brainspineai.classification.localisation import pointing_hit
 

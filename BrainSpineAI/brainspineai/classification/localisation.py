@@ -79,13 +79,28 @@ def localisation_scores(heat, target, head=None, spacing=(1.0, 1.0), tolerance_m
     return out
 
 
-def summarise(scores: list) -> dict:
+def summarise(scores: list, n_bootstrap: int = 1000, seed: int = 0) -> dict:
     """Means of :func:`localisation_scores` dicts: ``{"n", "pointing", "energy_in_tumour",
-    "heat_outside_head"}`` (``None`` where no score has the value)."""
+    "heat_outside_head"}`` (``None`` where no score has the value), and ``"pointing_ci95"``:
+    a 95% percentile bootstrap interval of the pointing rate that resamples *patients* (the
+    ``case`` of each score, so the slices of one patient move together) where the scores name
+    them, else single slices; ``"n_cases"`` counts the patients (``None`` without cases)."""
     out = {"n": len(scores)}
     for key in ("pointing", "energy_in_tumour", "heat_outside_head"):
         vals = [float(s[key]) for s in scores if s.get(key) is not None]
         out[key] = float(np.mean(vals)) if vals else None
+    cases = [s.get("case") for s in scores]
+    out["n_cases"] = len(set(cases)) if scores and all(c is not None for c in cases) else None
+    out["pointing_ci95"] = None
+    if scores and n_bootstrap > 0:
+        groups = {}
+        for i, s in enumerate(scores):
+            groups.setdefault(s.get("case") if out["n_cases"] else i, []).append(float(s["pointing"]))
+        hits = np.array([sum(g) for g in groups.values()])
+        sizes = np.array([len(g) for g in groups.values()])
+        pick = np.random.default_rng(seed).integers(0, len(hits), (n_bootstrap, len(hits)))
+        rates = hits[pick].sum(1) / sizes[pick].sum(1)
+        out["pointing_ci95"] = [float(v) for v in np.percentile(rates, [2.5, 97.5])]
     return out
 
 
@@ -289,6 +304,7 @@ def localisation_report(model, source, method=None, layer=None, mask_head: bool 
             report(f"{it['case']} {it['sequence']}")
             head = read_image(it["head"]) if it["head"] else None
             scores.setdefault(it["sequence"], []).extend(
+                dict(sc, case=it["case"]) for sc in
                 score_volume(model, read_image(it["image"]), read_image(it["label"]), head, "glioma",
                              method, layer, mask_head, step, input_sizes=input_sizes))
         groups = {seq: summarise(s) for seq, s in sorted(scores.items())}

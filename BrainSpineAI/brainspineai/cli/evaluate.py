@@ -110,8 +110,11 @@ def cmd_evaluate(args) -> int:
     for seq, g in doc.get("localisation", {}).get("groups", {}).items():
         loc = doc["localisation"]
         sides = "+".join(map(str, loc.get("input_sizes", [])))
+        ci = g.get("pointing_ci95")
+        ci = f" (95% CI {ci[0]:.3f}-{ci[1]:.3f})" if ci else ""
         print(f"localisation ({loc['method']}@{loc['layer']}, {sides} px, {seq}, {g['n']} tumour slices): pointing game "
-              f"{g['pointing']:.3f}, energy in tumour {g['energy_in_tumour']:.3f}, heat outside head {g['heat_outside_head']:.3f}")
+              f"{g['pointing']:.3f}{ci}, energy in tumour {g['energy_in_tumour']:.3f}, "
+              f"heat outside head {g['heat_outside_head']:.3f}")
     ece = calibration
     print(f"expected calibration error (15 bins): {ece['before']:.4f} uncalibrated" +
           (f", {ece['after']:.4f} at the card's temperature {ece['temperature']:g}" if ece["after"] is not None
