@@ -79,13 +79,14 @@ def _brain_extract(args, image, progress=None) -> tuple:
     strips and refuses a 2D slice. Returns ``(image to classify, report or None)``."""
     from ..io import is_slice
     from ..preprocessing.pipeline import preprocess
-    from .preprocess import _device, summary_line
+    from .preprocess import _device, brain_ml_arg, summary_line
 
     if is_slice(image):
         if args.preprocess == "on":
             raise InputError("--preprocess on: brain extraction needs a 3D volume, this input is a 2D slice")
         return image, {"mode": args.preprocess, "brain_extraction": {"applied": False, "reason": "2D slice: not preprocessed"}}
-    res = preprocess({"input": image}, "input", mode=args.preprocess, device=_device(args.device))
+    res = preprocess({"input": image}, "input", mode=args.preprocess, device=_device(args.device),
+                     brain_ml=brain_ml_arg(args))
     line = summary_line(res.report)
     if getattr(args, "progress", "text") == "jsonl" and progress is not None:
         progress(0.0, line)

@@ -19,6 +19,19 @@ def add_preprocess_arg(p, default: str = "auto", single: bool = False) -> None:
             "co-register the sequences onto the reference and extract the brain (deepbet) first; "
             "auto: register only when the head moved > 1 mm, strip only a skull still there")
     p.add_argument("--preprocess", choices=["auto", "on", "off"], default=default, help=f"{text} (default: {default})")
+    p.add_argument("--brain-ml", type=float, nargs=2, default=[400.0, 2500.0], metavar=("MIN", "MAX"),
+                   help="with --preprocess: plausible brain volume in ml; a mask outside it is refused "
+                        "(default: 400 2500; studies with a placeholder voxel spacing need a wider range)")
+
+
+def brain_ml_arg(args) -> tuple:
+    """``--brain-ml MIN MAX`` as a tuple of ml.
+
+    :raises InputError: not 0 < MIN < MAX."""
+    lo, hi = (float(v) for v in getattr(args, "brain_ml", (400.0, 2500.0)))
+    if not 0 < lo < hi:
+        raise InputError(f"--brain-ml {lo:g} {hi:g}: give 0 < MIN < MAX (ml)")
+    return lo, hi
 
 
 def _device(name: str) -> str:
@@ -35,7 +48,8 @@ def preprocess_for(args, images: dict, reference: str, progress=None) -> tuple:
         return images, None
     from ..preprocessing.pipeline import preprocess
 
-    res = preprocess(images, reference, mode=mode, device=_device(getattr(args, "device", "cpu")), progress=progress)
+    res = preprocess(images, reference, mode=mode, device=_device(getattr(args, "device", "cpu")),
+                     brain_ml=brain_ml_arg(args), progress=progress)
     if progress is None:
         print(summary_line(res.report), file=sys.stderr)
     else:
@@ -72,7 +86,7 @@ def cmd_preprocess(args) -> int:
     jsonl = args.progress == "jsonl"
     progress = (lambda f, m: _json_line({"event": "progress", "fraction": round(f, 3), "message": m})) if jsonl else None  # noqa: E731
     res = preprocess(images, ref, mode=args.mode, affine=args.affine, device=_device(args.device),
-                     extract_on=args.extract_on, brain_ml=tuple(args.brain_ml), progress=progress)
+                     extract_on=args.extract_on, brain_ml=brain_ml_arg(args), progress=progress)
     files = {s: str((out / f"{s}.nii.gz").resolve()) for s in res.images}
     if res.mask is not None:
         files["brain_mask"] = str((out / "brain_mask.nii.gz").resolve())
