@@ -77,6 +77,40 @@ def test_protocol_two_slices_one_model_load(validation_images, tmp_path):
             proc.kill()
 
 
+def test_a_second_segmentation_of_the_same_volumes_reuses_the_preprocessing(tmp_path):
+    """Registration and brain extraction (``--preprocess auto``) are kept for the last volumes:
+    the same case again gives the same labelmap without redoing them (``"reused": true``);
+    other settings or another volume are preprocessed anew."""
+    import numpy as np
+    import SimpleITK as sitk
+
+    from conftest import BRATS15, need
+
+    case = need(BRATS15) / "brats_2013_pat0005_1"
+    flair, t1c = case / "Flair_subtrMeanDivStd.nii.gz", case / "T1c_subtrMeanDivStd.nii.gz"
+    proc = _worker()
+    try:
+        assert json.loads(proc.stdout.readline())["event"] == "ready"
+        docs = {}
+        for job, extra in (("a", []), ("b", []), ("c", ["--preprocess", "on"]), ("d", ["--t1ce", str(flair)])):
+            argv = ["segment", "--flair", str(flair), "--t1ce", str(t1c), "--device", "cpu", "--progress", "jsonl",
+                    "--out", str(tmp_path / f"{job}.nii.gz")] + extra
+            _send(proc, {"op": "run", "id": job, "argv": argv})
+            events = _until_exit(proc, job)
+            assert events[-1]["rc"] == 0, events[-1]
+            docs[job] = events[-2]["result"]["preprocessing"]
+        assert not docs["a"].get("reused") and docs["b"]["reused"] is True
+        assert docs["b"]["registration"] == docs["a"]["registration"]
+        assert not docs["c"].get("reused") and docs["c"]["mode"] == "on" and not docs["d"].get("reused")
+        a, b = (sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / f"{j}.nii.gz"))) for j in "ab")
+        assert np.array_equal(a, b) and a.any()
+        proc.stdin.close()
+        assert proc.wait(timeout=60) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+
+
 slicer = pytest.importorskip("slicer", reason="slicer-core is not installed")
 
 

@@ -47,14 +47,20 @@ def preprocess_for(args, images: dict, reference: str, progress=None) -> tuple:
     if mode == "off":
         return images, None
     from ..preprocessing.pipeline import preprocess
+    from .worker import cached_preprocess
 
-    res = preprocess(images, reference, mode=mode, device=_device(getattr(args, "device", "cpu")),
-                     brain_ml=brain_ml_arg(args), progress=progress)
+    device, brain_ml = _device(getattr(args, "device", "cpu")), brain_ml_arg(args)
+
+    def compute():
+        res = preprocess(images, reference, mode=mode, device=device, brain_ml=brain_ml, progress=progress)
+        return res.images, res.report
+
+    out, report = cached_preprocess(images, (mode, reference, brain_ml, device), compute)
     if progress is None:
-        print(summary_line(res.report), file=sys.stderr)
+        print(summary_line(report), file=sys.stderr)
     else:
-        progress(0.0, summary_line(res.report))
-    return res.images, res.report
+        progress(0.0, summary_line(report))
+    return out, report
 
 
 def summary_line(rep: dict) -> str:
@@ -66,7 +72,8 @@ def summary_line(rep: dict) -> str:
     else:
         parts.append(f"brain mask on {be['sequence']} {be['volume_ml']:.0f} ml, "
                      + ("applied" if be["applied"] else "not applied (already skull-stripped)"))
-    return f"preprocessing ({rep['mode']}): " + "; ".join(parts)
+    reused = " (reused from the previous job on the same volumes)" if rep.get("reused") else ""
+    return f"preprocessing ({rep['mode']}){reused}: " + "; ".join(parts)
 
 
 def cmd_preprocess(args) -> int:

@@ -21,7 +21,9 @@ Replies (stdout)
 
 Jobs run one at a time, in order; the exit status and error lines are the command's own
 (0, 2 for bad input, 130 when cancelled). Models are cached per (loader, reference, device,
-file stamps of a model folder), at most :data:`CACHE_SIZE`.
+file stamps of a model folder), at most :data:`CACHE_SIZE`. The last ``--preprocess`` result
+is kept too (:func:`cached_preprocess`): a second job on the same volumes (another model, TTA,
+a report) skips registration and brain extraction; the report then says ``"reused": true``.
 """
 from __future__ import annotations
 
@@ -39,6 +41,7 @@ WORKER_COMMANDS = ("classify", "segment")
 CACHE_SIZE = 3
 _CACHE = None  # OrderedDict in a worker process; None elsewhere (no caching)
 _LOADS = [0]  # models loaded by this process (a worker reports it with every job)
+_PREP = {}  # the last preprocessing in a worker: {key: (images, report)}
 
 
 def _stamp(ref) -> tuple:
@@ -73,6 +76,38 @@ def cached_load(ref, guarded, loader, *args):
     while len(_CACHE) > CACHE_SIZE:
         _CACHE.popitem(last=False)
     return model
+
+
+def image_digest(image) -> str:
+    """BLAKE2 digest of a ``SimpleITK.Image``'s voxels, pixel type and geometry."""
+    import hashlib
+
+    import numpy as np
+    import SimpleITK as sitk
+
+    h = hashlib.blake2b(digest_size=16)
+    h.update(repr((image.GetSize(), image.GetSpacing(), image.GetOrigin(), image.GetDirection(),
+                   image.GetPixelIDTypeAsString())).encode())
+    h.update(np.ascontiguousarray(sitk.GetArrayViewFromImage(image)).tobytes())
+    return h.hexdigest()
+
+
+def cached_preprocess(images: dict, settings: tuple, compute):
+    """``compute()`` -> ``(images, report)``; inside a worker the last result is kept under the
+    digests of ``images`` and ``settings`` (mode, reference, brain range, device) and returned
+    again (images copied, report marked ``"reused": true``) for the same input."""
+    if _CACHE is None:
+        return compute()
+    import SimpleITK as sitk
+
+    key = (tuple(sorted((name, image_digest(img)) for name, img in images.items())), tuple(settings))
+    if key not in _PREP:
+        result = compute()
+        _PREP.clear()
+        _PREP[key] = result
+        return result
+    done, report = _PREP[key]
+    return {k: sitk.Image(v) for k, v in done.items()}, dict(report, reused=True)
 
 
 class Cancelled(KeyboardInterrupt):
