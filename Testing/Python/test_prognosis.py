@@ -222,6 +222,33 @@ def test_cli_bad_inputs_are_one_line(small_model, lgg, tmp_path):
     assert not out.exists()
 
 
+def test_a_brats_labelmap_is_taken_as_its_whole_tumour(lgg, tmp_path):
+    """``prognosis --mask`` takes the labelmap ``brainspineai segment`` writes (1 / 2 / 4): the
+    whole tumour, so a labelmap whose labels cover exactly the expert mask gives the expert
+    mask's answer; other label values are refused in one line."""
+    import SimpleITK as sitk
+
+    from brainspineai.catalogue import load_model
+
+    case = lgg / "TCGA_CS_4941"
+    expert = sitk.ReadImage(str(case / "mask.nii.gz"))
+    arr = (sitk.GetArrayFromImage(expert) > 0).astype(np.uint8)
+    lab = arr * 2  # oedema, with a core and an enhancing part inside
+    k = int(np.argmax(arr.sum((1, 2))))
+    lab[k][arr[k] > 0] = 1
+    lab[k + 1][arr[k + 1] > 0] = 4
+    img = sitk.GetImageFromArray(lab)
+    img.CopyInformation(expert)
+    sitk.WriteImage(img, str(tmp_path / "seg.nii.gz"))
+    model = load_model("tcga-lgg-prognosis", "cpu", task="prognosis")
+    assert model.predict(case, 67, mask=tmp_path / "seg.nii.gz") == model.predict(case, 67)
+    img = sitk.GetImageFromArray(arr * 3)
+    img.CopyInformation(expert)
+    sitk.WriteImage(img, str(tmp_path / "three.nii.gz"))
+    r = run_cli("prognosis", case, "--age", "67", "--mask", tmp_path / "three.nii.gz")
+    assert r.returncode == 2 and "neither binary nor a BraTS labelmap" in r.stderr and r.stderr.count("\n") == 1
+
+
 def test_network_missing_sequence_and_reload(lgg, cache):
     """The multi-modal network on real patients: the attention gives a missing sequence weight
     0 and the others sum to 1; its weights reload (safetensors) to identical outputs."""

@@ -159,7 +159,8 @@ def add_parsers(sub) -> None:
     p = sub.add_parser("prognosis", help="survival risk, survival curve and grade of one lower-grade glioma patient")
     p.add_argument("case_dir", metavar="CASE_DIR", help="patient folder: flair.nii.gz, mask.nii.gz (t1, t1ce optional)")
     p.add_argument("--age", type=float, help="age in years at diagnosis (required)")
-    p.add_argument("--mask", help="tumour mask file to use instead of CASE_DIR/mask.nii.gz")
+    p.add_argument("--mask", help="tumour mask file to use instead of CASE_DIR/mask.nii.gz: binary, or the labelmap "
+                                  "of `brainspineai segment` (its whole tumour is used)")
     p.add_argument("--model", help=f"model id, folder or URL (default {DEFAULT_PROGNOSIS_ID})")
     p.add_argument("--json", metavar="OUT", help="write the result as JSON")
     add_progress_arg(p)

@@ -179,7 +179,9 @@ def load_case(folder, spacing=REFERENCE_SPACING, mask=None) -> dict:
     "mask": sitk.Image (uint8 0/1) or None, "missing": [seq, ...], "source_size": [...]}``.
     Every sequence is put onto the FLAIR's resampled grid.
 
-    :param mask: a mask file (or SimpleITK image) to use instead of the folder's ``mask``.
+    :param mask: a mask file (or SimpleITK image) to use instead of the folder's ``mask``: binary
+        (0 / 1 or 0 / 255), or a BraTS labelmap such as ``brainspineai segment`` writes (labels
+        1 / 2 / 4), whose whole tumour (label > 0) is the region.
     :raises InputError: unreadable files, sequences of different physical extent than the
         FLAIR, or a mask that is empty or not 0/1.
     """
@@ -209,8 +211,10 @@ def load_case(folder, spacing=REFERENCE_SPACING, mask=None) -> dict:
         mimg = src if isinstance(src, sitk.Image) else read_image(src)
         arr = sitk.GetArrayViewFromImage(mimg)
         vals = np.unique(arr)
-        if not set(vals.tolist()) <= {0.0, 1.0, 255.0}:
-            raise InputError(f"{folder}: the tumour mask is not binary (values {vals[:6].tolist()})")
+        # a binary mask, or a BraTS labelmap (1 NCR, 2 ED, 4 ET; `brainspineai segment`): its whole tumour
+        if not (set(vals.tolist()) <= {0.0, 1.0, 255.0} or set(vals.tolist()) <= {0.0, 1.0, 2.0, 4.0}):
+            raise InputError(f"{folder}: the tumour mask is neither binary nor a BraTS labelmap (0 / 1 / 2 / 4); "
+                             f"values {vals[:6].tolist()}")
         if not (arr > 0).any():
             raise InputError(f"{folder}: the tumour mask is empty; no tumour region to describe")
         mimg = sitk.Cast(mimg > 0, sitk.sitkUInt8)
