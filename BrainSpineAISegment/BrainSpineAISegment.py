@@ -105,7 +105,7 @@ class BrainSpineAISegmentParameterNode:
     tta: bool = False
     caseId: str = ""
     segmentation: vtkMRMLSegmentationNode
-    tumourMask: Union[vtkMRMLSegmentationNode, vtkMRMLLabelMapVolumeNode]
+    tumourMask: Union[vtkMRMLSegmentationNode, vtkMRMLLabelMapVolumeNode, None]  # None: the wrapper's default
     age: float = 0.0
 
 

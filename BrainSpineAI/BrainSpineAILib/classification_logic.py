@@ -199,8 +199,8 @@ class ClassificationLogic(DependencyMixin):
         return out
 
     def _named(self, className: str, name: str):
-        node = self.scene.GetFirstNodeByName(name)
-        if node is None or not node.IsA(className):
+        node = self.scene.GetFirstNode(name, className)  # a table and a chart may share a name
+        if node is None:
             node = self.scene.AddNewNodeByClass(className, name)
         return node
 

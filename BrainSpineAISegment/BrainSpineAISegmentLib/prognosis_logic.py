@@ -53,7 +53,7 @@ class PrognosisLogic:
 
         :param maskNode: a labelmap (or scalar) volume node, any label > 0 is tumour, or a
             segmentation node (WT when it is a BrainSpineAI segmentation, else every segment).
-        :raises ValueError: no mask, an empty mask, or a segmentation under another transform.
+        :raises ValueError: no mask, an empty mask, or a mask under another transform than the FLAIR.
         """
         import numpy as np
 
@@ -71,6 +71,8 @@ class PrognosisLogic:
         else:
             import SimpleITK as sitk
 
+            if maskNode.GetTransformNodeID() != flairNode.GetTransformNodeID():
+                raise ValueError("The tumour mask and the FLAIR are under different transforms; harden them first.")
             image = mrml_utils.sitk_image_from_volume_node(maskNode) > 0
             reference = mrml_utils.sitk_image_from_volume_node(flairNode)
             mask = sitk.GetArrayFromImage(sitk.Resample(sitk.Cast(image, sitk.sitkUInt8), reference, sitk.Transform(),
@@ -152,8 +154,8 @@ class PrognosisLogic:
             job.cleanup()
 
     def _named(self, className: str, name: str):
-        node = self.scene.GetFirstNodeByName(name)
-        if node is None or not node.IsA(className):
+        node = self.scene.GetFirstNode(name, className)  # a table and a chart may share a name
+        if node is None:
             node = self.scene.AddNewNodeByClass(className, name)
         return node
 

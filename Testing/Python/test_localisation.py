@@ -224,6 +224,25 @@ def test_default_heatmap_is_sharpened_by_a_finer_input_scale():
     assert fine["heat_outside_head"] < 0.02
 
 
+def test_heatmap_sizes_come_from_one_place():
+    """A card's own heatmap entry is complete (the code's default sides are not mixed into it);
+    numpy integers are sides; infinite or non-numeric sides are refused in one line."""
+    import types
+
+    from brainspineai.classification.explain import heatmap_sizes
+    from brainspineai.errors import InputError
+
+    default = types.SimpleNamespace(id="brain-tumor-4class-efficientnetlite0", card={}, input_size=128)
+    carded = types.SimpleNamespace(id=default.id, card={"heatmap": {"method": "gradcam", "layer": "layer3"}},
+                                   input_size=128)
+    assert heatmap_sizes(default) == (128, 192, 256) and heatmap_sizes(carded) == (128,)
+    carded.card["heatmap"]["input_sizes"] = [224, 160]
+    assert heatmap_sizes(carded) == (160, 224) and heatmap_sizes(default, np.int64(160)) == (160,)
+    for bad in (float("inf"), [float("nan")], "abc", 31):
+        with pytest.raises(InputError, match="heatmap input size"):
+            heatmap_sizes(default, bad)
+
+
 def test_cli_heatmap_size(tmp_path):
     image = sorted(need(FIGSHARE).glob("*/*.jpg"))[0]
     bad = run_cli("classify", image, "--device", "cpu", "--heatmap", tmp_path / "h.png", "--heatmap-size", "8")

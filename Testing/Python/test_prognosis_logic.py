@@ -65,6 +65,11 @@ def test_prognosis_from_a_labelmap_matches_the_library(expected):
     assert curve.GetNumberOfRows() == len(expected["survival"]["days"])
     probs = [curve.GetValue(i, 1).ToDouble() for i in range(curve.GetNumberOfRows())]
     assert probs[0] == pytest.approx(1.0, abs=1e-6) and all(a >= b for a, b in zip(probs, probs[1:]))  # a survival curve
+    counts = {c: len(mrml_utils.nodes_by_class(scene, c)) for c in ("vtkMRMLPlotChartNode", "vtkMRMLTableNode")}
+    again = _run(scene, volumes, mask)  # a rerun updates the same table and chart
+    assert again.plotChartNode is out.plotChartNode and again.tableNode is out.tableNode
+    assert {c: len(mrml_utils.nodes_by_class(scene, c)) for c in counts} == counts == {
+        "vtkMRMLPlotChartNode": 1, "vtkMRMLTableNode": 2}
 
 
 def test_prognosis_from_a_segmentation_uses_its_whole_tumour(expected):

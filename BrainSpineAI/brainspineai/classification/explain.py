@@ -92,22 +92,27 @@ def heatmap_choice(model, method=None, layer=None) -> tuple:
 
 def heatmap_sizes(model, sizes=None) -> tuple:
     """The sides in pixels of the slices a model's heatmap is computed on (see the module doc):
-    ``sizes`` (an int or a sequence), else the card's ``heatmap.input_sizes``, else the third
-    item of the model's :data:`DEFAULT_HEATMAPS` entry, else the model's own ``input_size``.
+    ``sizes`` (an int or a sequence), else, when the card has a ``heatmap`` entry, its
+    ``input_sizes``, else the third item of the model's :data:`DEFAULT_HEATMAPS` entry, else the
+    model's own ``input_size``. The sides apply to whichever method and layer are used
+    (``--heatmap-method`` does not change them; ``--heatmap-size`` does).
 
     :returns: tuple of distinct ints, ascending.
     :raises InputError: a side that is not a whole number of pixels in [32, 1024]."""
     from ..errors import InputError
 
+    import numbers
+
     card = getattr(model, "card", {}) or {}
-    entry = card.get("heatmap") if isinstance(card.get("heatmap"), dict) else {}
+    entry = card.get("heatmap") if isinstance(card.get("heatmap"), dict) else None
     default = DEFAULT_HEATMAPS.get(getattr(model, "id", None)) or ()
-    if sizes is None:
-        sizes = entry.get("input_sizes") or (default[2] if len(default) > 2 else None) or model.input_size
-    sizes = [sizes] if isinstance(sizes, (int, float, str)) else list(sizes)
+    if sizes is None:  # a card's own heatmap entry is complete: the code's default sides are not mixed in
+        sizes = ((entry.get("input_sizes") if entry is not None else (default[2] if len(default) > 2 else None))
+                 or model.input_size)
     try:
+        sizes = [sizes] if isinstance(sizes, (numbers.Number, str)) else list(sizes)
         ok = bool(sizes) and all(float(v) == int(v) and MIN_HEATMAP_SIZE <= int(v) <= MAX_HEATMAP_SIZE for v in sizes)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         ok = False
     if not ok:
         raise InputError(f"heatmap input size {sizes!r}: give whole numbers of pixels from {MIN_HEATMAP_SIZE} "

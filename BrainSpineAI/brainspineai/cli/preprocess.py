@@ -44,12 +44,13 @@ def preprocess_for(args, images: dict, reference: str, progress=None) -> tuple:
     """(images on the reference grid, report dict or ``None`` for ``off``) for a command with
     ``--preprocess``; prints what ``auto`` did on stderr unless ``progress`` is given."""
     mode = getattr(args, "preprocess", "off")
+    brain_ml = brain_ml_arg(args)  # a bad range is refused even when nothing is preprocessed
     if mode == "off":
         return images, None
     from ..preprocessing.pipeline import preprocess
     from .worker import cached_preprocess
 
-    device, brain_ml = _device(getattr(args, "device", "cpu")), brain_ml_arg(args)
+    device = _device(getattr(args, "device", "cpu"))
 
     def compute():
         res = preprocess(images, reference, mode=mode, device=device, brain_ml=brain_ml, progress=progress)
