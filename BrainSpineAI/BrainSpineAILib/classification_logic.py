@@ -198,16 +198,10 @@ class ClassificationLogic(DependencyMixin):
                                                 result.get("heatmap_method"))
         return out
 
-    def _named(self, className: str, name: str):
-        node = self.scene.GetFirstNode(name, className)  # a table and a chart may share a name
-        if node is None:
-            node = self.scene.AddNewNodeByClass(className, name)
-        return node
-
     def _probabilityTable(self, volumeNode, result):
         import vtk
 
-        table = self._named("vtkMRMLTableNode", f"{volumeNode.GetName()} class probabilities")
+        table = mrml_utils.named_node(self.scene, "vtkMRMLTableNode", f"{volumeNode.GetName()} class probabilities")
         classes = vtk.vtkStringArray()
         classes.SetName("Class")
         probs = vtk.vtkDoubleArray()
@@ -230,7 +224,7 @@ class ClassificationLogic(DependencyMixin):
         import vtk
 
         base = volumeNode.GetName()
-        table = self._named("vtkMRMLTableNode", f"{base} per-slice probabilities")
+        table = mrml_utils.named_node(self.scene, "vtkMRMLTableNode", f"{base} per-slice probabilities")
         t = vtk.vtkTable()
         idx = vtk.vtkDoubleArray()
         idx.SetName("Slice")
@@ -244,14 +238,14 @@ class ClassificationLogic(DependencyMixin):
                 col.InsertNextValue(float(s["probabilities"][ci]))
             t.AddColumn(col)
         table.SetAndObserveTable(t)
-        chart = self._named("vtkMRMLPlotChartNode", f"{base} per-slice probabilities")
+        chart = mrml_utils.named_node(self.scene, "vtkMRMLPlotChartNode", f"{base} per-slice probabilities")
         chart.SetTitle(f"Per-slice class probabilities ({result['model']})")
         chart.SetXAxisTitle("axial slice (inferior to superior)")
         chart.SetYAxisTitle("probability")
         chart.RemoveAllPlotSeriesNodeIDs()
         colours = [(0.85, 0.2, 0.2), (0.2, 0.5, 0.85), (0.3, 0.7, 0.3), (0.8, 0.5, 0.1), (0.5, 0.3, 0.7)]
         for ci, c in enumerate(result["classes"]):
-            series = self._named("vtkMRMLPlotSeriesNode", f"{base} {c}")
+            series = mrml_utils.named_node(self.scene, "vtkMRMLPlotSeriesNode", f"{base} {c}")
             series.SetAndObserveTableNodeID(table.GetID())
             series.SetXColumnName("Slice")
             series.SetYColumnName(c)
@@ -268,7 +262,7 @@ class ClassificationLogic(DependencyMixin):
         import numpy as np
         import vtk
 
-        node = self._named("vtkMRMLScalarVolumeNode", f"{volumeNode.GetName()} Grad-CAM")
+        node = mrml_utils.named_node(self.scene, "vtkMRMLScalarVolumeNode", f"{volumeNode.GetName()} Grad-CAM")
         mrml_utils.update_volume_node_from_array(node, arr, reference=volumeNode)
         node.SetAttribute("BrainSpineAI.heatmapClass", className)
         method = method or {"name": "Grad-CAM", "layer": "layer4"}

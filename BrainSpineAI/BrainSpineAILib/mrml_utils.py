@@ -69,6 +69,15 @@ def update_volume_node_from_array(volumeNode, arr: np.ndarray, reference=None) -
     volumeNode.SetAndObserveImageData(image)
 
 
+def named_node(scene, className: str, name: str):
+    """The scene's first node of ``className`` called ``name``, added when there is none (so a
+    rerun updates its table, chart or volume; a table and a chart may share a name)."""
+    node = scene.GetFirstNode(name, className)
+    if node is None:
+        node = scene.AddNewNodeByClass(className, name)
+    return node
+
+
 def _nodesByClassCollection(scene, className):
     """``scene.GetNodesByClass`` without its leak: the C++ method returns a new collection
     that the Python wrapper references once more, so it is never freed unless released

@@ -2,8 +2,8 @@
 curve, WHO grade probabilities and modality weights of the current lower-grade glioma patient
 (issue 18), from the selected FLAIR (T1 and T1c where given), a tumour mask and the age typed in.
 
-The volumes and the mask are written to a temporary patient folder (``flair.nii.gz``,
-``t1.nii.gz``, ``t1ce.nii.gz``, ``mask.nii.gz``, the layout of
+The volumes and the mask are written uncompressed to a temporary patient folder (``flair.nii``,
+``t1.nii``, ``t1ce.nii``, ``mask.nii``, the layout of
 :func:`brainspineai.prognosis.data.find_case`) and ``brainspineai prognosis CASE --age YEARS
 --progress jsonl`` runs in a background process (:class:`BrainSpineAILib.background.BackgroundJob`).
 The mask is a labelmap volume or a segmentation: of a BrainSpineAI segmentation the whole tumour
@@ -123,10 +123,10 @@ class PrognosisLogic:
             case.mkdir()
             flair = mrml_utils.sitk_image_from_volume_node(chosen["flair"])
             for seq, node in chosen.items():
-                sitk.WriteImage(mrml_utils.sitk_image_from_volume_node(node), str(case / f"{seq}.nii.gz"), True)
+                sitk.WriteImage(mrml_utils.sitk_image_from_volume_node(node), str(case / f"{seq}.nii"), False)
             maskImage = sitk.GetImageFromArray(mask)
             maskImage.CopyInformation(flair)
-            sitk.WriteImage(maskImage, str(case / "mask.nii.gz"), True)
+            sitk.WriteImage(maskImage, str(case / "mask.nii"), False)  # uncompressed: this runs on the GUI thread
         except Exception:
             shutil.rmtree(workdir, ignore_errors=True)
             raise
@@ -153,12 +153,6 @@ class PrognosisLogic:
         finally:
             job.cleanup()
 
-    def _named(self, className: str, name: str):
-        node = self.scene.GetFirstNode(name, className)  # a table and a chart may share a name
-        if node is None:
-            node = self.scene.AddNewNodeByClass(className, name)
-        return node
-
     def _table(self, base: str, result: dict):
         import vtk
 
@@ -170,7 +164,7 @@ class PrognosisLogic:
         if result.get("missing_sequences"):
             rows.append(("missing sequences", ", ".join(result["missing_sequences"])))
         rows.append(("age (years)", f"{result['age']:g}"))
-        table = self._named("vtkMRMLTableNode", f"{base} prognosis")
+        table = mrml_utils.named_node(self.scene, "vtkMRMLTableNode", f"{base} prognosis")
         t = vtk.vtkTable()
         for name, column in (("Quantity", [r[0] for r in rows]), ("Value", [str(r[1]) for r in rows])):
             arr = vtk.vtkStringArray()
@@ -186,7 +180,7 @@ class PrognosisLogic:
     def _survivalPlot(self, base: str, result: dict):
         import vtk
 
-        table = self._named("vtkMRMLTableNode", f"{base} survival curve")
+        table = mrml_utils.named_node(self.scene, "vtkMRMLTableNode", f"{base} survival curve")
         t = vtk.vtkTable()
         for name, values in (("Days", result["survival"]["days"]), ("Survival", result["survival"]["probability"])):
             arr = vtk.vtkDoubleArray()
@@ -195,12 +189,12 @@ class PrognosisLogic:
                 arr.InsertNextValue(float(v))
             t.AddColumn(arr)
         table.SetAndObserveTable(t)
-        chart = self._named("vtkMRMLPlotChartNode", f"{base} survival curve")
+        chart = mrml_utils.named_node(self.scene, "vtkMRMLPlotChartNode", f"{base} survival curve")
         chart.SetTitle(f"Predicted survival ({result['risk_group']} risk group, {result['model']})")
         chart.SetXAxisTitle("days from diagnosis")
         chart.SetYAxisTitle("survival probability")
         chart.RemoveAllPlotSeriesNodeIDs()
-        series = self._named("vtkMRMLPlotSeriesNode", f"{base} survival")
+        series = mrml_utils.named_node(self.scene, "vtkMRMLPlotSeriesNode", f"{base} survival")
         series.SetAndObserveTableNodeID(table.GetID())
         series.SetXColumnName("Days")
         series.SetYColumnName("Survival")

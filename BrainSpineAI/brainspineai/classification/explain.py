@@ -19,7 +19,7 @@ Methods (:data:`METHODS`), all computed on one convolutional stage of the networ
   gradients; useful at earlier stages (finer maps).
 
 A model's method and stage come from :func:`heatmap_choice`: an explicit argument, else the
-card's ``heatmap`` entry (``{"method", "layer"[, "input_size"]}``), else :data:`DEFAULT_HEATMAPS`
+card's ``heatmap`` entry (``{"method", "layer"[, "input_sizes"]}``), else :data:`DEFAULT_HEATMAPS`
 keyed by model id (chosen on validation data by ``Testing/Benchmarks/model_report.py``, kept in
 code so that a pinned shipped card never changes), else Grad-CAM at ``card["gradcam_layer"]``.
 

@@ -88,7 +88,7 @@ def image_digest(image) -> str:
     h = hashlib.blake2b(digest_size=16)
     h.update(repr((image.GetSize(), image.GetSpacing(), image.GetOrigin(), image.GetDirection(),
                    image.GetPixelIDTypeAsString())).encode())
-    h.update(np.ascontiguousarray(sitk.GetArrayViewFromImage(image)).tobytes())
+    h.update(np.ascontiguousarray(sitk.GetArrayViewFromImage(image)))  # the buffer itself, not a copy
     return h.hexdigest()
 
 
