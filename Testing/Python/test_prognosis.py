@@ -298,3 +298,74 @@ def test_shipped_default_model_runs_on_a_real_patient(lgg, tmp_path):
     doc = json.loads(out.read_text())
     assert doc["model"] == "tcga-lgg-prognosis" and doc["risk_group"] in ("low", "high")
     assert abs(sum(doc["modality_weights"].values()) - 1) < 1e-6
+
+
+def _series(lgg, tmp_path, names=("2019-01-10", "2020-01-10")):
+    """A series folder of two studies of TCGA_CS_4941: the real study, and the same images with
+    the expert mask grown by 2 voxels in-plane (a tumour that grew)."""
+    import SimpleITK as sitk
+
+    src = lgg / "TCGA_CS_4941"
+    series = tmp_path / "series"
+    for name in names:
+        (series / name).mkdir(parents=True)
+        for f in ("flair.nii.gz", "t1.nii.gz", "t1ce.nii.gz"):
+            if (src / f).exists():
+                (series / name / f).symlink_to(src / f)
+    (series / names[0] / "mask.nii.gz").symlink_to(src / "mask.nii.gz")
+    mask = sitk.ReadImage(str(src / "mask.nii.gz"))
+    grown = sitk.BinaryDilate(sitk.Cast(mask > 0, sitk.sitkUInt8), [2, 2, 0])
+    sitk.WriteImage(grown, str(series / names[1] / "mask.nii.gz"))
+    return series
+
+
+def test_several_time_points_give_growth_and_the_latest_prognosis(lgg, tmp_path):
+    """A patient with two studies a year apart: the studies are ordered by date, each gets its
+    tumour volume and mean diameter from the header spacing, the VDE is the diameter change per
+    year, and the prediction is the latest study's own; bad series get one line, exit 2."""
+    import SimpleITK as sitk
+
+    from brainspineai.catalogue import load_model
+
+    series = _series(lgg, tmp_path)
+    out = tmp_path / "p.json"
+    r = run_cli("prognosis", series, "--age", "67", "--json", out)
+    assert r.returncode == 0, r.stderr
+    assert "VDE" in r.stdout and "latest study" in r.stdout
+    doc = json.loads(out.read_text())
+    pts = doc["time_points"]
+    assert [p["study"] for p in pts] == ["2019-01-10", "2020-01-10"] and [p["days"] for p in pts] == [0.0, 365.0]
+    sizes = []
+    for name in ("2019-01-10", "2020-01-10"):
+        m = sitk.ReadImage(str(series / name / "mask.nii.gz"))
+        v = (sitk.GetArrayFromImage(m) > 0).sum() * np.prod(m.GetSpacing())
+        sizes.append((v / 1000, (2 * v) ** (1 / 3)))
+    assert [p["tumour_volume_ml"] for p in pts] == pytest.approx([s[0] for s in sizes], abs=1e-3)
+    assert sizes[1][0] > sizes[0][0]
+    vde = (sizes[1][1] - sizes[0][1]) / (365 / 365.25)
+    assert doc["growth"]["vde_mm_per_year"] == pytest.approx(vde, abs=1e-3) and vde > 0
+    model = load_model("tcga-lgg-prognosis", "cpu", task="prognosis")
+    latest = model.predict(series / "2020-01-10", 67)
+    assert doc["grade"] == latest["grade"] and doc["risk"] == latest["risk"] and doc["study"] == "2020-01-10"
+    # the grown mask changes the radiomics, so the two studies' grade probabilities differ
+    assert pts[0]["grade_III"] != pts[1]["grade_III"]
+
+    # timepoints.csv orders studies whose names are not dates
+    other = _series(lgg, tmp_path / "b", names=("later", "earlier"))
+    (other / "timepoints.csv").write_text("study,days\nlater,400\nearlier,35\n")
+    r = run_cli("prognosis", other, "--age", "67", "--json", out)
+    assert r.returncode == 0, r.stderr
+    doc = json.loads(out.read_text())
+    assert [(p["study"], p["days"]) for p in doc["time_points"]] == [("earlier", 0.0), ("later", 365.0)]
+    assert doc["growth"]["vde_mm_per_year"] < 0  # the larger mask came first
+
+    bad = tmp_path / "bad.json"
+    (other / "timepoints.csv").unlink()
+    r = run_cli("prognosis", other, "--age", "67", "--json", bad)
+    assert r.returncode == 2 and "is not a date" in r.stderr and r.stderr.count("\n") == 1
+    (other / "timepoints.csv").write_text("study,days\nlater,400\n")
+    r = run_cli("prognosis", other, "--age", "67", "--json", bad)
+    assert r.returncode == 2 and "no days for the study folder(s) earlier" in r.stderr
+    r = run_cli("prognosis", series, "--age", "67", "--mask", series / "2019-01-10" / "mask.nii.gz", "--json", bad)
+    assert r.returncode == 2 and "--mask applies to one study" in r.stderr
+    assert not bad.exists()

@@ -48,17 +48,21 @@ def cmd_train(args) -> int:
 def cmd_prognosis(args) -> int:
     from ..io import atomic_write_text
     from ..prognosis.data import check_age, find_case
+    from ..prognosis.series import find_series, is_series, predict_case
 
     _check_json_out(args.json)
     age = check_age(args.age)
-    find_case(args.case_dir)
+    if is_series(args.case_dir):
+        find_series(args.case_dir)
+    else:
+        find_case(args.case_dir)
     jsonl = getattr(args, "progress", "text") == "jsonl"
     if jsonl:
         json_line({"event": "progress", "fraction": 0.0, "message": "loading the prognosis model"})
     model = _load(args.model)
     if jsonl:
         json_line({"event": "progress", "fraction": 0.2, "message": "image features and prediction"})
-    res = model.predict(args.case_dir, age, mask=args.mask)
+    res = predict_case(model, args.case_dir, age, mask=args.mask)
     if args.json:
         atomic_write_text(args.json, json.dumps(res, indent=2) + "\n")
     if jsonl:  # the protocol of BrainSpineAILib.background: the result as the done event
@@ -75,6 +79,16 @@ def cmd_prognosis(args) -> int:
     print("modality weights: " + ", ".join(f"{k} {v:.2f}" for k, v in res["modality_weights"].items()))
     if res["missing_sequences"]:
         print(f"missing sequences (not needed): {', '.join(res['missing_sequences'])}")
+    if "time_points" in res:
+        for p in res["time_points"]:
+            print(f"  day {p['days']:6.0f}  {p['study']}: tumour {p['tumour_volume_ml']:.1f} ml, mean diameter "
+                  f"{p['mean_diameter_mm']:.1f} mm, risk {p['risk']:+.3f}, grade III {p['grade_III']:.2f}")
+        g = res["growth"]
+        if g:
+            print(f"growth: VDE {g['vde_mm_per_year']:+.1f} mm/year over {g['interval_days']:.0f} days"
+                  + (" (8 mm/year or more: associated with shorter survival, Pallud 2006)"
+                     if g["vde_at_least_8_mm_per_year"] else ""))
+        print(f"note: {res['time_points_note']}")
     return 0
 
 
@@ -83,6 +97,7 @@ def cmd_evaluate(args) -> int:
 
     from ..io import atomic_write_text
     from ..prognosis.data import read_clinical
+    from ..prognosis.series import predict_case
     from ..prognosis.study import HORIZONS
     from ..prognosis.survival import bootstrap_ci, c_index, grade_auc, km_plot, time_dependent_auc
 
@@ -102,7 +117,7 @@ def cmd_evaluate(args) -> int:
     rows = []
     for p in patients:
         try:
-            r = model.predict(Path(args.data_dir) / p.patient, p.age)
+            r = predict_case(model, Path(args.data_dir) / p.patient, p.age)
         except InputError as exc:
             raise InputError(f"patient {p.patient}: {exc}") from None
         rows.append((p, r))
@@ -157,7 +172,10 @@ def add_train_parser(tsub) -> None:
 
 def add_parsers(sub) -> None:
     p = sub.add_parser("prognosis", help="survival risk, survival curve and grade of one lower-grade glioma patient")
-    p.add_argument("case_dir", metavar="CASE_DIR", help="patient folder: flair.nii.gz, mask.nii.gz (t1, t1ce optional)")
+    p.add_argument("case_dir", metavar="CASE_DIR", help="patient folder: flair.nii.gz, mask.nii.gz (t1, t1ce optional); or a folder of "
+                                                 "such study folders, one per time point, named by date (YYYY-MM-DD) "
+                                                 "or dated by timepoints.csv (study, days): the latest study's "
+                                                 "prognosis plus tumour growth per time point")
     p.add_argument("--age", type=float, help="age in years at diagnosis (required)")
     p.add_argument("--mask", help="tumour mask file to use instead of CASE_DIR/mask.nii.gz: binary, or the labelmap "
                                   "of `brainspineai segment` (its whole tumour is used)")
