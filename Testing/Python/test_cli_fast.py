@@ -24,6 +24,10 @@ def test_version_and_help_name_defaults():
     assert "(default: text)" in text and "(default: auto)" in text  # --progress and --device (no help text of its own)
     r = run_cli("train", "segmenter", "--help")
     assert "(default: 30)" in " ".join(r.stdout.split())  # --epochs
+    for command in ("segment", "classify", "preprocess"):  # help that names its own default is not repeated
+        text = " ".join(run_cli(command, "--help").stdout.split())
+        assert "(default: off) (default" not in text and "(default: auto) (default" not in text
+        assert "range) (default: [400.0, 2500.0])" not in text
 
 
 def test_parser_backbone_names_are_the_library_s():

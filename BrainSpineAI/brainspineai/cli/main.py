@@ -26,7 +26,7 @@ class DefaultsFormatter(argparse.HelpFormatter):
     def _get_help_string(self, action):
         text = action.help or ""
         default = action.default
-        if ("%(default)" not in text and action.option_strings and default not in (None, False, True, "")
+        if ("%(default)" not in text and "(default:" not in text and action.option_strings and default not in (None, False, True, "")
                 and default is not argparse.SUPPRESS and not isinstance(action, argparse._VersionAction)):
             text += " (default: %(default)s)"
         return text
