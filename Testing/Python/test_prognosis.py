@@ -349,6 +349,10 @@ def test_several_time_points_give_growth_and_the_latest_prognosis(lgg, tmp_path)
     assert doc["grade"] == latest["grade"] and doc["risk"] == latest["risk"] and doc["study"] == "2020-01-10"
     # the grown mask changes the radiomics, so the two studies' grade probabilities differ
     assert pts[0]["grade_III"] != pts[1]["grade_III"]
+    r = run_cli("prognosis", series, "--age", "67", "--progress", "jsonl")  # as 3D Slicer runs it
+    events = [json.loads(line) for line in r.stdout.splitlines()]
+    assert r.returncode == 0 and any("study 2/2: 2020-01-10" in e.get("message", "") for e in events)
+    assert events[-1]["event"] == "done" and events[-1]["result"]["time_points"] == pts
 
     # timepoints.csv orders studies whose names are not dates
     other = _series(lgg, tmp_path / "b", names=("later", "earlier"))

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from ..errors import InputError
 from .common import _check_train_out, _overwrite_arg, _suffix_ok
-from .progress import add_progress_arg, json_line
+from .progress import add_progress_arg, json_line, make_progress, scaled
 
 DEFAULT_PROGNOSIS_ID = "tcga-lgg-prognosis"
 
@@ -57,12 +57,14 @@ def cmd_prognosis(args) -> int:
     else:
         find_case(args.case_dir)
     jsonl = getattr(args, "progress", "text") == "jsonl"
-    if jsonl:
-        json_line({"event": "progress", "fraction": 0.0, "message": "loading the prognosis model"})
-    model = _load(args.model)
-    if jsonl:
-        json_line({"event": "progress", "fraction": 0.2, "message": "image features and prediction"})
-    res = predict_case(model, args.case_dir, age, mask=args.mask)
+    progress = make_progress(getattr(args, "progress", "text"))
+    try:
+        progress(0.0, "loading the prognosis model")
+        model = _load(args.model)
+        progress(0.2, "image features and prediction")
+        res = predict_case(model, args.case_dir, age, mask=args.mask, progress=scaled(progress, 0.2, 1.0))
+    finally:
+        progress.close()
     if args.json:
         atomic_write_text(args.json, json.dumps(res, indent=2) + "\n")
     if jsonl:  # the protocol of BrainSpineAILib.background: the result as the done event
@@ -113,14 +115,19 @@ def cmd_evaluate(args) -> int:
         print(f"note: left out (unknown age): {', '.join(left)}", file=sys.stderr)
     if len(patients) < 2:
         raise InputError(f"{args.clinical}: fewer than 2 patients with an age")
+    progress = make_progress(getattr(args, "progress", "text"))
     model = _load(args.model)
     rows = []
-    for p in patients:
-        try:
-            r = predict_case(model, Path(args.data_dir) / p.patient, p.age)
-        except InputError as exc:
-            raise InputError(f"patient {p.patient}: {exc}") from None
-        rows.append((p, r))
+    try:
+        for i, p in enumerate(patients):
+            progress(i / len(patients), f"patient {i + 1}/{len(patients)}: {p.patient}")
+            try:
+                r = predict_case(model, Path(args.data_dir) / p.patient, p.age)
+            except InputError as exc:
+                raise InputError(f"patient {p.patient}: {exc}") from None
+            rows.append((p, r))
+    finally:
+        progress.close()
     t = np.asarray([p.time_days for p, _ in rows])
     e = np.asarray([p.event for p, _ in rows])
     risk = np.asarray([r["risk"] for _, r in rows])
@@ -141,6 +148,9 @@ def cmd_evaluate(args) -> int:
         doc["km_png"] = str(Path(args.km).resolve())
     if args.json:
         atomic_write_text(args.json, json.dumps(doc, indent=2) + "\n")
+    if getattr(args, "progress", "text") == "jsonl":
+        json_line({"event": "done", "result": doc})
+        return 0
     ci = doc["c_index_95ci"]
     print(f"model: {model.id}   {len(rows)} patients, {doc['n_deaths']} deaths")
     if doc["c_index"] is not None:
@@ -191,4 +201,5 @@ def add_parsers(sub) -> None:
     e.add_argument("--json", metavar="OUT")
     e.add_argument("--km", metavar="PNG", help="Kaplan-Meier curves by predicted risk group")
     e.add_argument("--bootstrap", type=int, default=1000)
+    add_progress_arg(e)
     e.set_defaults(func=cmd_evaluate)

@@ -134,17 +134,20 @@ def growth(days, diameters_mm, volumes_ml) -> dict | None:
                     "spacing"}
 
 
-def predict_series(model, folder, age) -> dict:
+def predict_series(model, folder, age, progress=None) -> dict:
     """Prognosis of a series folder: the latest study's prediction, plus ``"time_points"``
     (per study: ``study``, ``days``, ``tumour_volume_ml``, ``mean_diameter_mm``, ``risk``,
-    ``risk_group``, ``grade_III``) and ``"growth"`` (:func:`growth`).
+    ``risk_group``, ``grade_III``) and ``"growth"`` (:func:`growth`); ``progress(fraction,
+    message)`` is called before each study.
 
     :raises InputError: see :func:`find_series`; a study without a mask; any study's own error,
         naming the study.
     """
     series = find_series(folder)
     points, res = [], None
-    for name, day, path in series:
+    for i, (name, day, path) in enumerate(series):
+        if progress is not None:
+            progress(i / len(series), f"study {i + 1}/{len(series)}: {name}")
         files = find_case(path)
         if MASK_NAME not in files:
             raise InputError(f"study {name}: no tumour mask (mask.nii.gz); every time point needs its own mask")
@@ -166,7 +169,7 @@ def predict_series(model, folder, age) -> dict:
     return out
 
 
-def predict_case(model, folder, age, mask=None) -> dict:
+def predict_case(model, folder, age, mask=None, progress=None) -> dict:
     """:func:`predict_series` for a series folder, else the model's one-study prediction.
 
     :raises InputError: ``mask`` given for a series (each study has its own), and see above.
@@ -175,5 +178,5 @@ def predict_case(model, folder, age, mask=None) -> dict:
         if mask is not None:
             raise InputError(f"{folder}: several studies; --mask applies to one study, put each study's "
                              "mask.nii.gz into its folder")
-        return predict_series(model, folder, age)
+        return predict_series(model, folder, age, progress)
     return model.predict(folder, age, mask=mask)
