@@ -29,9 +29,13 @@ def test_classify_slice_writes_json_and_png_overlay(tmp_path, validation_images)
 
 
 def test_classify_volume_writes_slices_and_heatmap_with_input_geometry(tmp_path):
-    r = run_cli("classify", need(T1C), "--device", "cpu", "--json", tmp_path / "r.json", "--heatmap", tmp_path / "h.nii.gz")
+    # one heatmap scale: the geometry does not depend on it, and the default three-scale heatmap of a
+    # whole volume runs in test_slicer_logic.py::test_brats_volume_in_a_background_process
+    r = run_cli("classify", need(T1C), "--device", "cpu", "--json", tmp_path / "r.json", "--heatmap", tmp_path / "h.nii.gz",
+                "--heatmap-size", "128")
     assert r.returncode == 0, r.stderr
     doc = json.loads((tmp_path / "r.json").read_text())
+    assert doc["heatmap_method"]["input_sizes"] == [128]
     assert len(doc["slices"]) > 50 and all(abs(sum(s["probabilities"]) - 1) < 1e-5 for s in doc["slices"])
     assert abs(sum(doc["probabilities"]) - 1) < 1e-5
     assert doc["predicted"] == "glioma"  # BraTS 2023 adult glioma, T1c
