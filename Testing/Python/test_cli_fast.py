@@ -144,3 +144,29 @@ def test_segment_a_folder_of_cases(tmp_path, tiny_seg):
         assert doc["regions"]["WT"]["voxels"] == voxels and doc["model"] == "tiny-seg-fast"
     r = run_cli("segment", "--cases", cases, "--out", out / "summary.csv", "--model", tiny_seg)
     assert r.returncode == 2 and r.stderr.count("\n") == 1  # --out must be a folder with --cases
+
+
+def test_bad_input_is_said_before_the_model_is_loaded(tmp_path):
+    """A corrupt input to ``classify`` and a missing sequence for ``segment`` are refused from the
+    file and the model card alone, before the network (and torch / MONAI) is loaded: the error
+    names the input even when the model would also fail to load, and no heavy import happened."""
+    bad = tmp_path / "g.nii.gz"
+    bad.write_bytes(b"not an image")
+    probe = ("import sys\n"
+             "from brainspineai.cli.main import main\n"
+             "rc = main(sys.argv[1:]); print('heavy:', sorted(m for m in ('torch', 'monai') if m in sys.modules)); "
+             "sys.exit(rc)")
+    import subprocess
+    import sys
+
+    from conftest import LIB_PARENT
+
+    env = dict(os.environ, PYTHONPATH=str(LIB_PARENT))
+    r = subprocess.run([sys.executable, "-c", probe, "classify", str(bad), "--model", "no-such-model"],
+                       capture_output=True, text=True, env=env, timeout=120)
+    assert r.returncode == 2 and "g.nii.gz: not a readable image" in r.stderr and "heavy: []" in r.stdout
+    flair = need(BRATS15) / "brats_2013_pat0003_1" / "Flair_subtrMeanDivStd.nii.gz"
+    r = subprocess.run([sys.executable, "-c", probe, "segment", "--flair", str(flair), "--out", str(tmp_path / "s.nii.gz")],
+                       capture_output=True, text=True, env=env, timeout=120)
+    assert r.returncode == 2 and "missing sequence t1ce (the model needs flair, t1ce)" in r.stderr
+    assert "heavy: []" in r.stdout and not (tmp_path / "s.nii.gz").exists()

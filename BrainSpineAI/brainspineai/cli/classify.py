@@ -38,15 +38,16 @@ def expand_inputs(paths) -> list[str]:
     return out
 
 
-def classify_one(args, model, path: str, progress=None) -> tuple:
-    """Read and classify one input with a loaded ``model``: ``(result document, result,
-    image)``; the document is what ``--json`` writes (``classes``, ``probabilities``,
-    ``predicted``, ``slices`` for volumes, ``sicf`` for an SICF model, ``input``, ``seconds``)."""
+def classify_one(args, model, path: str, progress=None, image=None) -> tuple:
+    """Read (unless ``image``, already read from ``path``, is given) and classify one input with
+    a loaded ``model``: ``(result document, result, image)``; the document is what ``--json``
+    writes (``classes``, ``probabilities``, ``predicted``, ``slices`` for volumes, ``sicf`` for
+    an SICF model, ``input``, ``seconds``)."""
     import time
 
     from ..io import read_image
 
-    image = read_image(path)
+    image = read_image(path) if image is None else image
     t0 = time.perf_counter()
     prep = None
     if getattr(args, "preprocess", "off") != "off":
@@ -186,7 +187,11 @@ def cmd_classify(args) -> int:
         raise InputError("no input given")
     _check_args(args, inputs)
     if len(inputs) == 1 and not args.json_dir:
-        return _classify_single(args, inputs[0], cached_load(args.model, guarded_load, load_model_trusting, args))
+        from ..io import read_image
+
+        image = read_image(inputs[0])  # a bad input is said before seconds of model loading
+        return _classify_single(args, inputs[0], cached_load(args.model, guarded_load, load_model_trusting, args),
+                                image)
     model = cached_load(args.model, guarded_load, load_model_trusting, args)
     progress = make_progress(args.progress)
     docs = []
@@ -222,20 +227,20 @@ def _write_batch(args, inputs, docs) -> None:
         print(f"results: {args.json_dir} ({len(docs)} JSON files and summary.csv)")
 
 
-def _classify_single(args, path: str, model) -> int:
+def _classify_single(args, path: str, model, image) -> int:
     from ..classification.explain import overlay_png
     from ..classification.preprocess import slice_array
-    from ..io import atomic_write_bytes, atomic_write_text, is_slice, read_image, write_image_atomic
+    from ..io import atomic_write_bytes, atomic_write_text, is_slice, write_image_atomic
 
     if args.heatmap:
         if getattr(model, "kind", "") == "sicf":
             raise InputError(f"model '{model.id}' is an SICF model (random forest on SIFT + VGG16 features): it has "
                              "no Grad-CAM heatmap; leave out --heatmap")
-        if not is_slice(read_image(path)) and not _suffix_ok(args.heatmap, HEATMAP_VOLUME_SUFFIXES):
+        if not is_slice(image) and not _suffix_ok(args.heatmap, HEATMAP_VOLUME_SUFFIXES):
             raise InputError(f"--heatmap {args.heatmap}: a volume's heatmap is a volume; use .nii.gz, .nii, .nrrd or .mha")
     progress = make_progress(args.progress)
     try:
-        doc, result, image = classify_one(args, model, path, progress=progress)
+        doc, result, image = classify_one(args, model, path, progress=progress, image=image)
     finally:
         progress.close()
     slice_input = is_slice(image)

@@ -22,6 +22,22 @@ def _read_sequences(args, needed) -> tuple:
     return {s: read_image(given[s]) for s in needed}, sorted(set(given) - set(needed))
 
 
+def _card_sequences(ref) -> list | None:
+    """The sequences a local model's card names, read before the network is loaded (so that a
+    missing sequence is said at once, not after seconds of imports); ``None`` for a URL or a
+    model that cannot be resolved here (its load then says why)."""
+    from ..catalogue import DEFAULT_SEGMENTER_ID, read_card, resolve_model
+    from ..errors import BrainSpineAIError
+
+    if ref and str(ref).startswith(("http://", "https://", "file://")):
+        return None
+    try:
+        seqs = read_card(resolve_model(ref or DEFAULT_SEGMENTER_ID)).get("sequences")
+    except (BrainSpineAIError, OSError, ValueError):
+        return None
+    return list(seqs) if isinstance(seqs, list) and all(isinstance(x, str) for x in seqs) else None
+
+
 def _case_doc(model, res, out, report) -> dict:
     from ..segmentation.data import LABELS
 
@@ -43,6 +59,10 @@ def cmd_segment(args) -> int:
         raise InputError(f"--out {args.out}: use a .nii.gz, .nii, .nrrd or .mha file")
     check_outputs([("--out", args.out), ("--json", args.json)],
                   inputs=[getattr(args, s) for s in ("t1", "t1ce", "t2", "flair")] + [args.model])
+    needed = _card_sequences(args.model)
+    for s in needed or ():
+        if not getattr(args, s, None):
+            raise InputError(f"missing sequence {s} (the model needs {', '.join(needed)})")
     model = cached_load(args.model, guarded_load, load_segmenter, args.model, args.device)
     images, extra = _read_sequences(args, model.sequences)
     jsonl = args.progress == "jsonl"
