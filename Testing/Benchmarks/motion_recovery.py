@@ -29,6 +29,7 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT / "BrainSpineAI"))
 BRATS = ROOT.parent / "shared" / "data" / "volumes" / "brats2015-flair-t1c"
 ROTATION_DEG = (3.0, -2.0, 4.0)
 TRANSLATION_MM = (4.0, -3.0, 2.5)
@@ -71,12 +72,12 @@ def voxels_moved(image, nearest=False):
 
 def dice(seg, labels) -> dict:
     """WT / TC / ET Dice; ``labels`` in BraTS 2015 codes (1 necrosis, 2 oedema, 3 non-enhancing,
-    4 enhancing), ``seg`` in the segmenter's BraTS codes (1, 2, 4)."""
-    out = {}
-    for name, g, s in (("WT", labels > 0, seg > 0), ("TC", np.isin(labels, [1, 3, 4]), np.isin(seg, [1, 4])),
-                       ("ET", labels == 4, seg == 4)):
-        out[name] = float(2 * (g & s).sum() / max(1, g.sum() + s.sum()))
-    return out
+    4 enhancing), ``seg`` in the segmenter's BraTS codes (1, 2, 4); regions as the library
+    defines them (:func:`brainspineai.segmentation.data.label_to_regions`)."""
+    from brainspineai.segmentation.data import REGIONS, brats2015_to_2020, label_to_regions
+
+    p, t = label_to_regions(seg, axis=0), label_to_regions(brats2015_to_2020(labels), axis=0)
+    return {r: float(2 * (p[i] & t[i]).sum() / max(1, p[i].sum() + t[i].sum())) for i, r in enumerate(REGIONS)}
 
 
 def segment(flair: Path, t1ce: Path, out: Path, preprocess: str, device: str, model=None) -> np.ndarray:
@@ -129,7 +130,6 @@ def registration_error(case: Path) -> dict:
     for the unmoved pair (how far mutual information's optimum lies from BraTS's own alignment)."""
     import SimpleITK as sitk
 
-    sys.path.insert(0, str(ROOT / "BrainSpineAI"))
     from brainspineai.preprocessing.registration import foreground, register
 
     flair = sitk.ReadImage(str(case / "Flair_subtrMeanDivStd.nii.gz"), sitk.sitkFloat32)
@@ -144,11 +144,11 @@ def registration_error(case: Path) -> dict:
     return out
 
 
-def boot_ci(x, n=2000, seed=0):
-    x = np.asarray(x, float)
-    rng = np.random.default_rng(seed)
-    means = x[rng.integers(0, len(x), (n, len(x)))].mean(axis=1)
-    return float(np.percentile(means, 2.5)), float(np.percentile(means, 97.5))
+def boot_ci(x):
+    """95% bootstrap interval of the mean over cases (:func:`brainspineai.prognosis.survival.bootstrap_ci`)."""
+    from brainspineai.prognosis.survival import bootstrap_ci
+
+    return bootstrap_ci(np.mean, (np.asarray(x, float),), n_boot=2000)
 
 
 def main() -> None:

@@ -75,6 +75,21 @@ def run_cli(*args, env=None, timeout=900) -> subprocess.CompletedProcess:
                           env=full_env, timeout=timeout)
 
 
+def at_2mm(src, dst, label: bool = False):
+    """``src`` resampled to 2 mm isotropic (the segmenters' own spacing) and written to ``dst``:
+    linear with the corner voxel as background (these BraTS volumes are z-scored, so their
+    background is not 0), or nearest neighbour with background 0 for a ``label`` map."""
+    import SimpleITK as sitk
+
+    img = sitk.ReadImage(str(src))
+    size = [int(round(n * sp / 2.0)) for n, sp in zip(img.GetSize(), img.GetSpacing())]
+    bg = 0.0 if label else float(sitk.GetArrayViewFromImage(img)[0, 0, 0])
+    out = sitk.Resample(img, size, sitk.Transform(), sitk.sitkNearestNeighbor if label else sitk.sitkLinear,
+                        img.GetOrigin(), (2.0, 2.0, 2.0), img.GetDirection(), bg, img.GetPixelID())
+    sitk.WriteImage(out, str(dst))
+    return dst
+
+
 TINY = dict(image_size=64, batch_size=16, limit_per_class=16, device="cpu", backbone="resnet10-w32")
 
 

@@ -11,43 +11,33 @@ import SimpleITK as sitk
 
 from brainspineai.catalogue import read_card, sha256_file
 from brainspineai.errors import InputError
-from conftest import BRATS15, BRATS23, need, run_cli
+from conftest import BRATS15, BRATS23, at_2mm, need, run_cli
 
 DEFAULT_MIN_WT_DICE = 0.6  # the shipped model measured 0.637 on pat0005 (card)
 TINY = dict(spacing=4.0, patch_size=32, channels=(8, 16, 32, 64), samples_per_epoch=4, batch_size=2, device="cpu",
             lr=3e-3)
 
 
-def _at_2mm(case, tmp_path_factory):
+def _case_at_2mm(case, tmp_path_factory):
     """The BraTS 2015 case ``case`` resampled to 2 mm (the segmenters' own spacing; images linear with
     the corner voxel as background, labels and masks nearest), made once per session: training and
     evaluating the tiny test models do not depend on the 1 mm voxels, and take an eighth of the work."""
-    import SimpleITK as sitk
-
     out = tmp_path_factory.getbasetemp() / "brats15-2mm" / case
     if out.exists():
         return out
     tmp = out.with_name(out.name + ".tmp")
     tmp.mkdir(parents=True, exist_ok=True)
-    for f in sorted((need(BRATS15) / case).iterdir()):
-        if not f.name.endswith(".nii.gz"):
-            continue
-        img = sitk.ReadImage(str(f))
-        label = f.name.startswith(("OTMultiClass", "brainmask"))  # stored as float32 too
-        size = [int(round(n * sp / 2.0)) for n, sp in zip(img.GetSize(), img.GetSpacing())]
-        bg = 0.0 if label else float(sitk.GetArrayViewFromImage(img)[0, 0, 0])
-        small = sitk.Resample(img, size, sitk.Transform(), sitk.sitkNearestNeighbor if label else sitk.sitkLinear,
-                              img.GetOrigin(), (2.0, 2.0, 2.0), img.GetDirection(), bg, img.GetPixelID())
-        sitk.WriteImage(small, str(tmp / f.name))
+    for f in sorted((need(BRATS15) / case).glob("*.nii.gz")):
+        at_2mm(f, tmp / f.name, label=f.name.startswith(("OTMultiClass", "brainmask")))  # labels stored as float32 too
     tmp.rename(out)
     return out
 
 
 def _cases_dir(tmp_path_factory, ids):
-    """A folder of links to 2 mm copies of the BraTS 2015 cases ``ids`` (:func:`_at_2mm`)."""
+    """A folder of links to 2 mm copies of the BraTS 2015 cases ``ids`` (:func:`_case_at_2mm`)."""
     root = tmp_path_factory.mktemp("cases")
     for i in ids:
-        os.symlink(_at_2mm(f"brats_2013_pat000{i}_1", tmp_path_factory), root / f"brats_2013_pat000{i}_1")
+        os.symlink(_case_at_2mm(f"brats_2013_pat000{i}_1", tmp_path_factory), root / f"brats_2013_pat000{i}_1")
     return root
 
 

@@ -77,19 +77,6 @@ def test_protocol_two_slices_one_model_load(validation_images, tmp_path):
             proc.kill()
 
 
-def _at_2mm(src, dst):
-    """``src`` resampled to 2 mm (linear; background from the corner voxel), written to ``dst``."""
-    import SimpleITK as sitk
-
-    img = sitk.ReadImage(str(src), sitk.sitkFloat32)
-    size = [int(round(n * s / 2.0)) for n, s in zip(img.GetSize(), img.GetSpacing())]
-    bg = float(sitk.GetArrayViewFromImage(img)[0, 0, 0])
-    out = sitk.Resample(img, size, sitk.Transform(), sitk.sitkLinear, img.GetOrigin(), (2.0, 2.0, 2.0),
-                        img.GetDirection(), bg, sitk.sitkFloat32)
-    sitk.WriteImage(out, str(dst))
-    return dst
-
-
 def test_a_second_segmentation_of_the_same_volumes_reuses_the_preprocessing(tmp_path):
     """Registration and brain extraction (``--preprocess auto``) are kept for the last volumes:
     the same case again gives the same labelmap without redoing them (``"reused": true``);
@@ -97,11 +84,11 @@ def test_a_second_segmentation_of_the_same_volumes_reuses_the_preprocessing(tmp_
     import numpy as np
     import SimpleITK as sitk
 
-    from conftest import BRATS15, need
+    from conftest import BRATS15, at_2mm, need
 
     case = need(BRATS15) / "brats_2013_pat0005_1"
     # at the segmenter's own 2 mm (what the reuse does not depend on), a quarter of the work
-    flair, t1c = (_at_2mm(case / f"{s}_subtrMeanDivStd.nii.gz", tmp_path / f"{s}.nii.gz") for s in ("Flair", "T1c"))
+    flair, t1c = (at_2mm(case / f"{s}_subtrMeanDivStd.nii.gz", tmp_path / f"{s}.nii.gz") for s in ("Flair", "T1c"))
     proc = _worker()
     try:
         assert json.loads(proc.stdout.readline())["event"] == "ready"

@@ -47,15 +47,12 @@ def cmd_train(args) -> int:
 
 def cmd_prognosis(args) -> int:
     from ..io import atomic_write_text
-    from ..prognosis.data import check_age, find_case
-    from ..prognosis.series import find_series, is_series, predict_case
+    from ..prognosis.data import check_age
+    from ..prognosis.series import check_case, predict_case
 
     _check_json_out(args.json)
     age = check_age(args.age)
-    if is_series(args.case_dir):
-        find_series(args.case_dir)
-    else:
-        find_case(args.case_dir)
+    check_case(args.case_dir)
     jsonl = getattr(args, "progress", "text") == "jsonl"
     progress = make_progress(getattr(args, "progress", "text"))
     try:

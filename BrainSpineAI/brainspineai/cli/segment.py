@@ -15,11 +15,16 @@ def _read_sequences(args, needed) -> tuple:
     """(sequence -> image for the sequences the model needs, sorted names of the extra ones given)."""
     from ..io import read_image
 
+    _check_given(args, needed)
     given = {s: getattr(args, s) for s in ("t1", "t1ce", "t2", "flair") if getattr(args, s)}
-    for s in needed:
-        if s not in given:
-            raise InputError(f"missing sequence {s} (the model needs {', '.join(needed)})")
     return {s: read_image(given[s]) for s in needed}, sorted(set(given) - set(needed))
+
+
+def _check_given(args, needed) -> None:
+    """:raises InputError: a sequence of ``needed`` was not given on the command line."""
+    for s in needed:
+        if not getattr(args, s, None):
+            raise InputError(f"missing sequence {s} (the model needs {', '.join(needed)})")
 
 
 def _card_sequences(ref) -> list | None:
@@ -59,10 +64,7 @@ def cmd_segment(args) -> int:
         raise InputError(f"--out {args.out}: use a .nii.gz, .nii, .nrrd or .mha file")
     check_outputs([("--out", args.out), ("--json", args.json)],
                   inputs=[getattr(args, s) for s in ("t1", "t1ce", "t2", "flair")] + [args.model])
-    needed = _card_sequences(args.model)
-    for s in needed or ():
-        if not getattr(args, s, None):
-            raise InputError(f"missing sequence {s} (the model needs {', '.join(needed)})")
+    _check_given(args, _card_sequences(args.model) or ())  # before seconds of loading the network
     model = cached_load(args.model, guarded_load, load_segmenter, args.model, args.device)
     images, extra = _read_sequences(args, model.sequences)
     jsonl = args.progress == "jsonl"

@@ -26,6 +26,7 @@ from ..errors import InputError
 SEQUENCES = ("t1", "t1ce", "flair")  # network input order
 REQUIRED_COLUMNS = ("patient", "age", "grade", "time_days", "event")
 MASK_NAME = "mask"
+SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".mha")  # of a patient folder's files
 REFERENCE_SPACING = (2.0, 2.0, 1.0)  # mm, x y z (SimpleITK order): the shared copies' placeholder spacing
 _GRADE_CODES = {"1": 2, "2": 3, "g2": 2, "g3": 3, "ii": 2, "iii": 3}
 
@@ -137,7 +138,7 @@ def find_case(folder) -> dict:
         raise InputError(f"case folder not found: {folder}")
     files = {}
     for name in (*SEQUENCES, MASK_NAME):
-        for suffix in (".nii.gz", ".nii", ".nrrd", ".mha"):
+        for suffix in SUFFIXES:
             p = folder / f"{name}{suffix}"
             if p.is_file():
                 files[name] = p

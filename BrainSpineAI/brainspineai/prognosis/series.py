@@ -25,7 +25,7 @@ import re
 from pathlib import Path
 
 from ..errors import InputError
-from .data import MASK_NAME, SEQUENCES, find_case
+from .data import MASK_NAME, SEQUENCES, SUFFIXES, find_case
 
 TIMEPOINTS_CSV = "timepoints.csv"
 VDE_THRESHOLD_MM_PER_YEAR = 8.0  # Pallud et al. 2006
@@ -34,8 +34,7 @@ _DATE = re.compile(r"^(\d{4})-?(\d{2})-?(\d{2})$")
 
 
 def _has_study(folder: Path) -> bool:
-    return any((folder / f"{s}{x}").is_file() for s in (*SEQUENCES, MASK_NAME)
-               for x in (".nii.gz", ".nii", ".nrrd", ".mha"))
+    return any((folder / f"{s}{x}").is_file() for s in (*SEQUENCES, MASK_NAME) for x in SUFFIXES)
 
 
 def is_series(folder) -> bool:
@@ -167,6 +166,16 @@ def predict_series(model, folder, age, progress=None) -> dict:
     out["time_points_note"] = ("risk, survival and grade are those of the latest study; the model was trained on "
                                "one study per patient, so the time points are not modelled jointly")
     return out
+
+
+def check_case(folder) -> None:
+    """Check a patient folder or a series folder before any model is loaded.
+
+    :raises InputError: see :func:`find_series` and :func:`.data.find_case`."""
+    if is_series(folder):
+        find_series(folder)
+    else:
+        find_case(folder)
 
 
 def predict_case(model, folder, age, mask=None, progress=None) -> dict:
