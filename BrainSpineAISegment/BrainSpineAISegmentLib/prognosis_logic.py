@@ -64,8 +64,9 @@ class PrognosisLogic:
             from BrainSpineAISegmentLib.segment_logic import SegmentationLogic
 
             logic = SegmentationLogic(self.scene)
-            if logic.regionSegmentIDs(maskNode):
-                mask = logic.regionMasksOnReference(maskNode, flairNode)["WT"]
+            ids = logic.regionSegmentIDs(maskNode)
+            if ids:  # only the whole tumour is needed: TC and ET are not rasterised
+                mask = logic.segmentMaskOnReference(maskNode, ids.get("WT"), flairNode)
             else:
                 mask = self._allSegments(logic, maskNode, flairNode)
         else:
@@ -121,11 +122,11 @@ class PrognosisLogic:
         case = workdir / "case"
         try:
             case.mkdir()
-            flair = mrml_utils.sitk_image_from_volume_node(chosen["flair"])
-            for seq, node in chosen.items():
-                sitk.WriteImage(mrml_utils.sitk_image_from_volume_node(node), str(case / f"{seq}.nii"), False)
+            images = {seq: mrml_utils.sitk_image_from_volume_node(node) for seq, node in chosen.items()}
+            for seq, image in images.items():
+                sitk.WriteImage(image, str(case / f"{seq}.nii"), False)
             maskImage = sitk.GetImageFromArray(mask)
-            maskImage.CopyInformation(flair)
+            maskImage.CopyInformation(images["flair"])
             sitk.WriteImage(maskImage, str(case / "mask.nii"), False)  # uncompressed: this runs on the GUI thread
         except Exception:
             shutil.rmtree(workdir, ignore_errors=True)
