@@ -686,7 +686,7 @@ def test_real_entry_point(B, tmp_path, cid):
     out = tmp_path / "out"
     args = [str(a) for a in case[1](B, out)]
     before, hashes = _tree(B.root), _input_hashes(args, B.root)
-    r = run_cli(*args, timeout=300)
+    r = run_cli(*args, timeout=300, process=True)
     _check_refused(r.returncode, r.stderr, case[2])
     assert r.stdout == ""
     assert not out.exists()

@@ -16,7 +16,7 @@ from conftest import BRATS15, need, run_cli
 def test_version_and_help_name_defaults():
     from brainspineai import __version__
 
-    r = run_cli("--version")
+    r = run_cli("--version", process=True)  # the real entry point
     assert r.returncode == 0 and r.stdout.strip() == f"brainspineai {__version__}"
     r = run_cli("classify", "--help")
     assert r.returncode == 0

@@ -156,7 +156,8 @@ def test_second_run_on_the_same_out_is_refused(tmp_path):
 
     out = tmp_path / "m"
     with run_lock(out):  # this process is "the first run"
-        r = run_cli("train", "classifier", "--data", need(KAGGLE), "--out", out, "--epochs", "1", *TINY, *CLS)
+        r = run_cli("train", "classifier", "--data", need(KAGGLE), "--out", out, "--epochs", "1", *TINY, *CLS,
+                    process=True)  # another process: a lock of this process's own does not stop it
         line = _one_error_line(r)
         assert "another training run is writing this model" in line and f"process {os.getpid()}" in line
         assert not out.exists() and os.listdir(tmp_path / "m.work") == ["lock"]
