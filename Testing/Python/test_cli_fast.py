@@ -30,6 +30,30 @@ def test_version_and_help_name_defaults():
         assert "range) (default: [400.0, 2500.0])" not in text
 
 
+def test_in_process_cli_sees_what_a_process_sees(tmp_path, validation_images):
+    """The suite's in-process ``run_cli`` against ``python -m brainspineai`` on the same calls:
+    a bad input (one line, exit 2), and a classification whose model id is shadowed by a folder
+    in ``BRAINSPINEAI_MODEL_PATH`` (a warning through logging, which a fresh process prints with
+    logging's last-resort handler)."""
+    import shutil
+
+    from brainspineai.catalogue import DEFAULT_MODEL_ID, resolve_model
+
+    jpg = tmp_path / "not-an-image.jpg"
+    jpg.write_bytes(b"this is not a JPEG")
+    shadow = tmp_path / "models"
+    shutil.copytree(resolve_model(DEFAULT_MODEL_ID), shadow / DEFAULT_MODEL_ID)
+    env = {"BRAINSPINEAI_MODEL_PATH": str(shadow)}
+    good = validation_images["glioma"][0]
+    for args in (("classify", jpg, "--device", "cpu"), ("classify", good, "--model", DEFAULT_MODEL_ID, "--device", "cpu")):
+        here, there = run_cli(*args, env=env), run_cli(*args, env=env, process=True)
+        assert (here.returncode, here.stdout, here.stderr) == (there.returncode, there.stdout, there.stderr), args
+    assert here.returncode == 0 and "is shadowed" in here.stderr and "glioma" in here.stdout
+    bad = run_cli("classify", jpg, "--device", "cpu")
+    assert bad.returncode == 2 and bad.stderr.startswith("brainspineai: error: ") and bad.stderr.count("\n") == 1
+    assert "BRAINSPINEAI_MODEL_PATH" not in os.environ  # the call's environment is undone
+
+
 def test_parser_backbone_names_are_the_library_s():
     from brainspineai.classification.backbones import BACKBONES
     from brainspineai.cli.common import BACKBONE_NAMES
