@@ -76,7 +76,9 @@ def run_cli(*args, env=None, timeout=900, process=False) -> subprocess.Completed
     for each of the suite's ~150 commands, about half its CPU time. ``process=True`` (or an
     interpreter variable in ``env``, or ``BRAINSPINEAI_TEST_CLI=process`` for the whole suite)
     runs ``python -m brainspineai`` in a child process instead: the tests of the real entry
-    point (exit status as the shell sees it, what is imported) do so."""
+    point (exit status as the shell sees it, what is imported) do so. ``timeout`` (seconds): a
+    child process is killed after it; a command in this process that runs longer is interrupted
+    as by Ctrl-C (the command's own handling: exit status 130, "brainspineai: interrupted")."""
     args = [str(a) for a in args]
     if process or os.environ.get("BRAINSPINEAI_TEST_CLI") == "process" or any(k.startswith("PYTHON") for k in env or {}):
         full_env = dict(os.environ)
@@ -84,14 +86,16 @@ def run_cli(*args, env=None, timeout=900, process=False) -> subprocess.Completed
         full_env.update(env or {})
         return subprocess.run([sys.executable, "-m", "brainspineai", *args], capture_output=True, text=True,
                               env=full_env, timeout=timeout)
-    return _run_cli_here(args, env or {})
+    return _run_cli_here(args, env or {}, timeout)
 
 
-def _run_cli_here(args, env) -> subprocess.CompletedProcess:
+def _run_cli_here(args, env, timeout) -> subprocess.CompletedProcess:
+    import _thread
     import contextlib
     import io
     import logging
     import tempfile
+    import threading
     import traceback
     import warnings
 
@@ -100,6 +104,7 @@ def _run_cli_here(args, env) -> subprocess.CompletedProcess:
     saved_env = dict(os.environ)
     saved_handlers, saved_level = logging.root.handlers[:], logging.root.level
     py_out, py_err = io.StringIO(), io.StringIO()
+    alarm = threading.Timer(timeout, _thread.interrupt_main)  # a hang: interrupted as by Ctrl-C, as a timeout would
     with tempfile.TemporaryFile() as fd_out, tempfile.TemporaryFile() as fd_err:
         sys.stdout.flush(), sys.stderr.flush()
         saved_fds = os.dup(1), os.dup(2)
@@ -115,6 +120,7 @@ def _run_cli_here(args, env) -> subprocess.CompletedProcess:
                                          ("ignore", PendingDeprecationWarning), ("ignore", DeprecationWarning)):
                     warnings.simplefilter(action, category)
                 warnings.showwarning = _show_warning
+                alarm.start()
                 try:
                     rc = main(args)
                 except SystemExit as exc:
@@ -123,6 +129,7 @@ def _run_cli_here(args, env) -> subprocess.CompletedProcess:
                     traceback.print_exc()
                     rc = 1
         finally:
+            alarm.cancel()
             logging.root.handlers[:] = saved_handlers
             logging.root.setLevel(saved_level)
             os.environ.clear()
