@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT / "BrainSpineAI"))
 LGG = ROOT.parent / "shared" / "data" / "volumes" / "tcga-lgg-flair"
 
 
@@ -30,11 +31,15 @@ def cli(*args) -> None:
 
 
 def dice(pred: Path, truth: Path) -> float:
+    """Whole-tumour Dice of a BraTS labelmap against a binary mask on the same grid
+    (:func:`brainspineai.segmentation.inference.region_metrics`)."""
     import SimpleITK as sitk
 
-    p = sitk.GetArrayFromImage(sitk.ReadImage(str(pred))) > 0
-    t = sitk.GetArrayFromImage(sitk.ReadImage(str(truth))) > 0
-    return float(2 * (p & t).sum() / max(1, p.sum() + t.sum()))
+    from brainspineai.segmentation.inference import region_metrics
+
+    p = sitk.GetArrayFromImage(sitk.ReadImage(str(pred)))
+    t = (sitk.GetArrayFromImage(sitk.ReadImage(str(truth))) > 0).astype(np.uint8)  # label 1: inside WT
+    return region_metrics(p, t, (1.0, 1.0, 1.0))["WT"]["dice"]
 
 
 def main() -> None:
@@ -63,10 +68,11 @@ def main() -> None:
             rows.append((dice(out / "raw.nii.gz", c / "mask.nii.gz"), dice(out / "prep.nii.gz", c / "mask.nii.gz")))
             print(f"{c.name}: WT Dice as given {rows[-1][0]:.3f}, after preprocessing {rows[-1][1]:.3f}", flush=True)
     if rows:
+        from brainspineai.prognosis.survival import bootstrap_ci
+
         a = np.asarray(rows)
-        rng = np.random.default_rng(0)
-        boot = a[rng.integers(0, len(a), (2000, len(a)))].mean(1)
-        lo, hi = np.percentile(boot, [2.5, 97.5], axis=0)
+        (lo0, hi0), (lo1, hi1) = (bootstrap_ci(np.mean, (a[:, k],), n_boot=2000) for k in (0, 1))
+        lo, hi = (lo0, lo1), (hi0, hi1)
         print(f"{len(a)} patients: mean WT Dice as given {a[:, 0].mean():.3f} [{lo[0]:.3f}, {hi[0]:.3f}], "
               f"after preprocessing {a[:, 1].mean():.3f} [{lo[1]:.3f}, {hi[1]:.3f}] (95% bootstrap over patients)")
 
