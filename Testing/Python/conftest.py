@@ -76,11 +76,16 @@ def run_cli(*args, env=None, timeout=900, process=False) -> subprocess.Completed
     for each of the suite's ~150 commands, about half its CPU time. ``process=True`` (or an
     interpreter variable in ``env``, or ``BRAINSPINEAI_TEST_CLI=process`` for the whole suite)
     runs ``python -m brainspineai`` in a child process instead: the tests of the real entry
-    point (exit status as the shell sees it, what is imported) do so. ``timeout`` (seconds): a
-    child process is killed after it; a command in this process that runs longer is interrupted
-    as by Ctrl-C (the command's own handling: exit status 130, "brainspineai: interrupted")."""
+    point (exit status as the shell sees it, what is imported) do so, and so does ``worker``
+    or a call whose ``env`` sets what a process reads only when it starts (``PYTHON*``, thread
+    counts, CUDA, torch, Hugging Face). ``timeout`` (seconds): a
+    child process is killed after it; a command in this process that runs longer gets SIGINT,
+    as by Ctrl-C (the command's own handling: exit status 130, "brainspineai: interrupted").
+    Not covered in this process: what happens at exit (atexit, threads that keep a process
+    alive); the suite with ``BRAINSPINEAI_TEST_CLI=process`` covers it."""
     args = [str(a) for a in args]
-    if process or os.environ.get("BRAINSPINEAI_TEST_CLI") == "process" or any(k.startswith("PYTHON") for k in env or {}):
+    if (process or os.environ.get("BRAINSPINEAI_TEST_CLI") == "process" or args[:1] == ["worker"]  # reads stdin, caches
+            or any(k.startswith(("PYTHON", "OMP_", "MKL_", "CUDA_", "TORCH", "HF_")) for k in env or {})):  # read at start
         full_env = dict(os.environ)
         full_env["PYTHONPATH"] = os.pathsep.join([str(LIB_PARENT)] + ([full_env["PYTHONPATH"]] if full_env.get("PYTHONPATH") else []))
         full_env.update(env or {})
@@ -90,36 +95,51 @@ def run_cli(*args, env=None, timeout=900, process=False) -> subprocess.Completed
 
 
 def _run_cli_here(args, env, timeout) -> subprocess.CompletedProcess:
-    import _thread
     import contextlib
+    import ctypes
     import io
     import logging
+    import signal
     import tempfile
     import threading
     import traceback
     import warnings
 
+    from brainspineai import catalogue
+    from brainspineai.classification import sequence
     from brainspineai.cli import main
 
+    catalogue._warned.clear()  # once-per-process state starts empty, as in a new process
+    sequence._default_sequence_model.cache_clear()
     saved_env = dict(os.environ)
     saved_handlers, saved_level = logging.root.handlers[:], logging.root.level
     py_out, py_err = io.StringIO(), io.StringIO()
-    alarm = threading.Timer(timeout, _thread.interrupt_main)  # a hang: interrupted as by Ctrl-C, as a timeout would
+    outer = {sys.stdout: py_out, sys.__stdout__: py_out, sys.stderr: py_err, sys.__stderr__: py_err}
+    running = threading.Event()
+
+    def on_sigint(signum, frame):  # only while the command runs: a late alarm must not hit the restoring
+        if running.is_set():
+            raise KeyboardInterrupt
+
+    # a hang: SIGINT to the main thread after `timeout` s (it wakes blocking calls), as Ctrl-C would
+    alarm = threading.Timer(timeout, signal.pthread_kill, (threading.main_thread().ident, signal.SIGINT))
+    libc_flush = ctypes.CDLL(None).fflush
     with tempfile.TemporaryFile() as fd_out, tempfile.TemporaryFile() as fd_err:
-        sys.stdout.flush(), sys.stderr.flush()
+        sys.stdout.flush(), sys.stderr.flush(), sys.__stdout__.flush(), sys.__stderr__.flush(), libc_flush(None)
         saved_fds = os.dup(1), os.dup(2)
+        saved_sigint = signal.signal(signal.SIGINT, on_sigint)
+        rebound = _rebind_stream_handlers(outer)  # libraries' own handlers bound to the console at import
         try:
-            os.environ.update(env)
+            os.environ.update({k: str(v) for k, v in env.items()})
             os.dup2(fd_out.fileno(), 1)
             os.dup2(fd_err.fileno(), 2)
             logging.root.handlers[:] = []  # as in a fresh process: warnings reach stderr (logging.lastResort)
             logging.root.setLevel(logging.WARNING)
             with warnings.catch_warnings(), contextlib.redirect_stdout(py_out), contextlib.redirect_stderr(py_err):
-                warnings.resetwarnings()  # Python's own default filters, not pytest's
-                for action, category in (("ignore", ResourceWarning), ("ignore", ImportWarning),
-                                         ("ignore", PendingDeprecationWarning), ("ignore", DeprecationWarning)):
-                    warnings.simplefilter(action, category)
+                # the process's filters (Python's defaults, PYTHONWARNINGS, the libraries'), not pytest's own
+                warnings.filters[:] = [f for f in warnings.filters if not _pytest_filter(f)]
                 warnings.showwarning = _show_warning
+                running.set()
                 alarm.start()
                 try:
                     rc = main(args)
@@ -128,8 +148,18 @@ def _run_cli_here(args, env, timeout) -> subprocess.CompletedProcess:
                 except BaseException:  # noqa: BLE001 - what an uncaught exception does to a process
                     traceback.print_exc()
                     rc = 1
+                finally:
+                    running.clear()
+                    alarm.cancel()
+                    sys.__stdout__.flush(), sys.__stderr__.flush(), libc_flush(None)
         finally:
+            running.clear()
             alarm.cancel()
+            # handlers made during the call write to the console afterwards, as if made outside it
+            _rebind_stream_handlers({py_out: sys.stdout, py_err: sys.stderr})
+            for handler, stream in rebound:
+                handler.setStream(stream)
+            signal.signal(signal.SIGINT, saved_sigint)
             logging.root.handlers[:] = saved_handlers
             logging.root.setLevel(saved_level)
             os.environ.clear()
@@ -141,6 +171,28 @@ def _run_cli_here(args, env, timeout) -> subprocess.CompletedProcess:
         c_out = fd_out.read().decode("utf-8", "replace")
         c_err = fd_err.read().decode("utf-8", "replace")
     return subprocess.CompletedProcess(["brainspineai", *args], rc, py_out.getvalue() + c_out, c_err + py_err.getvalue())
+
+
+def _rebind_stream_handlers(streams: dict) -> list:
+    """Point every logging StreamHandler whose stream is a key of ``streams`` at its value;
+    returns ``[(handler, old stream)]``."""
+    import logging
+
+    loggers = [logging.root] + [lg for lg in logging.Logger.manager.loggerDict.values() if isinstance(lg, logging.Logger)]
+    out = []
+    for lg in loggers:
+        for h in lg.handlers:
+            if type(h) is logging.StreamHandler and h.stream in streams:
+                out.append((h, h.setStream(streams[h.stream])))
+    return out
+
+
+def _pytest_filter(f) -> bool:
+    """A warning filter pytest adds around each test (``always`` for deprecations, its own classes)."""
+    action, message, category, module, _ = f
+    if action == "always" and category in (DeprecationWarning, PendingDeprecationWarning) and message is None and module is None:
+        return True
+    return issubclass(category, pytest.PytestWarning)
 
 
 def _show_warning(message, category, filename, lineno, file=None, line=None):

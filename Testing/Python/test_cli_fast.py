@@ -49,6 +49,7 @@ def test_in_process_cli_sees_what_a_process_sees(tmp_path, validation_images):
         here, there = run_cli(*args, env=env), run_cli(*args, env=env, process=True)
         assert (here.returncode, here.stdout, here.stderr) == (there.returncode, there.stdout, there.stderr), args
     assert here.returncode == 0 and "is shadowed" in here.stderr and "glioma" in here.stdout
+    assert run_cli(*args, env=env).stderr == here.stderr  # warned again: once-per-process state starts anew
     bad = run_cli("classify", jpg, "--device", "cpu")
     assert bad.returncode == 2 and bad.stderr.startswith("brainspineai: error: ") and bad.stderr.count("\n") == 1
     assert "BRAINSPINEAI_MODEL_PATH" not in os.environ  # the call's environment is undone
