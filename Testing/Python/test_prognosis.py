@@ -300,6 +300,34 @@ def test_shipped_default_model_runs_on_a_real_patient(lgg, tmp_path):
     assert abs(sum(doc["modality_weights"].values()) - 1) < 1e-6
 
 
+def test_a_feature_pyradiomics_could_not_compute_gives_no_prediction(lgg, tmp_path, monkeypatch, capfd):
+    """pyradiomics logs a failed feature and returns NaN for it; a feature the model weighs is
+    then refused in one line (exit 2, no JSON), not predicted from the 0.0 that stands in for it."""
+    from radiomics.featureextractor import RadiomicsFeatureExtractor
+
+    from brainspineai.catalogue import load_model
+    from brainspineai.cli.main import main
+    from brainspineai.errors import InputError
+
+    model = load_model("tcga-lgg-prognosis", "cpu", task="prognosis")
+    feature = sorted(model.weighted_features - {"age"})[0]
+    real = RadiomicsFeatureExtractor.execute
+
+    def failing(self, *args, **kwargs):
+        out = real(self, *args, **kwargs)
+        out[feature] = float("nan")
+        return out
+
+    monkeypatch.setattr(RadiomicsFeatureExtractor, "execute", failing)
+    with pytest.raises(InputError, match=feature):
+        model.predict(lgg / "TCGA_CS_4942", 44)
+    out = tmp_path / "p.json"
+    rc = main(["prognosis", str(lgg / "TCGA_CS_4942"), "--age", "44", "--json", str(out)])  # patched here too
+    err = capfd.readouterr().err
+    assert rc == 2 and err.count("\n") == 1 and err.startswith("brainspineai: error: ") and feature in err, err
+    assert not out.exists()
+
+
 def _series(lgg, tmp_path, names=("2019-01-10", "2020-01-10")):
     """A series folder of two studies of TCGA_CS_4941: the real study, and the same images with
     the expert mask grown by 2 voxels in-plane (a tumour that grew)."""

@@ -58,9 +58,11 @@ def _extractor(settings):
     return ext
 
 
-def radiomics_features(case: dict, settings=None) -> dict:
+def radiomics_features(case: dict, settings=None, not_finite: list | None = None) -> dict:
     """Radiomic features of the tumour on the FLAIR of a loaded case (:func:`.data.load_case`).
 
+    :param not_finite: when given, the names of features pyradiomics could not compute (NaN or
+        infinite: it logs the failure and goes on) are appended to it; they are 0.0 in the result.
     :returns: feature name (pyradiomics naming, e.g. ``original_glcm_Idmn``) -> float, sorted.
     :raises InputError: no mask, or pyradiomics refuses the region (too small, one voxel wide).
     """
@@ -79,6 +81,8 @@ def radiomics_features(case: dict, settings=None) -> dict:
             continue
         x = float(v)
         out[k] = x if math.isfinite(x) else 0.0
+        if not math.isfinite(x) and not_finite is not None:
+            not_finite.append(k)
     return dict(sorted(out.items()))
 
 

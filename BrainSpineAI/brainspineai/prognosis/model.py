@@ -55,6 +55,12 @@ class PrognosisModel:
         return set(self.cox.features) | set(self.grade.features)
 
     @property
+    def weighted_features(self) -> set:
+        """Features with a non-zero coefficient in the Cox or the grade model (the others cannot
+        change a prediction)."""
+        return {f for lm in (self.cox, self.grade) for f, c in zip(lm.features, lm.coef) if float(c) != 0.0}
+
+    @property
     def needs_imaging(self) -> bool:
         return bool(self._features - {"age"})
 
@@ -92,7 +98,9 @@ class PrognosisModel:
         """Prognosis of one patient folder (:mod:`.data` layout) at ``age`` years; ``mask``
         (a file) replaces the folder's ``mask.nii.gz``.
 
-        :raises InputError: unknown age, no FLAIR, no tumour mask, unreadable files.
+        :raises InputError: unknown age, no FLAIR, no tumour mask, unreadable files, or a radiomic
+            feature the model uses that pyradiomics could not compute for this tumour (rather than
+            a prediction from a stand-in value).
         """
         from .data import check_age, find_case, load_case
         from .features import radiomics_features
@@ -106,7 +114,12 @@ class PrognosisModel:
         case = load_case(case_dir, self.spacing, mask=mask)
         feats, weights = {}, None
         if self._features - {"age", NET_RISK, NET_GRADE}:
-            feats.update(radiomics_features(case, self.settings))
+            failed = []
+            feats.update(radiomics_features(case, self.settings, not_finite=failed))
+            used = sorted(set(failed) & self.weighted_features)
+            if used:
+                raise InputError(f"{case_dir}: pyradiomics could not compute {', '.join(used)} for this tumour "
+                                 "(the model needs it); no prediction from a stand-in value")
         if self.network is not None:
             from .network import SEQUENCES, patient_tensor, run_network
 
