@@ -145,6 +145,7 @@ def test_model_reloads_to_identical_risks(small_model, lgg):
     card = read_card(folder)
     assert card["task"] == "prognosis" and set(card["files"]) >= {"prognosis.json", "radiomics.json", "cv.json"}
     assert "c_index_95ci" in card["metrics"]["variants"]["age"]
+    assert card["training_data"]["features_not_computed"] == {}  # pyradiomics computed every feature here
     m1 = load_model(str(folder), "cpu", task="prognosis")
     m2 = load_model(str(folder), "cpu", task="prognosis")
     r1 = m1.predict(lgg / "TCGA_CS_4941", 67)
@@ -302,12 +303,15 @@ def test_shipped_default_model_runs_on_a_real_patient(lgg, tmp_path):
 
 def test_a_feature_pyradiomics_could_not_compute_gives_no_prediction(lgg, tmp_path, monkeypatch, capfd):
     """pyradiomics logs a failed feature and returns NaN for it; a feature the model weighs is
-    then refused in one line (exit 2, no JSON), not predicted from the 0.0 that stands in for it."""
+    then refused in one line (exit 2, no JSON), not predicted from the 0.0 that stands in for it;
+    the cohort features of training name it per patient."""
     from radiomics.featureextractor import RadiomicsFeatureExtractor
 
     from brainspineai.catalogue import load_model
     from brainspineai.cli.main import main
     from brainspineai.errors import InputError
+    from brainspineai.prognosis.data import read_clinical
+    from brainspineai.prognosis.features import cohort_features
 
     model = load_model("tcga-lgg-prognosis", "cpu", task="prognosis")
     feature = sorted(model.weighted_features - {"age"})[0]
@@ -326,6 +330,11 @@ def test_a_feature_pyradiomics_could_not_compute_gives_no_prediction(lgg, tmp_pa
     err = capfd.readouterr().err
     assert rc == 2 and err.count("\n") == 1 and err.startswith("brainspineai: error: ") and feature in err, err
     assert not out.exists()
+    # training: the stand-in is kept, and said (logged, and in the card's training_data)
+    patient = next(p for p in read_clinical(lgg / "clinical.csv", need_age=False) if p.patient == "TCGA_CS_4942")
+    failed = {}
+    X, names, _ = cohort_features(lgg, [patient], not_finite=failed)
+    assert failed == {"TCGA_CS_4942": [feature]} and X[0, names.index(feature)] == 0.0
 
 
 def _series(lgg, tmp_path, names=("2019-01-10", "2020-01-10")):

@@ -97,7 +97,8 @@ def _file_key(files: dict) -> str:
 def case_features(folder, settings=None, spacing=None, cache_dir=None) -> dict:
     """Features of one patient folder (FLAIR + mask), read from ``cache_dir`` when cached.
 
-    :returns: ``{"radiomics": {name: float}, "missing": [sequence, ...]}``.
+    :returns: ``{"radiomics": {name: float}, "missing": [sequence, ...], "not_finite": [name, ...]}``
+        (``not_finite``: features pyradiomics could not compute, 0.0 in ``radiomics``).
     :raises InputError: see :func:`.data.load_case` and :func:`radiomics_features`.
     """
     from ..io import atomic_write_text
@@ -117,15 +118,20 @@ def case_features(folder, settings=None, spacing=None, cache_dir=None) -> dict:
             except ValueError:
                 pass
     case = load_case(folder, spacing)
-    out = {"radiomics": radiomics_features(case, settings), "missing": case["missing"]}
+    failed = []
+    out = {"radiomics": radiomics_features(case, settings, not_finite=failed), "missing": case["missing"],
+           "not_finite": failed}
     if cache is not None:
         cache.parent.mkdir(parents=True, exist_ok=True)
         atomic_write_text(cache, json.dumps(out))
     return out
 
 
-def cohort_features(data_dir, patients, settings=None, spacing=None, cache_dir=None, progress=None):
+def cohort_features(data_dir, patients, settings=None, spacing=None, cache_dir=None, progress=None, not_finite=None):
     """Feature matrix of ``patients`` (:class:`.data.Patient` list) under ``data_dir``.
+
+    :param not_finite: when given (a dict), patient id -> names of the features pyradiomics
+        could not compute for that patient (0.0 in ``X``).
 
     :returns: ``(X float64 (n_patients, n_features), names list, missing list of lists)``.
     :raises InputError: a patient folder is missing, or its features cannot be computed (the
@@ -148,6 +154,8 @@ def cohort_features(data_dir, patients, settings=None, spacing=None, cache_dir=N
             raise InputError(f"patient {p.patient}: radiomics gave other features than for the first patient")
         rows.append([f["radiomics"][n] for n in names])
         missing.append(f["missing"])
+        if not_finite is not None and f.get("not_finite"):
+            not_finite[p.patient] = list(f["not_finite"])
         if progress:
             progress(i + 1, len(patients))
     return np.asarray(rows, dtype=np.float64), names or [], missing

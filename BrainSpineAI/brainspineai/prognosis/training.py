@@ -67,7 +67,12 @@ def run_study(cfg: PrognosisConfig, log=print) -> dict:
         raise InputError(f"{len(patients)} patients with {n_events} deaths are too few for {cfg.folds}-fold "
                          "cross-validation")
     log(f"radiomics of {len(patients)} patients ...")
-    X, names, missing = cohort_features(cfg.data, patients, RADIOMICS_SETTINGS, REFERENCE_SPACING, cfg.cache)
+    failed = {}
+    X, names, missing = cohort_features(cfg.data, patients, RADIOMICS_SETTINGS, REFERENCE_SPACING, cfg.cache,
+                                        not_finite=failed)
+    for pid, feats in failed.items():  # pyradiomics logs such a failure and goes on; say so here
+        log(f"{pid}: pyradiomics could not compute {len(feats)} feature(s) ({', '.join(feats[:3])}"
+            f"{', ...' if len(feats) > 3 else ''}); 0.0 stands in for them")
     age = np.asarray([p.age for p in patients])
     time = np.asarray([p.time_days for p in patients])
     event = np.asarray([p.event for p in patients])
@@ -86,7 +91,7 @@ def run_study(cfg: PrognosisConfig, log=print) -> dict:
     cv = cross_validate(X, names, age, time, event, grade, cfg.folds, cfg.seed, cfg.bootstrap, cfg.penalizer,
                         extra_risks=extra)
     table, verdict, best = ablation_table(cv)
-    return {"tensors": tensors, "patients": patients, "left_out": left, "X": X, "names": names, "missing": missing, "age": age,
+    return {"tensors": tensors, "patients": patients, "left_out": left, "not_finite": failed, "X": X, "names": names, "missing": missing, "age": age,
             "time": time, "event": event, "grade": grade, "cv": cv, "table": table, "verdict": verdict,
             "best": best}
 
@@ -172,6 +177,7 @@ def train_prognosis(cfg: PrognosisConfig, log=print) -> Path:
         "training_data": {"source": "TCGA-LGG (Buda et al. 2019 images and masks; TCGA-CDR survival, Liu et al. 2018)",
                           "data_dir": str(cfg.data), "clinical": str(cfg.clinical), "n_patients": len(pats),
                           "n_deaths": int(s["event"].sum()), "left_out": [f"{a}: {b}" for a, b in s["left_out"]],
+                          "features_not_computed": s.get("not_finite", {}),  # patient -> names; 0.0 stood in
                           "grade_II": int((g == 2).sum()), "grade_III": int((g == 3).sum())},
         "metrics": {"protocol": f"patient-level {cfg.folds}-fold cross-validation stratified by event (seed "
                                 f"{cfg.seed}), out-of-fold predictions pooled; 95% percentile bootstrap intervals "
