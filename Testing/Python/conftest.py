@@ -70,10 +70,11 @@ def run_cli(*args, env=None, timeout=900, process=False) -> subprocess.Completed
     """Run the command line ``brainspineai ARGS`` and return a completed process (text mode).
 
     By default the command runs in this process (:func:`brainspineai.cli.main`), as a fresh
-    process would see it: ``env`` set for the call, Python's default warning filters, no
-    logging handlers but the last-resort one, and stdout / stderr captured at the file
-    descriptors as well (what C++ libraries print). That saves importing torch and MONAI again
-    for each of the suite's ~150 commands, about half its CPU time. ``process=True`` (or an
+    process would see it: ``env`` set for the call, the process's warning filters without
+    pytest's, only the last-resort handler at the logging root and libraries' own handlers
+    pointed at the call's output, once-per-process state cleared, and stdout / stderr captured
+    at the file descriptors as well (what C++ libraries print). That saves importing torch and
+    MONAI again for each of the suite's ~150 commands, about a third of its CPU time. ``process=True`` (or an
     interpreter variable in ``env``, or ``BRAINSPINEAI_TEST_CLI=process`` for the whole suite)
     runs ``python -m brainspineai`` in a child process instead: the tests of the real entry
     point (exit status as the shell sees it, what is imported) do so, and so does ``worker``

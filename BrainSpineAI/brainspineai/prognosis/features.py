@@ -80,9 +80,11 @@ def radiomics_features(case: dict, settings=None, not_finite: list | None = None
         if k.startswith("diagnostics_"):
             continue
         x = float(v)
-        out[k] = x if math.isfinite(x) else 0.0
-        if not math.isfinite(x) and not_finite is not None:
-            not_finite.append(k)
+        if not math.isfinite(x):
+            x = 0.0
+            if not_finite is not None:
+                not_finite.append(k)
+        out[k] = x
     return dict(sorted(out.items()))
 
 
