@@ -6,9 +6,17 @@ every feature) with ``pip install --dry-run --report`` against each Slicer's own
 requirement files, as a constraints file, the way ``ensureDependencies`` runs pip inside Slicer).
 It fails when pip cannot resolve the set without changing one of them, when the report shows a
 shipped package at another version, or when it would install a package Slicer builds itself
-(SimpleITK, VTK). Runs for this interpreter and for Slicer's Python versions (3.9 / 3.12, wheels
-only) through ``--python-version``. Contacts the package index (PyPI, the allowed registry);
-skipped with the reason when the index cannot be reached.
+(SimpleITK, VTK). Runs for Slicer's Python versions (3.9 / 3.12, wheels only) through
+``--python-version``. Contacts the package index (PyPI, the allowed registry); skipped with the
+reason when the index cannot be reached.
+
+torch and torchvision are installed in Slicer before this set, by the PyTorch extension
+(``installTorch``), and ``ensureDependencies`` pins the installed ones in its constraints. The
+check does the same: each is given as already installed, by a metadata-only wheel of the
+release PyTorch ships last for that Python (:data:`PREINSTALLED`) that declares torch's and
+torchvision's own pure-Python requirements, and pinned. So pip resolves every other package
+against that torch, as in Slicer, without fetching about 11 GB of torch and CUDA wheels whose
+metadata the index does not serve apart.
 """
 from __future__ import annotations
 
@@ -16,6 +24,7 @@ import json
 import os
 import subprocess
 import sys
+import zipfile
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
@@ -26,6 +35,18 @@ THIS_PYTHON = f"{sys.version_info.major}.{sys.version_info.minor}"
 # Slicer's own Python versions only (3.9 / 3.12): resolving for this interpreter too doubled the time
 CASES = [("5.8", dep.SLICER_PYTHON["5.8"]), ("5.10", dep.SLICER_PYTHON["5.10"])]
 PIP_TIMEOUT = 900
+# what the PyTorch extension installs for each Python: the last torch release for Python 3.9, and
+# the newest this machine's pip allows; torchvision is torch 2.N's 0.(N+15)
+PREINSTALLED = {"3.9": {"torch": "2.8.0", "torchvision": "0.23.0"},
+                "3.12": {"torch": "2.14.1", "torchvision": "0.29.1"}}
+# their requirements as their wheels declare them, without the CUDA libraries and triton (binary
+# wheels of the PyTorch extension's own choosing, not packages Slicer ships)
+PREINSTALLED_REQUIRES = {
+    "torch": ["filelock", "typing-extensions>=4.10.0", 'setuptools; python_version >= "3.12"', "sympy>=1.13.3",
+              "networkx>=2.5.1", "jinja2", "fsspec>=0.8.5"],
+    "torchvision": ["numpy", "torch=={torch}", "pillow!=8.3.*,>=5.3.0"],
+}
+LOCAL = "preinstalled"  # local version label: no index carries it, so pip can only take the stub
 
 
 def _pip(args, timeout=PIP_TIMEOUT):
@@ -34,10 +55,31 @@ def _pip(args, timeout=PIP_TIMEOUT):
                           timeout=timeout, env={**os.environ, "PYTHONIOENCODING": "utf-8"})
 
 
-def _constraints(folder, slicer_version):
-    path = folder / f"slicer-{slicer_version}-constraints.txt"
-    path.write_text("".join(f"{n}=={v}\n" for n, v in dep.SLICER_PACKAGES[slicer_version].items() if v))
+def _constraints(folder, slicer_version, python):
+    path = folder / f"slicer-{slicer_version}-py{python}-constraints.txt"
+    pins = {n: v for n, v in dep.SLICER_PACKAGES[slicer_version].items() if v}
+    pins.update({n: f"{v}+{LOCAL}" for n, v in PREINSTALLED.get(python, {}).items()})
+    path.write_text("".join(f"{n}=={v}\n" for n, v in pins.items()))
     return path
+
+
+def _preinstalled_wheels(folder, python):
+    """Metadata-only wheels of the torch / torchvision the PyTorch extension installs for
+    ``python`` (:data:`PREINSTALLED`); returns their folder, for ``--find-links``."""
+    out = folder / f"preinstalled-py{python}"
+    out.mkdir(exist_ok=True)
+    versions = PREINSTALLED.get(python, {})
+    for name, version in versions.items():
+        full = f"{version}+{LOCAL}"
+        info = f"{name}-{full}.dist-info"
+        requires = [r.format(**versions) for r in PREINSTALLED_REQUIRES[name]]
+        with zipfile.ZipFile(out / f"{name}-{full}-py3-none-any.whl", "w") as whl:
+            whl.writestr(f"{info}/METADATA", f"Metadata-Version: 2.1\nName: {name}\nVersion: {full}\n"
+                         + "".join(f"Requires-Dist: {r}\n" for r in requires))
+            whl.writestr(f"{info}/WHEEL", "Wheel-Version: 1.0\nGenerator: test_install_set\nRoot-Is-Purelib: true\n"
+                                          "Tag: py3-none-any\n")
+            whl.writestr(f"{info}/RECORD", "")
+    return out
 
 
 def _resolve(folder, requirements, slicer_version, python):
@@ -47,7 +89,8 @@ def _resolve(folder, requirements, slicer_version, python):
     req = folder / f"requirements-{tag}.txt"
     req.write_text("".join(r + "\n" for r in requirements), encoding="utf-8")
     args = ["install", "--dry-run", "--disable-pip-version-check", "--report", str(report),
-            "--only-binary=:all:", "-c", str(_constraints(folder, slicer_version)), "-r", str(req)]
+            "--only-binary=:all:", "-c", str(_constraints(folder, slicer_version, python)), "-r", str(req),
+            "--find-links", str(_preinstalled_wheels(folder, python))]
     if python == THIS_PYTHON:
         args.append("--ignore-installed")
     else:  # pip 23 accepts --python-version with --dry-run only together with --target (nothing is written)
@@ -98,6 +141,8 @@ def test_install_set_keeps_every_package_slicer_ships(resolutions, slicer_versio
     built_by_slicer = {n for n, v in shipped.items() if v is None}
     assert not set(installed) & built_by_slicer, f"would install over Slicer's own build: {set(installed) & built_by_slicer}"
     assert installed["numpy"] == shipped["numpy"]
+    for name, version in PREINSTALLED[python].items():  # the extension's torch, not a download
+        assert installed.get(name) == f"{version}+{LOCAL}", f"{name}: {installed.get(name)} resolved, not the extension's"
 
 
 def test_the_check_catches_a_package_that_pins_numpy(index_reachable, tmp_path):
