@@ -166,3 +166,50 @@ def test_alignment_loss_prefers_evidence_inside_the_tumour_box_and_masks_follow_
     w = torch.tensor([[1.0, 0.0]])
     loss = cam_outside_box(feats, w, torch.zeros(2, dtype=torch.long), m.repeat(2, 1, 1, 1))
     assert float(loss[0]) < float(loss[1]) - 0.05  # (a box smaller than a cell bounds how low it can go)
+
+
+def test_alignment_at_a_finer_input_side_trains_the_map_there_without_touching_batch_norm_statistics():
+    """``train classifier --align-sizes``: the alignment loss of real figshare3 slices with their
+    expert boxes, prepared at 256 px as the finer heatmap scales see them, reaches the weights,
+    six steps on it move the 8 x 8 map into the boxes (lower loss on the same views), and
+    batch norm's running statistics (those of the 128 px decision) are left unchanged."""
+    import torch
+
+    from brainspineai.classification.data import load_slice_batch, prepared_boxes, read_box_table
+    from brainspineai.classification.networks import GRADCAM_LAYER, build_classifier
+    from brainspineai.classification.training import TrainConfig, _fine_alignment
+    from brainspineai.errors import InputError
+    from conftest import FIGSHARE
+
+    root = need(FIGSHARE)
+    table = read_box_table(root / "tumor_boxes.csv")
+    rels = sorted(table)[:6]
+    x, geoms = load_slice_batch([root / r for r in rels], 256, return_geometry=True)
+    boxes = torch.from_numpy(prepared_boxes([root / r for r in rels], root, geoms, table))
+    torch.manual_seed(0)
+    net = build_classifier("resnet18-w32", 4).train()
+    captured = {}
+    net.get_submodule(GRADCAM_LAYER).register_forward_hook(lambda m, i, o: captured.__setitem__("a", o))
+    stats = {k: v.clone() for k, v in net.state_dict().items() if "running" in k}
+    fine = {"x": x, "row": torch.arange(len(rels)), "sizes": [256]}
+    idx, y = torch.arange(len(rels)), torch.zeros(len(rels), dtype=torch.long)
+
+    def loss_on_the_same_views():
+        with torch.no_grad():
+            return float(_fine_alignment(net, captured, fine, idx, y, boxes, torch.Generator().manual_seed(1), "cpu"))
+
+    before = loss_on_the_same_views()
+    assert captured["a"].shape[-1] == 8  # 256 px: an 8 x 8 last-stage map, not the 4 x 4 of 128 px
+    assert 0.0 < before < 1.0
+    opt = torch.optim.Adam(net.parameters(), lr=0.001)
+    for k in range(6):
+        opt.zero_grad()
+        loss = _fine_alignment(net, captured, fine, idx, y, boxes, torch.Generator().manual_seed(10 + k), "cpu")
+        loss.backward()
+        assert float(net.fc.weight.grad.abs().sum()) > 0
+        opt.step()
+    assert loss_on_the_same_views() < before - 0.02
+    assert all(torch.equal(v, net.state_dict()[k]) for k, v in stats.items())
+    assert all(m.training for m in net.modules())  # batch norm is back in training mode
+    with pytest.raises(InputError, match="--align-sizes .*align_weight > 0"):
+        TrainConfig(align_sizes=(256,)).check()

@@ -47,6 +47,7 @@ class TrainConfig(CommonConfig):
     skull_strip_p: float = 0.5  # probability of showing a training slice skull-stripped
     boxes: str = ""  # tumour-box CSV (data.read_box_table), for align_weight
     align_weight: float = 0.0  # weight of the CAM-outside-the-box loss on tumour slices with a box
+    align_sizes: tuple = ()  # further input sides (px) the loss is also applied at, one drawn per step
 
     def extra_rules(self) -> list:
         return [("image_size", self.image_size >= 32, ">= 32"), ("keep", self.keep in ("last", "best"), "last or best"),
@@ -55,7 +56,9 @@ class TrainConfig(CommonConfig):
                 ("skull_strip_p", 0 <= self.skull_strip_p <= 1, "between 0 and 1"),
                 ("align_weight", self.align_weight >= 0, ">= 0"),
                 ("boxes", bool(self.boxes) or self.align_weight == 0, "a tumour-box CSV when align_weight > 0"),
-                ("boxes", not self.boxes or Path(self.boxes).is_file(), "an existing file")]
+                ("boxes", not self.boxes or Path(self.boxes).is_file(), "an existing file"),
+                ("align_sizes", all(int(v) >= 32 for v in self.align_sizes), "sides >= 32"),
+                ("align_sizes", not self.align_sizes or self.align_weight > 0, "used with align_weight > 0")]
 
 
 def augment(x, generator, masks=None):
@@ -117,6 +120,45 @@ def cam_outside_box(features, fc_weight, labels, masks):
     p = torch.softmax(cam.flatten(1), dim=1).view_as(cam)
     m = F.adaptive_avg_pool2d(masks, features.shape[-2:])[:, 0]
     return (p * (1 - m)).sum((1, 2))
+
+
+def _fine_views(paths, train_idx, boxes_tr, cfg):
+    """For ``align_sizes``: the training slices that have a box, prepared at the largest side
+    (float32 (M, 1, S, S)) and a map from training index to row (-1: none); None when unused."""
+    if not cfg.align_sizes or boxes_tr is None:
+        return None
+    import torch
+
+    from .data import load_slice_batch
+
+    has = torch.isfinite(boxes_tr[:, 0]).numpy()
+    row = np.full(len(train_idx), -1, dtype=np.int64)
+    row[has] = np.arange(int(has.sum()))
+    x = load_slice_batch([paths[i] for i in np.asarray(train_idx)[has]], max(int(v) for v in cfg.align_sizes))
+    return {"x": x, "row": torch.from_numpy(row), "sizes": [int(v) for v in cfg.align_sizes]}
+
+
+def _fine_alignment(net, captured, fine, idx, y_tr, boxes_tr, gen, device):
+    """The alignment loss of the selected training slices ``idx`` at an input side drawn from
+    ``fine["sizes"]``, as the finer scales of :func:`explain.multiscale_cam` see them; batch
+    norm uses its running statistics there, so the 128 px statistics are not mixed."""
+    import torch
+    import torch.nn.functional as F
+
+    side = fine["sizes"][int(torch.randint(len(fine["sizes"]), (1,), generator=gen))]
+    x = fine["x"][fine["row"][idx]]
+    if x.shape[-1] != side:
+        x = F.interpolate(x, size=(side, side), mode="area")
+    x, m = augment(x, gen, box_masks(boxes_tr[idx], side))
+    bns = [mod for mod in net.modules() if isinstance(mod, torch.nn.modules.batchnorm._BatchNorm) and mod.training]
+    for mod in bns:
+        mod.eval()
+    try:
+        net(x.to(device))
+    finally:
+        for mod in bns:
+            mod.train()
+    return cam_outside_box(captured["a"], net.fc.weight, y_tr[idx].to(device), m.to(device)).mean()
 
 
 def skull_strip_like(x, seed: int = 0):
@@ -247,6 +289,9 @@ def _train(data_dir: Path, out_dir: Path, cfg: TrainConfig, resume: bool, progre
         boxes_tr = torch.from_numpy(prepared_boxes(paths, data_dir, geoms, read_box_table(cfg.boxes)))[train_idx]
         if not torch.isfinite(boxes_tr[:, 0]).any():
             raise InputError(f"{cfg.boxes}: none of its boxes names a training image of {data_dir}")
+    if cfg.align_sizes and fabric.world_size > 1:
+        raise InputError("align_sizes: a second forward per step is not supported under DDP; train in one process")
+    fine = _fine_views(paths, train_idx, boxes_tr, cfg)
     x_tr, y_tr = x_all[train_idx], y_all[train_idx]
     x_va, y_va = x_all[val_idx], y_all[val_idx]
     x_tr_stripped = skull_strip_like(x_tr, cfg.seed) if cfg.skull_strip_p > 0 else None
@@ -288,6 +333,10 @@ def _train(data_dir: Path, out_dir: Path, cfg: TrainConfig, resume: bool, progre
         if not bool(sel.any()):
             return loss, {"align": 0.0}
         out = cam_outside_box(captured["a"][sel], net.fc.weight, yb[sel], mb[sel]).mean()
+        if fine is not None:
+            with fabric.autocast():
+                out = (out + _fine_alignment(net, captured, fine, idx[sel.cpu()], y_tr, boxes_tr, gen,
+                                             fabric.device)) / 2
         return loss + cfg.align_weight * out, {"align": float(out.detach())}
 
     def evaluate():
@@ -322,7 +371,9 @@ def _train(data_dir: Path, out_dir: Path, cfg: TrainConfig, resume: bool, progre
         card["training"]["alignment"] = (
             "cross-entropy + align_weight x the share of the class activation map (CAM, Zhou et al. 2016) at "
             f"{GRADCAM_LAYER} outside the tumour box, on tumour slices with a box in {Path(cfg.boxes).name} "
-            "(right for the right reasons, Ross et al. 2017); skull-stripped views left out")
+            "(right for the right reasons, Ross et al. 2017); skull-stripped views left out"
+            + (f"; averaged with the same loss at an input side drawn per step from {list(cfg.align_sizes)} px "
+               "(batch norm frozen there), for the finer heatmap scales" if cfg.align_sizes else ""))
     if parent is None and cfg.architecture in PRETRAINED:
         from .efficientnet import PRETRAINED_CARD
 

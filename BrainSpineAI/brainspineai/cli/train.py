@@ -41,7 +41,7 @@ def cmd_train_classifier(args) -> int:
                       device=args.device, limit_per_class=args.limit_per_class, model_id=args.model_id or "",
                       keep=args.keep, skull_strip_p=args.skull_strip_p, extra_card={"description": args.description} if args.description else {},
                       init_model=getattr(args, "init_model", None) or "", boxes=args.boxes or "",
-                      align_weight=args.align_weight)
+                      align_weight=args.align_weight, align_sizes=tuple(args.align_sizes or ()))
     folder = train_classifier(args.data, args.out, cfg, resume=args.resume, progress=_event_sink(args.events))
     _report_model(folder)
     return 0
@@ -162,6 +162,9 @@ def add_train_parsers(tsub) -> None:
     tc.add_argument("--align-weight", type=float, default=0.0,
                     help="weight of the explanation-alignment loss: the share of the class activation map outside the "
                          "tumour box, on slices with a box (0 = off)")
+    tc.add_argument("--align-sizes", type=int, nargs="+", metavar="PX",
+                    help="further input sides at which the alignment loss is also applied, one drawn per step "
+                         "(e.g. 192 256: the finer scales of the default heatmap); default: none")
     tc.set_defaults(func=cmd_train_classifier)
 
     ta = tsub.add_parser("affcl", help="AFF-CL: global + local branches, attentional feature fusion, SupCon memory queue")
