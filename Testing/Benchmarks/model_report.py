@@ -188,6 +188,13 @@ def localisation_tables(m, args) -> None:
                 ci = g.get("pointing_ci95") or [float("nan")] * 2
                 print(f"{name:<16} {seq:<9} {g['n']:>4}  {label:<50} {g['pointing']:8.3f} {g['energy_in_tumour']:7.3f} "
                       f"{g['heat_outside_head']:8.3f}  [{ci[0]:.3f}, {ci[1]:.3f}]", flush=True)
+                if g.get("misses") and src.is_dir() and label.startswith("chosen"):  # axial volumes: sides mean L / R
+                    mi, small, large = g["misses"], g.get("pointing_small"), g.get("pointing_large")
+                    print(f"{'':<16} {'':<9} {'':>4}  misses by peak distance " + ", ".join(f"{k} {v}" for k, v in mi.items()
+                                                                                       if k != "other_side")
+                          + f"; across the midline {mi['other_side']}; pointing on sections < 1000 mm2 "
+                          + (f"{small:.2f} ({g['n_small']})" if small is not None else "-")
+                          + ", larger " + (f"{large:.2f} ({g['n_large']})" if large is not None else "-"), flush=True)
             print(f"{'':<16} ({time.time() - t:.0f} s)", flush=True)
 
 

@@ -48,6 +48,42 @@ def test_a_map_on_the_box_scores_higher_than_one_away_from_it():
         assert good["energy_in_tumour"] > 0.3 > bad["energy_in_tumour"] + 0.2
 
 
+def test_a_miss_in_the_mirror_hemisphere_is_told_apart_from_a_near_miss():
+    """Real figshare3 slices with expert boxes, maps centred on the box, just beside it and on
+    its mirror image across the head's midline: distances 0, a few mm and far; only the mirror
+    is across the midline; :func:`summarise` counts the misses by distance and side."""
+    from brainspineai.classification.explain import head_mask
+    from brainspineai.classification.localisation import box_mask, localisation_scores, summarise
+    from brainspineai.classification.preprocess import slice_array
+    from brainspineai.io import read_image
+
+    scores, sided = [], 0
+    for r in _rows():
+        arr = slice_array(read_image(FIGSHARE / r["image"]))
+        H, W = arr.shape
+        box = box_mask(arr.shape, r["x_center"], r["y_center"], r["width"], r["height"])
+        head = head_mask(arr)
+        mid = float(np.nonzero(head)[1].mean())
+        cy, cx = np.nonzero(box)[0].mean(), np.nonzero(box)[1].mean()
+        x1 = np.nonzero(box)[1].max()
+        on = localisation_scores(_blob(arr.shape, cy, cx, 3.0), box, head)
+        beside = localisation_scores(_blob(arr.shape, cy, x1 + 6, 3.0), box, head)
+        mirror = localisation_scores(_blob(arr.shape, cy, 2 * mid - cx, 3.0), box, head)
+        assert on["peak_distance_mm"] == 0.0 and on["pointing"] and not on["peak_other_side"]
+        assert 3.0 < beside["peak_distance_mm"] <= 7.0 and not beside["pointing"]
+        assert on["tumour_mm2"] == float(box.sum())  # JPEGs: 1 mm per pixel
+        if abs(cx - mid) > 10 + box.shape[1] * r["width"] / 2:  # a tumour off the midline
+            sided += 1
+            assert mirror["peak_other_side"] is True and mirror["peak_distance_mm"] > 10.0
+            assert beside["peak_other_side"] is False
+            scores += [on, beside, mirror]
+    assert sided >= 2
+    s = summarise(scores)
+    assert s["misses"]["<= 10 mm"] == sided and s["misses"]["other_side"] == sided
+    assert s["misses"]["10-30 mm"] + s["misses"]["> 30 mm"] == sided and s["misses"]["no heat"] == 0
+    assert s["n_small"] + s["n_large"] == len(scores)
+
+
 def test_pointing_interval_resamples_patients():
     """The pointing game's interval resamples whole patients when the scores name them: one
     patient all hits and one all misses give a wide interval; the same slices as independent

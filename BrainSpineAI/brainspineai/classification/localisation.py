@@ -10,6 +10,11 @@ Metrics of one 2D map (:func:`localisation_scores`):
 - energy inside the tumour (the "energy-based pointing game" of Score-CAM, Wang et al.,
   CVPRW 2020): the fraction of the map's total heat that lies inside the tumour mask / box.
 - heat outside the head: the fraction of the total heat outside the head mask.
+- where a miss lands: the distance from the map's maximum to the nearest tumour pixel (mm),
+  and whether it lies across the head's midline from the tumour (axial slices; the midline is
+  the head mask's centre column, the tumour's side its centre of mass, decided only when that
+  is more than :data:`SIDE_MARGIN_MM` off the midline); :func:`summarise` counts misses by
+  distance and side, and the pointing rate on small and large tumour sections.
 
 Ground truth readers: figshare3 expert boxes (``tumor_boxes.csv``, fractions of the image
 size), BraTS 2015 labels (``OTMultiClass.nii.gz``, whole tumour = any label > 0, head =
@@ -24,6 +29,9 @@ from pathlib import Path
 import numpy as np
 
 DEFAULT_TOLERANCE_MM = 3.0  # BraTS at 1 mm: the tumour grown by 3 voxels
+SIDE_MARGIN_MM = 10.0  # a tumour centred closer than this to the midline has no side
+SMALL_SECTION_MM2 = 1000.0  # tumour sections below this (about 3.5 x 3.5 cm) count as small
+MISS_BINS_MM = (10.0, 30.0)  # misses counted at 3-10, 10-30 and > 30 mm
 
 
 def box_mask(shape, x_center: float, y_center: float, width: float, height: float) -> np.ndarray:
@@ -37,8 +45,9 @@ def box_mask(shape, x_center: float, y_center: float, width: float, height: floa
     return m
 
 
-def pointing_hit(heat: np.ndarray, target: np.ndarray, spacing=(1.0, 1.0), tolerance_mm: float = DEFAULT_TOLERANCE_MM) -> bool:
-    """Whether the maximum of ``heat`` lies within ``tolerance_mm`` of ``target``.
+def peak_distance(heat: np.ndarray, target: np.ndarray, spacing=(1.0, 1.0)):
+    """Distance in mm from the maximum of ``heat`` to the nearest pixel of ``target`` (0 inside);
+    ``None`` for a map without heat.
 
     :param heat: 2D float array (rows, cols), >= 0.
     :param target: 2D bool array of the same shape (must hold a pixel).
@@ -51,12 +60,33 @@ def pointing_hit(heat: np.ndarray, target: np.ndarray, spacing=(1.0, 1.0), toler
     if heat.shape != target.shape or not target.any():
         raise ValueError(f"heat {heat.shape} and a non-empty target of the same shape are needed, got {target.shape}")
     if not np.isfinite(heat).all() or heat.max() <= 0:
-        return False
+        return None
     peak = np.unravel_index(int(heat.argmax()), heat.shape)
     if target[peak]:
-        return True
-    dist = ndimage.distance_transform_edt(~target, sampling=tuple(float(s) for s in spacing))
-    return bool(dist[peak] <= tolerance_mm)
+        return 0.0
+    return float(ndimage.distance_transform_edt(~target, sampling=tuple(float(s) for s in spacing))[peak])
+
+
+def pointing_hit(heat: np.ndarray, target: np.ndarray, spacing=(1.0, 1.0), tolerance_mm: float = DEFAULT_TOLERANCE_MM) -> bool:
+    """Whether the maximum of ``heat`` lies within ``tolerance_mm`` of ``target`` (see
+    :func:`peak_distance`, whose arguments and errors it shares); a map without heat misses."""
+    d = peak_distance(heat, target, spacing)
+    return d is not None and d <= tolerance_mm
+
+
+def peak_other_side(heat, target, head, spacing=(1.0, 1.0)):
+    """Whether the map's maximum lies across the head's midline from the tumour (an axial
+    slice, columns left-right): ``None`` without heat or head, or when the tumour's centre of
+    mass is within :data:`SIDE_MARGIN_MM` of the midline (the head mask's centre column)."""
+    heat, target, head = np.asarray(heat, np.float64), np.asarray(target, bool), np.asarray(head, bool)
+    if not head.any() or not np.isfinite(heat).all() or heat.max() <= 0:
+        return None
+    mid = float(np.nonzero(head)[1].mean())
+    off = float(np.nonzero(target)[1].mean()) - mid
+    if abs(off) * float(spacing[1]) <= SIDE_MARGIN_MM:
+        return None
+    col = np.unravel_index(int(heat.argmax()), heat.shape)[1]
+    return bool((col - mid) * off < 0)
 
 
 def localisation_scores(heat, target, head=None, spacing=(1.0, 1.0), tolerance_mm: float = DEFAULT_TOLERANCE_MM) -> dict:
@@ -65,17 +95,22 @@ def localisation_scores(heat, target, head=None, spacing=(1.0, 1.0), tolerance_m
     :param heat: 2D float array (rows, cols), >= 0, any scale.
     :param target: 2D bool tumour mask or box.
     :param head: optional 2D bool head mask.
-    :returns: ``{"pointing": bool, "energy_in_tumour": float, "heat_outside_head": float | None}``
-        (fractions in [0, 1]; a map without heat scores 0 energy and 0 outside).
+    :returns: ``{"pointing": bool, "energy_in_tumour": float, "heat_outside_head": float | None,
+        "peak_distance_mm": float | None, "peak_other_side": bool | None, "tumour_mm2": float}``
+        (fractions in [0, 1]; a map without heat scores 0 energy and 0 outside; see
+        :func:`peak_distance`, :func:`peak_other_side`; ``tumour_mm2``: the target's area).
     """
     heat = np.clip(np.nan_to_num(np.asarray(heat, dtype=np.float64)), 0, None)
     target = np.asarray(target, dtype=bool)
     total = heat.sum()
-    out = {"pointing": pointing_hit(heat, target, spacing, tolerance_mm),
+    d = peak_distance(heat, target, spacing)
+    out = {"pointing": d is not None and d <= tolerance_mm,
            "energy_in_tumour": float(heat[target].sum() / total) if total > 0 else 0.0,
-           "heat_outside_head": None}
+           "heat_outside_head": None, "peak_distance_mm": d, "peak_other_side": None,
+           "tumour_mm2": float(target.sum()) * float(spacing[0]) * float(spacing[1])}
     if head is not None:
         out["heat_outside_head"] = float(heat[~np.asarray(head, bool)].sum() / total) if total > 0 else 0.0
+        out["peak_other_side"] = peak_other_side(heat, target, head, spacing)
     return out
 
 
@@ -84,11 +119,29 @@ def summarise(scores: list, n_bootstrap: int = 1000, seed: int = 0) -> dict:
     "heat_outside_head"}`` (``None`` where no score has the value), and ``"pointing_ci95"``:
     a 95% percentile bootstrap interval of the pointing rate that resamples *patients* (the
     ``case`` of each score, so the slices of one patient move together) where the scores name
-    them, else single slices; ``"n_cases"`` counts the patients (``None`` without cases)."""
+    them, else single slices; ``"n_cases"`` counts the patients (``None`` without cases).
+    Where the scores carry them (:func:`localisation_scores`): ``"misses"``, the missed slices
+    counted by peak distance (``"<= 10 mm"``, ``"10-30 mm"``, ``"> 30 mm"``, ``"no heat"``) and
+    ``"other_side"`` (peak across the midline), and ``"pointing_small"`` / ``"pointing_large"``
+    with their ``"n_small"`` / ``"n_large"``: the rate on tumour sections below / from
+    :data:`SMALL_SECTION_MM2`."""
     out = {"n": len(scores)}
     for key in ("pointing", "energy_in_tumour", "heat_outside_head"):
         vals = [float(s[key]) for s in scores if s.get(key) is not None]
         out[key] = float(np.mean(vals)) if vals else None
+    if scores and all("peak_distance_mm" in s for s in scores):
+        a, b = MISS_BINS_MM
+        missed = [s for s in scores if not s["pointing"]]
+        d = [s["peak_distance_mm"] for s in missed]
+        out["misses"] = {f"<= {a:g} mm": sum(1 for v in d if v is not None and v <= a),
+                         f"{a:g}-{b:g} mm": sum(1 for v in d if v is not None and a < v <= b),
+                         f"> {b:g} mm": sum(1 for v in d if v is not None and v > b),
+                         "no heat": sum(1 for v in d if v is None),
+                         "other_side": sum(1 for s in missed if s.get("peak_other_side"))}
+        for name, keep in (("small", lambda s: s["tumour_mm2"] < SMALL_SECTION_MM2),
+                           ("large", lambda s: s["tumour_mm2"] >= SMALL_SECTION_MM2)):
+            sel = [float(s["pointing"]) for s in scores if keep(s)]
+            out[f"n_{name}"], out[f"pointing_{name}"] = len(sel), (float(np.mean(sel)) if sel else None)
     cases = [s.get("case") for s in scores]
     out["n_cases"] = len(set(cases)) if scores and all(c is not None for c in cases) else None
     out["pointing_ci95"] = None
