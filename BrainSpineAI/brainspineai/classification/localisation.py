@@ -31,7 +31,7 @@ import numpy as np
 DEFAULT_TOLERANCE_MM = 3.0  # BraTS at 1 mm: the tumour grown by 3 voxels
 SIDE_MARGIN_MM = 10.0  # a tumour centred closer than this to the midline has no side
 SMALL_SECTION_MM2 = 1000.0  # tumour sections below this (about 3.5 x 3.5 cm) count as small
-MISS_BINS_MM = (10.0, 30.0)  # misses counted at 3-10, 10-30 and > 30 mm
+MISS_BINS_MM = (10.0, 30.0)  # misses counted up to 10, 10-30 and over 30 mm from the tumour
 
 
 def box_mask(shape, x_center: float, y_center: float, width: float, height: float) -> np.ndarray:

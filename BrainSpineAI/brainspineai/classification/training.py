@@ -290,7 +290,7 @@ def _train(data_dir: Path, out_dir: Path, cfg: TrainConfig, resume: bool, progre
         if not torch.isfinite(boxes_tr[:, 0]).any():
             raise InputError(f"{cfg.boxes}: none of its boxes names a training image of {data_dir}")
     if cfg.align_sizes and fabric.world_size > 1:
-        raise InputError("align_sizes: a second forward per step is not supported under DDP; train in one process")
+        raise InputError("--align-sizes: a second forward per step is not supported under DDP; train in one process")
     fine = _fine_views(paths, train_idx, boxes_tr, cfg)
     x_tr, y_tr = x_all[train_idx], y_all[train_idx]
     x_va, y_va = x_all[val_idx], y_all[val_idx]
