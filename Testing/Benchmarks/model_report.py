@@ -156,7 +156,7 @@ def localisation_tables(m, args) -> None:
     import time
 
     from brainspineai.classification.explain import heatmap_choice, heatmap_sizes
-    from brainspineai.classification.localisation import localisation_report
+    from brainspineai.classification.localisation import SMALL_SECTION_MM2, localisation_report
 
     vols = DATA / "volumes"
     sources = [("figshare3 boxes", DATA / "brain-mri-2d" / "figshare3" / "tumor_boxes.csv"),
@@ -192,7 +192,7 @@ def localisation_tables(m, args) -> None:
                     mi, small, large = g["misses"], g.get("pointing_small"), g.get("pointing_large")
                     print(f"{'':<16} {'':<9} {'':>4}  misses by peak distance " + ", ".join(f"{k} {v}" for k, v in mi.items()
                                                                                        if k != "other_side")
-                          + f"; across the midline {mi['other_side']}; pointing on sections < 1000 mm2 "
+                          + f"; across the midline {mi['other_side']}; pointing on sections < {SMALL_SECTION_MM2:g} mm2 "
                           + (f"{small:.2f} ({g['n_small']})" if small is not None else "-")
                           + ", larger " + (f"{large:.2f} ({g['n_large']})" if large is not None else "-"), flush=True)
             print(f"{'':<16} ({time.time() - t:.0f} s)", flush=True)

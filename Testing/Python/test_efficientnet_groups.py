@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import csv
+import json
 import os
 
 import numpy as np
@@ -213,3 +214,38 @@ def test_alignment_at_a_finer_input_side_trains_the_map_there_without_touching_b
     assert all(m.training for m in net.modules())  # batch norm is back in training mode
     with pytest.raises(InputError, match="--align-sizes .*align_weight > 0"):
         TrainConfig(align_sizes=(256,)).check()
+
+
+def test_training_with_alignment_at_a_finer_side_runs_end_to_end(tmp_path):
+    """``train classifier --boxes --align-weight --align-sizes`` on real figshare3 slices with
+    expert boxes: the finer views belong to the right training images, the run writes a model
+    whose card names the finer side, and the option alone is refused in one line."""
+    import torch
+
+    from brainspineai.catalogue import read_card
+    from brainspineai.classification.data import load_slice_batch, prepared_boxes, read_box_table
+    from brainspineai.classification.training import TrainConfig, _fine_views
+    from conftest import FIGSHARE, run_cli
+
+    root = need(FIGSHARE)
+    table = read_box_table(root / "tumor_boxes.csv")
+    paths = [root / r for r in sorted(table)[:4]]
+    geoms = load_slice_batch(paths, 32, return_geometry=True)[1]
+    boxes = torch.from_numpy(prepared_boxes(paths, root, geoms, table))[[3, 0, 2]]
+    boxes[1] = float("nan")  # training image 1 (paths[0]) has no box
+    fine = _fine_views(paths, np.array([3, 0, 2]), boxes, TrainConfig(align_weight=1.0, align_sizes=(48, 64), boxes=""))
+    assert fine["row"].tolist() == [0, -1, 1] and fine["sizes"] == [48, 64]
+    assert torch.equal(fine["x"], load_slice_batch([paths[3], paths[2]], 64))
+
+    events = tmp_path / "events.jsonl"
+    argv = ["train", "classifier", "--data", root, "--epochs", "1", "--limit-per-class", "8", "--image-size", "32",
+            "--batch-size", "8", "--skull-strip-p", "0", "--device", "cpu"]
+    r = run_cli(*argv, "--out", tmp_path / "m", "--boxes", root / "tumor_boxes.csv", "--align-weight", "1",
+                "--align-sizes", "64", "--events", events)
+    assert r.returncode == 0, r.stderr
+    assert "[64] px" in read_card(tmp_path / "m")["training"]["alignment"]
+    steps = [e for e in map(json.loads, events.read_text().splitlines()) if e["event"] == "step"]
+    assert steps and all(0.0 < s["align"] <= 2.0 for s in steps)
+    r = run_cli(*argv, "--out", tmp_path / "n", "--align-sizes", "64")
+    assert r.returncode == 2 and r.stderr.count("\n") == 1 and "align_weight > 0" in r.stderr
+    assert not (tmp_path / "n").exists()

@@ -12,11 +12,11 @@ reason when the index cannot be reached.
 
 torch and torchvision are installed in Slicer before this set, by the PyTorch extension
 (``installTorch``), and ``ensureDependencies`` pins the installed ones in its constraints. The
-check does the same: each is given as already installed, by a metadata-only wheel of the
-release PyTorch ships last for that Python (:data:`PREINSTALLED`) that declares torch's and
-torchvision's own pure-Python requirements, and pinned. So pip resolves every other package
-against that torch, as in Slicer, without fetching about 11 GB of torch and CUDA wheels whose
-metadata the index does not serve apart.
+check stands in for them with metadata-only wheels of one release per Python
+(:data:`PREINSTALLED`) that declare torch's and torchvision's own pure-Python requirements
+(numpy and pillow among them), pinned by a local version label no index carries. So pip
+resolves every other package against that torch, as in Slicer, without fetching about 11 GB of
+torch and CUDA wheels whose metadata the index does not serve apart.
 """
 from __future__ import annotations
 
@@ -35,16 +35,20 @@ THIS_PYTHON = f"{sys.version_info.major}.{sys.version_info.minor}"
 # Slicer's own Python versions only (3.9 / 3.12): resolving for this interpreter too doubled the time
 CASES = [("5.8", dep.SLICER_PYTHON["5.8"]), ("5.10", dep.SLICER_PYTHON["5.10"])]
 PIP_TIMEOUT = 900
-# what the PyTorch extension installs for each Python: the last torch release for Python 3.9, and
-# the newest this machine's pip allows; torchvision is torch 2.N's 0.(N+15)
+# what the PyTorch extension installs for each Python: torch 2.8, the last release for Python 3.9,
+# and for 3.12 the newest this machine's pip allows (its global constraints cap torch at 2.14.1);
+# torchvision is torch 2.N's 0.(N+15)
 PREINSTALLED = {"3.9": {"torch": "2.8.0", "torchvision": "0.23.0"},
                 "3.12": {"torch": "2.14.1", "torchvision": "0.29.1"}}
-# their requirements as their wheels declare them, without the CUDA libraries and triton (binary
-# wheels of the PyTorch extension's own choosing, not packages Slicer ships)
+# their requirements as their Linux wheels declare them for that Python (markers resolved here:
+# pip evaluates markers against its own Python, not --python-version), without the CUDA libraries
+# and triton (binaries of the PyTorch extension's own choosing, not packages Slicer ships)
 PREINSTALLED_REQUIRES = {
-    "torch": ["filelock", "typing-extensions>=4.10.0", 'setuptools; python_version >= "3.12"', "sympy>=1.13.3",
-              "networkx>=2.5.1", "jinja2", "fsspec>=0.8.5"],
-    "torchvision": ["numpy", "torch=={torch}", "pillow!=8.3.*,>=5.3.0"],
+    "3.9": {"torch": ["filelock", "typing-extensions>=4.10.0", "sympy>=1.13.3", "networkx", "jinja2", "fsspec"],
+            "torchvision": ["numpy", "torch==2.8.0", "pillow!=8.3.*,>=5.3.0"]},
+    "3.12": {"torch": ["filelock", "typing-extensions>=4.10.0", "setuptools>=77.0.3", "sympy>=1.13.3",
+                       "networkx>=2.5.1", "jinja2", "fsspec>=0.8.5"],
+             "torchvision": ["numpy", "torch==2.14.1", "pillow!=8.3.*,>=5.3.0"]},
 }
 LOCAL = "preinstalled"  # local version label: no index carries it, so pip can only take the stub
 
@@ -72,7 +76,7 @@ def _preinstalled_wheels(folder, python):
     for name, version in versions.items():
         full = f"{version}+{LOCAL}"
         info = f"{name}-{full}.dist-info"
-        requires = [r.format(**versions) for r in PREINSTALLED_REQUIRES[name]]
+        requires = PREINSTALLED_REQUIRES[python][name]
         with zipfile.ZipFile(out / f"{name}-{full}-py3-none-any.whl", "w") as whl:
             whl.writestr(f"{info}/METADATA", f"Metadata-Version: 2.1\nName: {name}\nVersion: {full}\n"
                          + "".join(f"Requires-Dist: {r}\n" for r in requires))

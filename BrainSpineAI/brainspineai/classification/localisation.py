@@ -12,7 +12,7 @@ Metrics of one 2D map (:func:`localisation_scores`):
 - heat outside the head: the fraction of the total heat outside the head mask.
 - where a miss lands: the distance from the map's maximum to the nearest tumour pixel (mm),
   and whether it lies across the head's midline from the tumour (axial slices; the midline is
-  the head mask's centre column, the tumour's side its centre of mass, decided only when that
+  the head mask's mean column, the tumour's side its centre of mass, decided only when that
   is more than :data:`SIDE_MARGIN_MM` off the midline); :func:`summarise` counts misses by
   distance and side, and the pointing rate on small and large tumour sections.
 
@@ -71,13 +71,13 @@ def pointing_hit(heat: np.ndarray, target: np.ndarray, spacing=(1.0, 1.0), toler
     """Whether the maximum of ``heat`` lies within ``tolerance_mm`` of ``target`` (see
     :func:`peak_distance`, whose arguments and errors it shares); a map without heat misses."""
     d = peak_distance(heat, target, spacing)
-    return d is not None and d <= tolerance_mm
+    return bool(d is not None and d <= tolerance_mm)
 
 
 def peak_other_side(heat, target, head, spacing=(1.0, 1.0)):
     """Whether the map's maximum lies across the head's midline from the tumour (an axial
     slice, columns left-right): ``None`` without heat or head, or when the tumour's centre of
-    mass is within :data:`SIDE_MARGIN_MM` of the midline (the head mask's centre column)."""
+    mass is within :data:`SIDE_MARGIN_MM` of the midline (the head mask's mean column)."""
     heat, target, head = np.asarray(heat, np.float64), np.asarray(target, bool), np.asarray(head, bool)
     if not head.any() or not np.isfinite(heat).all() or heat.max() <= 0:
         return None
@@ -104,7 +104,7 @@ def localisation_scores(heat, target, head=None, spacing=(1.0, 1.0), tolerance_m
     target = np.asarray(target, dtype=bool)
     total = heat.sum()
     d = peak_distance(heat, target, spacing)
-    out = {"pointing": d is not None and d <= tolerance_mm,
+    out = {"pointing": bool(d is not None and d <= tolerance_mm),
            "energy_in_tumour": float(heat[target].sum() / total) if total > 0 else 0.0,
            "heat_outside_head": None, "peak_distance_mm": d, "peak_other_side": None,
            "tumour_mm2": float(target.sum()) * float(spacing[0]) * float(spacing[1])}
@@ -310,8 +310,10 @@ def score_boxes(model, rows: list, root, method=None, layer=None, mask_head: boo
                 r, head = part[j], head_mask(arrs[j])
                 heat = restore_map(h, geom) * (head if mask_head else 1.0)
                 target = box_mask(heat.shape, r["x_center"], r["y_center"], r["width"], r["height"])
+                # the slice plane of a 2D image is unknown (figshare3 has sagittal and coronal
+                # slices too): no left / right side; its distances are in pixels
                 out.append(dict(localisation_scores(heat, target, head, tolerance_mm=tolerance_mm),
-                                image=r["image"], label=cls))
+                                image=r["image"], label=cls, peak_other_side=None))
     return out
 
 

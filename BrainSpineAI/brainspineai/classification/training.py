@@ -138,10 +138,13 @@ def _fine_views(paths, train_idx, boxes_tr, cfg):
     return {"x": x, "row": torch.from_numpy(row), "sizes": [int(v) for v in cfg.align_sizes]}
 
 
-def _fine_alignment(net, captured, fine, idx, y_tr, boxes_tr, gen, device):
+def _fine_alignment(net, captured, fine, idx, y_tr, boxes_tr, gen, device, autocast=None):
     """The alignment loss of the selected training slices ``idx`` at an input side drawn from
     ``fine["sizes"]``, as the finer scales of :func:`explain.multiscale_cam` see them; batch
-    norm uses its running statistics there, so the 128 px statistics are not mixed."""
+    norm uses its running statistics there, so the 128 px statistics are not mixed. ``autocast``:
+    a context for the forward only (the map and the loss stay in float32)."""
+    import contextlib
+
     import torch
     import torch.nn.functional as F
 
@@ -154,7 +157,8 @@ def _fine_alignment(net, captured, fine, idx, y_tr, boxes_tr, gen, device):
     for mod in bns:
         mod.eval()
     try:
-        net(x.to(device))
+        with (autocast or contextlib.nullcontext)():
+            net(x.to(device))
     finally:
         for mod in bns:
             mod.train()
@@ -269,6 +273,8 @@ def _train(data_dir: Path, out_dir: Path, cfg: TrainConfig, resume: bool, progre
     if len(class_names) < 2:
         raise InputError(f"{data_dir}: need at least two class folders, found {len(class_names)}")
     conf = {k: v for k, v in asdict(cfg).items() if k not in ("extra_card", "model_id")}
+    if not conf["align_sizes"]:  # so that checkpoints made before the option existed still resume
+        del conf["align_sizes"]
     config = {"data": str(data_dir.resolve()), "class_names": list(class_names), "n_images": len(paths), **conf}
     if resume:  # refuse other settings before the images are loaded (fit checks again)
         load_for_resume(out_dir, PIPELINE, config, fabric.world_size)
@@ -334,9 +340,8 @@ def _train(data_dir: Path, out_dir: Path, cfg: TrainConfig, resume: bool, progre
             return loss, {"align": 0.0}
         out = cam_outside_box(captured["a"][sel], net.fc.weight, yb[sel], mb[sel]).mean()
         if fine is not None:
-            with fabric.autocast():
-                out = (out + _fine_alignment(net, captured, fine, idx[sel.cpu()], y_tr, boxes_tr, gen,
-                                             fabric.device)) / 2
+            out = (out + _fine_alignment(net, captured, fine, idx[sel.cpu()], y_tr, boxes_tr, gen, fabric.device,
+                                         fabric.autocast)) / 2
         return loss + cfg.align_weight * out, {"align": float(out.detach())}
 
     def evaluate():
