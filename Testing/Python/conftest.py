@@ -35,6 +35,30 @@ def data_dir() -> Path:
     return need(DATA)
 
 
+@pytest.fixture(scope="session", autouse=True)
+def prewarmed_children():
+    """The Slicer modules' background jobs, warm workers and training runs (and the tests' own
+    ``python -m brainspineai`` processes that use :func:`prewarmed.popen`) are forked from a
+    process that has imported torch and MONAI already (``prewarmed.py`` says what differs from
+    a fresh start); ``BRAINSPINEAI_TEST_CLI=process`` starts them as Slicer does."""
+    import prewarmed
+
+    patched = []
+    if prewarmed.enabled():
+        try:
+            from BrainSpineAILib import background, worker_client
+        except ImportError:
+            pass
+        else:
+            for module in (background, worker_client):
+                patched.append((module, module.subprocess))
+                module.subprocess = prewarmed.SubprocessShim()
+    yield
+    for module, original in patched:
+        module.subprocess = original
+    prewarmed.stop_all()
+
+
 @pytest.fixture(autouse=True)
 def isolated_catalogue(tmp_path_factory, monkeypatch):
     """Every test sees only the shipped models and an empty per-user folder."""

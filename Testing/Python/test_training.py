@@ -10,6 +10,7 @@ import time
 
 from brainspineai.catalogue import load_model, read_card, sha256_file
 from conftest import KAGGLE, LIB_PARENT, need, run_cli
+import prewarmed
 
 QUICK = ["--architecture", "resnet10-w32", "--image-size", "64", "--batch-size", "16", "--device", "cpu"]
 
@@ -56,8 +57,8 @@ def test_interrupted_training_resumes_from_its_checkpoint(tmp_path):
     args = ["train", "classifier", "--data", str(need(KAGGLE)), "--out", str(out), "--epochs", "6",
             "--limit-per-class", "30", *QUICK]
     env = dict(os.environ, PYTHONPATH=str(LIB_PARENT))
-    proc = subprocess.Popen([sys.executable, "-m", "brainspineai", *args], env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    proc = prewarmed.popen([sys.executable, "-m", "brainspineai", *args], env=env,
+                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     ckpt = tmp_path / "resumable.work" / "last.pt"
     deadline = time.time() + 300
     while not ckpt.exists() and time.time() < deadline and proc.poll() is None:

@@ -20,6 +20,7 @@ import torch
 
 from brainspineai.catalogue import read_card
 from conftest import KAGGLE, LIB_PARENT, need, run_cli
+import prewarmed
 
 TINY = ["--limit-per-class", "8", "--image-size", "32", "--batch-size", "8", "--device", "cpu"]
 CLS = ["--architecture", "resnet10-w32"]
@@ -206,8 +207,8 @@ def test_killed_training_leaves_no_partial_model_and_resumes(tmp_path, sig):
     args = ["train", "classifier", "--data", str(need(KAGGLE)), "--out", str(out), "--epochs", "5", *TINY, *CLS,
             "--events", str(events)]
     env = dict(os.environ, PYTHONPATH=str(LIB_PARENT))
-    proc = subprocess.Popen([sys.executable, "-m", "brainspineai", *args], env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, start_new_session=True)
+    proc = prewarmed.popen([sys.executable, "-m", "brainspineai", *args], env=env, stdout=subprocess.PIPE,
+                           stderr=subprocess.PIPE, text=True, start_new_session=True)
     deadline = time.time() + 300
     while time.time() < deadline and proc.poll() is None and not (
             events.exists() and '"event": "epoch"' in events.read_text()):

@@ -13,13 +13,14 @@ import time
 import pytest
 
 from conftest import LIB_PARENT
+import prewarmed
 
 
 def _worker():
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join([str(LIB_PARENT)] + ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else []))
-    return subprocess.Popen([sys.executable, "-m", "brainspineai", "worker"], stdin=subprocess.PIPE,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    return prewarmed.popen([sys.executable, "-m", "brainspineai", "worker"], stdin=subprocess.PIPE,
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
 
 
 def _send(proc, obj):

@@ -1,0 +1,463 @@
+"""Test support: ``python -m brainspineai ...`` child processes forked from a process that has
+already imported torch, MONAI and the other heavy packages (a "zygote", as Android and
+multiprocessing's forkserver start processes).
+
+Every background job of the Slicer modules, the warm worker and every training run of the
+suite is its own process, and each spent 4-6 CPU-seconds importing the same packages before
+doing a fraction of a second of work. A forked child is a real process (its own pid and
+session, its own pipes, killed by the same signals, exit status and ``atexit`` as usual); what
+differs from a fresh interpreter is only that those packages are already imported:
+
+* the zygote imports third-party packages only, never ``brainspineai`` or the modules' code;
+* warning filters that the packages add while being imported are removed again, so a child can
+  only show *more* warnings than a fresh process (a test that asserts a clean stderr is stricter);
+* a child's environment may differ from its zygote's only in variables that no preloaded
+  package reads at import (``BRAINSPINEAI_*``, ``PYTEST_*``) and in the two that the child sets
+  up itself (``PYTHONIOENCODING``, ``PYTHONUNBUFFERED``); any other difference gets a zygote of
+  its own, started with that environment (at most :data:`MAX_ZYGOTES`, then a plain process);
+* the child gets fresh entropy for NumPy's global generator (Python's ``random`` reseeds itself
+  after a fork; torch's default seed is the same constant in every process anyway); the string
+  hash seed is the zygote's, so every child iterates a set of strings in the same order;
+* the child ends as CPython ends (threads joined, ``atexit``, streams flushed, the same exit
+  status) without tearing the preloaded modules down one by one (:func:`_run_and_exit`).
+
+``BRAINSPINEAI_TEST_CLI=process`` (the suite's switch for real entry points everywhere, see
+``conftest.run_cli``) turns this off: every job is then started as Slicer starts it.
+
+Protocol (a Unix socket in a private temporary folder): the client sends one JSON line
+(argv, env, cwd, new session) with its stdin / stdout / stderr as file descriptors
+(``SCM_RIGHTS``); the zygote forks, replies with the child's pid, and when the child ends writes
+its exit status (``-N``: killed by signal N, as :class:`subprocess.Popen` reports it)."""
+from __future__ import annotations
+
+import codecs
+import io
+import json
+import os
+import select
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+
+PRELOAD = ("numpy", "scipy.ndimage", "SimpleITK", "torch", "torchvision", "timm", "monai.networks.nets",
+           "monai.transforms", "open_clip", "lightning_fabric", "sklearn.ensemble")
+EMULATED = ("PYTHONIOENCODING", "PYTHONUNBUFFERED")  # the child sets up its stdio from these itself
+MAX_ZYGOTES = 4
+
+
+def _free_to_differ(key: str) -> bool:
+    return key.startswith(("BRAINSPINEAI_", "PYTEST_")) or key in EMULATED
+
+
+def _fingerprint(env: dict) -> tuple:
+    return tuple(sorted((k, v) for k, v in env.items() if not _free_to_differ(k)))
+
+
+# --------------------------------------------------------------------------- the zygote process
+
+
+def _serve(listener) -> dict:
+    """Accept launch requests until a child is forked; return that child's request (in the child).
+    The zygote itself never returns: it ends when its parent (the test process) is gone."""
+    parent = os.getppid()
+    children = {}  # pid -> connection that waits for its exit status
+    while True:
+        ready, _, _ = select.select([listener], [], [], 0.05)
+        while children:
+            try:
+                pid, status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                break
+            if pid == 0:
+                break
+            conn = children.pop(pid, None)
+            if conn is not None:
+                rc = -os.WTERMSIG(status) if os.WIFSIGNALED(status) else os.WEXITSTATUS(status)
+                try:
+                    conn.sendall(f"exit {rc}\n".encode())
+                except OSError:
+                    pass
+                conn.close()
+        if os.getppid() != parent:
+            os._exit(0)
+        if not ready:
+            continue
+        conn, _ = listener.accept()
+        msg, fds, _, _ = socket.recv_fds(conn, 1 << 16, 3)
+        while not msg.endswith(b"\n"):
+            chunk = conn.recv(1 << 16)
+            if not chunk:
+                break
+            msg += chunk
+        request = json.loads(msg.decode())
+        pid = os.fork()
+        if pid == 0:
+            listener.close()
+            for other in children.values():
+                other.close()
+            request["fds"], request["conn"] = fds, conn
+            return request
+        for fd in fds:
+            os.close(fd)
+        children[pid] = conn  # the child sends its pid once it is set up; this side its exit status
+
+
+def _become_child(request: dict) -> None:
+    """Turn this forked process into ``python -m brainspineai ARGV`` as a fresh start would see it."""
+    fds = request["fds"]
+    for target, fd in enumerate(fds):
+        os.dup2(fd, target)
+    for fd in set(fds):
+        if fd > 2:
+            os.close(fd)
+    if request["new_session"]:
+        os.setsid()
+    os.chdir(request["cwd"])
+    conn = request.pop("conn")  # as Popen returns once the child runs in its own session
+    conn.sendall(f"pid {os.getpid()}\n".encode())
+    conn.close()
+    os.environ.clear()
+    os.environ.update(request["env"])
+    # stdio as CPython's create_stdio makes it: PYTHONIOENCODING and -u / PYTHONUNBUFFERED over
+    # the locale's defaults (the zygote's own streams, made from the same locale)
+    encoding, _, errors = (os.environ.get("PYTHONIOENCODING") or "").partition(":")
+    unbuffered = bool(os.environ.get("PYTHONUNBUFFERED"))
+
+    def stream(fd, default):
+        raw = io.FileIO(fd, "r" if fd == 0 else "w", closefd=False)
+        buf = raw if unbuffered and fd else (io.BufferedReader(raw) if fd == 0 else io.BufferedWriter(raw))
+        if fd == 2:
+            chosen = "backslashreplace"
+        elif "PYTHONIOENCODING" in os.environ:
+            chosen = errors or "strict"
+        else:
+            chosen = default.errors
+        return io.TextIOWrapper(buf, encoding=codecs.lookup(encoding).name if encoding else default.encoding,
+                                errors=chosen,
+                                line_buffering=fd == 2 or (fd == 1 and os.isatty(1)), write_through=unbuffered)
+
+    sys.stdin = sys.__stdin__ = stream(0, sys.__stdin__)
+    sys.stdout = sys.__stdout__ = stream(1, sys.__stdout__)
+    sys.stderr = sys.__stderr__ = stream(2, sys.__stderr__)
+    sys.path[0] = os.getcwd()  # as `python -m` has it
+    import numpy as np
+
+    np.random.seed()
+    sys.argv = ["-m"] + list(request["argv"])  # runpy puts the module's path in argv[0]
+
+
+def _zygote_main(path: str, ready_fd: int) -> None:
+    import warnings
+
+    filters = list(warnings.filters)
+    for name in PRELOAD:
+        try:
+            __import__(name)
+        except ImportError:
+            pass
+    warnings.filters[:] = filters  # what the packages filter at import is not filtered in the child
+    warnings._filters_mutated()
+    import gc
+
+    gc.collect()
+    gc.freeze()  # children's garbage collections skip (and so do not copy) the preloaded objects
+    import threading
+
+    if threading.active_count() > 1:  # forking would copy a lock some thread may hold
+        os.write(ready_fd, b"threads\n")
+        return
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(path)
+    listener.listen(16)
+    os.write(ready_fd, b"ready\n")
+    os.close(ready_fd)
+    request = _serve(listener)
+    _become_child(request)
+    _run_and_exit()
+
+
+def _run_and_exit() -> None:
+    """Run the command, then end as CPython ends a process (non-daemon threads joined, ``atexit``
+    handlers, std streams flushed, the exit status of ``SystemExit`` / an uncaught exception /
+    ``KeyboardInterrupt``) but without tearing down the 5000 preloaded modules one by one, which
+    alone costs about 2 CPU-seconds and that nothing of ours observes."""
+    import atexit
+    import runpy
+    import threading
+    import traceback
+
+    code = 0
+    try:
+        runpy.run_module("brainspineai", run_name="__main__", alter_sys=True)
+    except SystemExit as e:
+        if e.code is None:
+            code = 0
+        elif isinstance(e.code, int):
+            code = e.code
+        else:
+            print(e.code, file=sys.stderr)
+            code = 1
+    except KeyboardInterrupt:
+        traceback.print_exc()
+        code = -signal.SIGINT
+    except BaseException:
+        traceback.print_exc()
+        code = 1
+    threading._shutdown()
+    atexit._run_exitfuncs()
+    for s in (sys.stdout, sys.stderr):
+        try:
+            s.flush()
+        except (OSError, ValueError):
+            pass
+    if code == -signal.SIGINT:  # as CPython exits on an uncaught KeyboardInterrupt
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
+        os.kill(os.getpid(), signal.SIGINT)
+    os._exit(code & 0xFF)
+
+
+# --------------------------------------------------------------------------- the test process side
+
+
+class _Zygote:
+    def __init__(self, env: dict):
+        self.folder = tempfile.mkdtemp(prefix="bsai-zygote-")
+        self.path = os.path.join(self.folder, "s")
+        r, w = os.pipe()
+        code = (f"import sys; sys.path.insert(0, {os.path.dirname(os.path.abspath(__file__))!r}); "
+                f"import prewarmed; del sys.path[0]; prewarmed._zygote_main({self.path!r}, {w})")
+        self.process = subprocess.Popen([sys.executable, "-c", code], env=env, pass_fds=(w,),
+                                        stdin=subprocess.DEVNULL)
+        os.close(w)
+        with os.fdopen(r) as f:
+            self.ok = f.readline().strip() == "ready"
+        if not self.ok:
+            self.stop()
+
+    def stop(self):
+        if self.process.poll() is None:
+            self.process.kill()
+            self.process.wait()
+        try:
+            os.unlink(self.path)
+            os.rmdir(self.folder)
+        except OSError:
+            pass
+
+
+_ZYGOTES: dict = {}
+_LOCK = threading.Lock()
+
+
+def _zygote_for(env: dict):
+    key = _fingerprint(env)
+    with _LOCK:
+        if key not in _ZYGOTES:
+            if len(_ZYGOTES) >= MAX_ZYGOTES:
+                return None
+            _ZYGOTES[key] = _Zygote({k: v for k, v in env.items() if not _free_to_differ(k)})
+        return _ZYGOTES[key] if _ZYGOTES[key].ok else None  # it could not start: plain processes
+
+
+def stop_all() -> None:
+    with _LOCK:
+        for z in _ZYGOTES.values():
+            z.stop()
+        _ZYGOTES.clear()
+
+
+def enabled() -> bool:
+    return os.environ.get("BRAINSPINEAI_TEST_CLI") != "process"
+
+
+def is_library_command(args) -> bool:
+    args = list(args) if not isinstance(args, (str, bytes)) else []
+    return len(args) >= 3 and args[0] == sys.executable and args[1:3] == ["-m", "brainspineai"]
+
+
+class ForkedPopen:
+    """The part of :class:`subprocess.Popen` that the modules and tests use (``pid``, ``stdin``,
+    ``stdout``, ``stderr``, ``returncode``, ``poll``, ``wait``, ``communicate``, ``send_signal``,
+    ``terminate``, ``kill``), for a child forked by a zygote."""
+
+    def __init__(self, zygote, args, stdin=None, stdout=None, stderr=None, text=False, encoding=None,
+                 errors=None, env=None, cwd=None, start_new_session=False, universal_newlines=None, **kwargs):
+        unsupported = set(kwargs) - {"bufsize", "close_fds", "creationflags", "startupinfo"}
+        if unsupported:
+            raise TypeError(f"ForkedPopen does not support {sorted(unsupported)}")
+        self.args = list(args)
+        self.returncode = None
+        self._lock = threading.Lock()
+        text = bool(text or universal_newlines or encoding or errors)
+        mine, theirs, self._close = [], [], []
+        for i, spec in enumerate((stdin, stdout, stderr)):
+            if spec == subprocess.PIPE:
+                r, w = os.pipe()
+                mine.append(w if i == 0 else r)
+                theirs.append(r if i == 0 else w)
+                self._close.append(theirs[-1])
+            elif spec == subprocess.DEVNULL:
+                fd = os.open(os.devnull, os.O_RDWR)
+                mine.append(None)
+                theirs.append(fd)
+                self._close.append(fd)
+            elif spec == subprocess.STDOUT and i == 2:
+                mine.append(None)
+                theirs.append(theirs[1])
+            elif spec is None:
+                mine.append(None)
+                theirs.append(i)
+            else:
+                mine.append(None)
+                theirs.append(spec if isinstance(spec, int) else spec.fileno())
+        self._conn = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self._conn.connect(zygote.path)
+        request = {"argv": self.args[3:], "env": dict(env if env is not None else os.environ),
+                   "cwd": os.path.abspath(cwd or os.getcwd()), "new_session": bool(start_new_session)}
+        socket.send_fds(self._conn, [json.dumps(request).encode() + b"\n"], theirs)
+        for fd in self._close:
+            os.close(fd)
+        self._buffer = b""
+        line = self._readline(None)
+        if not line.startswith("pid "):
+            raise OSError(f"the prewarmed process did not start {self.args}")
+        self.pid = int(line.split()[1])
+
+        def wrap(fd, mode):  # as subprocess.Popen wraps its pipes (bufsize -1)
+            if fd is None:
+                return None
+            if not text:
+                return open(fd, mode + "b")
+            if mode == "r":
+                return open(fd, "r", encoding=encoding or "utf-8", errors=errors or "strict")
+            return io.TextIOWrapper(open(fd, "wb"), encoding=encoding or "utf-8", errors=errors or "strict",
+                                    write_through=True)
+
+        self.stdin, self.stdout, self.stderr = wrap(mine[0], "w"), wrap(mine[1], "r"), wrap(mine[2], "r")
+
+    def _readline(self, timeout):
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while b"\n" not in self._buffer:
+            left = None if deadline is None else max(0.0, deadline - time.monotonic())
+            ready, _, _ = select.select([self._conn], [], [], left)
+            if not ready:
+                return None
+            chunk = self._conn.recv(4096)
+            if not chunk:
+                return "exit -9"  # the zygote itself was killed
+            self._buffer += chunk
+        line, self._buffer = self._buffer.split(b"\n", 1)
+        return line.decode()
+
+    def _status(self, timeout):
+        with self._lock:
+            if self.returncode is None:
+                line = self._readline(timeout)
+                if line is not None:
+                    self.returncode = int(line.split()[1])
+                    self._conn.close()
+            return self.returncode
+
+    def poll(self):
+        return self._status(0)
+
+    def wait(self, timeout=None):
+        if self._status(timeout) is None:
+            raise subprocess.TimeoutExpired(self.args, timeout)
+        return self.returncode
+
+    def communicate(self, input=None, timeout=None):
+        return _communicate(self, input, timeout)
+
+    def send_signal(self, sig):
+        if self.poll() is None:
+            try:
+                os.kill(self.pid, sig)
+            except ProcessLookupError:
+                pass
+
+    def terminate(self):
+        self.send_signal(signal.SIGTERM)
+
+    def kill(self):
+        self.send_signal(signal.SIGKILL)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        for s in (self.stdin, self.stdout, self.stderr):
+            if s is not None:
+                try:
+                    s.close()
+                except OSError:
+                    pass
+        self.wait()
+
+
+def popen(args, **kwargs):
+    """``subprocess.Popen(args, **kwargs)``, forked from a prewarmed process when ``args`` is
+    ``[sys.executable, "-m", "brainspineai", ...]`` and the suite is not in process mode."""
+    if enabled() and is_library_command(args) and os.name == "posix":
+        zygote = _zygote_for(dict(kwargs.get("env") if kwargs.get("env") is not None else os.environ))
+        if zygote is not None:
+            return ForkedPopen(zygote, args, **kwargs)
+    return subprocess.Popen(args, **kwargs)
+
+
+class SubprocessShim:
+    """Stands in for the ``subprocess`` module inside a module under test: ``Popen`` goes
+    through :func:`popen`, everything else is the real module's."""
+
+    Popen = staticmethod(popen)
+
+    def __getattr__(self, name):
+        return getattr(subprocess, name)
+
+
+def run(args, input=None, capture_output=False, timeout=None, check=False, **kwargs):
+    """``subprocess.run`` through :func:`popen` (text / capture as there)."""
+    if capture_output:
+        kwargs["stdout"] = kwargs["stderr"] = subprocess.PIPE
+    if input is not None:
+        kwargs["stdin"] = subprocess.PIPE
+    proc = popen(args, **kwargs)
+    with proc:
+        try:
+            out, err = proc.communicate(input, timeout=timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+            raise
+    r = subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
+    if check:
+        r.check_returncode()
+    return r
+
+
+def _communicate(proc, input, timeout):
+    """Read stdout and stderr at once (threads), so that neither pipe fills and blocks the child."""
+    results = {}
+
+    def reader(name, stream):
+        results[name] = stream.read()
+
+    threads = [threading.Thread(target=reader, args=(n, s), daemon=True)
+               for n, s in (("out", proc.stdout), ("err", proc.stderr)) if s is not None]
+    for t in threads:
+        t.start()
+    if proc.stdin is not None:
+        if input is not None:
+            proc.stdin.write(input)
+        proc.stdin.close()
+    proc.wait(timeout)
+    for t in threads:
+        t.join()
+    for s in (proc.stdout, proc.stderr):
+        if s is not None:
+            s.close()
+    return results.get("out"), results.get("err")
