@@ -152,6 +152,30 @@ def test_reload_gives_identical_predictions(tiny_sicf):
     assert ra.extra["sicf"]["n_features_kept"] == a.card["n_features_kept"]
 
 
+def test_a_seeded_random_vgg16_is_built_once_per_process_and_still_checked():
+    """The last seeded random VGG16 is reused (138 M draws and their fingerprint, about 2 CPU-s
+    a build): the same network and fingerprint, the warning each time, a card whose fingerprint
+    differs still refused; another seed is built anew."""
+    from brainspineai.errors import ModelError
+    from brainspineai.sicf import features
+
+    features._RANDOM_VGG.clear()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        a, b = features.VGGFeatures(seed=11), features.VGGFeatures(seed=11)
+    assert b.net is a.net and b.provenance == a.provenance == {"source": "random-init", "seed": 11,
+                                                                "fingerprint": a.provenance["fingerprint"]}
+    assert sum("random initialisation" in str(w.message) for w in caught) == 2
+    assert {w.filename for w in caught} == {__file__}  # the warning names the caller
+    wrong = dict(a.provenance, fingerprint="0" * 64)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        with pytest.raises(ModelError, match="differ from those this SICF model was trained with"):
+            features.VGGFeatures(provenance=wrong)
+        c = features.VGGFeatures(seed=12)
+    assert c.net is not a.net and c.provenance["fingerprint"] != a.provenance["fingerprint"]
+
+
 def test_tampered_forest_is_refused_before_reading(tiny_sicf, tmp_path):
     import shutil
 

@@ -261,6 +261,9 @@ class VGGFeatures(_CNNFeatures):
             else:
                 weights, seed = "", int(provenance["seed"])
         path = find_vgg_weights(weights) if provenance is None else (Path(weights) if weights else None)
+        if path is None and device == "cpu" and _RANDOM_VGG.get("seed") == int(seed):
+            self._reuse_random(seed, provenance)
+            return
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
             net = vgg16(weights=None)
@@ -274,17 +277,38 @@ class VGGFeatures(_CNNFeatures):
                 raise InputError(f"{path}: not a torchvision VGG16 state dict ({str(exc).splitlines()[0]})") from None
             self.provenance = {"source": "file", "path": str(path), "sha256": sha256_file(path)}
         else:
-            warnings.warn("no ImageNet VGG16 weights found (--vgg-weights, BRAINSPINEAI_VGG16_WEIGHTS or torch's hub "
-                          f"cache {VGG_HUB_FILE}); using a seeded random initialisation: the VGG16 features are random "
-                          "projections, not ImageNet features", stacklevel=2)
+            _warn_random_init(stacklevel=3)
             self.provenance = {"source": "random-init", "seed": int(seed)}
         self.provenance["fingerprint"] = _state_fingerprint(net.state_dict())
-        if provenance is not None and provenance.get("fingerprint") and provenance["fingerprint"] != self.provenance["fingerprint"]:
-            raise ModelError("the VGG16 weights found differ from those this SICF model was trained with "
-                             f"(fingerprint {self.provenance['fingerprint'][:12]}..., card says {provenance['fingerprint'][:12]}...)")
+        self._check(provenance)
         net.classifier = net.classifier[:5]  # fc6, ReLU, Dropout, fc7, ReLU (4096 features)
         self.net = net.eval().to(device)
         self.device = device
+        if path is None and device == "cpu":
+            _RANDOM_VGG.clear()
+            _RANDOM_VGG.update(seed=int(seed), net=self.net, fingerprint=self.provenance["fingerprint"])
+
+    def _reuse_random(self, seed, provenance):
+        """The last seeded random initialisation built in this process (the same parameters: its
+        138 M draws and their fingerprint cost about 2 CPU-s; the network is only read)."""
+        _warn_random_init(stacklevel=4)
+        self.provenance = {"source": "random-init", "seed": int(seed), "fingerprint": _RANDOM_VGG["fingerprint"]}
+        self._check(provenance)
+        self.net, self.device = _RANDOM_VGG["net"], "cpu"
+
+    def _check(self, provenance):
+        if provenance is not None and provenance.get("fingerprint") and provenance["fingerprint"] != self.provenance["fingerprint"]:
+            raise ModelError("the VGG16 weights found differ from those this SICF model was trained with "
+                             f"(fingerprint {self.provenance['fingerprint'][:12]}..., card says {provenance['fingerprint'][:12]}...)")
+
+
+_RANDOM_VGG: dict = {}  # the last seeded random VGG16 built on the CPU: {"seed", "net", "fingerprint"}
+
+
+def _warn_random_init(stacklevel: int):
+    warnings.warn("no ImageNet VGG16 weights found (--vgg-weights, BRAINSPINEAI_VGG16_WEIGHTS or torch's hub "
+                  f"cache {VGG_HUB_FILE}); using a seeded random initialisation: the VGG16 features are random "
+                  "projections, not ImageNet features", stacklevel=stacklevel)
 
 
 # --------------------------------------------------------------------------------------
