@@ -12,7 +12,7 @@ the volume centre) is applied to the FLAIR in two ways, and the shipped segmente
 The segmenter trained on pat0001-0004 (their figures are training cases: use them for the
 change that motion causes, not for accuracy); pat0005 and pat0006 were held out.
 
-Usage: python Testing/Benchmarks/motion_recovery.py [--cases pat0005 ...] [--device cpu] [--registration-only]
+Usage: python Testing/Benchmarks/motion_recovery.py [--cases pat0005 ...] [--device cpu] [--model ID|DIR] [--tta] [--registration-only]
 Prints the registration error per case, one line per case and setting, then the mean gap to the
 baseline with a 95% bootstrap interval over cases.
 """
@@ -80,20 +80,20 @@ def dice(seg, labels) -> dict:
     return {r: float(2 * (p[i] & t[i]).sum() / max(1, p[i].sum() + t[i].sum())) for i, r in enumerate(REGIONS)}
 
 
-def segment(flair: Path, t1ce: Path, out: Path, preprocess: str, device: str, model=None) -> np.ndarray:
+def segment(flair: Path, t1ce: Path, out: Path, preprocess: str, device: str, model=None, tta=False) -> np.ndarray:
     import SimpleITK as sitk
 
     env = dict(os.environ, PYTHONPATH=str(ROOT / "BrainSpineAI"))
     r = subprocess.run([sys.executable, "-m", "brainspineai", "segment", "--flair", str(flair), "--t1ce", str(t1ce),
                         "--out", str(out), "--preprocess", preprocess, "--device", device, "--progress", "jsonl"]
-                       + (["--model", str(model)] if model else []),
+                       + (["--model", str(model)] if model else []) + (["--tta"] if tta else []),
                        capture_output=True, text=True, env=env)
     if r.returncode:
         raise RuntimeError(r.stderr.strip().splitlines()[-1] if r.stderr.strip() else f"exit {r.returncode}")
     return sitk.GetArrayFromImage(sitk.ReadImage(str(out)))
 
 
-def run_case(case: Path, tmp: Path, device: str, model=None) -> dict:
+def run_case(case: Path, tmp: Path, device: str, model=None, tta=False) -> dict:
     import SimpleITK as sitk
 
     flair = sitk.ReadImage(str(case / "Flair_subtrMeanDivStd.nii.gz"), sitk.sitkFloat32)
@@ -112,7 +112,7 @@ def run_case(case: Path, tmp: Path, device: str, model=None) -> dict:
     f_voxels = write(voxels_moved(flair), "flair_voxels.nii.gz")
     t_voxels = write(voxels_moved(t1ce), "t1ce_voxels.nii.gz")
     f_orig = case / "Flair_subtrMeanDivStd.nii.gz"
-    seg = lambda f, t, p: segment(f, t, tmp / "seg.nii.gz", p, device, model)  # noqa: E731
+    seg = lambda f, t, p: segment(f, t, tmp / "seg.nii.gz", p, device, model, tta)  # noqa: E731
     return {
         "unmoved": dice(seg(f_orig, t1ce_path, "off"), labels),
         "header, --preprocess off": dice(seg(f_header, t1ce_path, "off"), labels),
@@ -156,13 +156,14 @@ def main() -> None:
     ap.add_argument("--cases", nargs="*", help="case name parts (default: every shared BraTS 2015 case)")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--model", help="segmenter id or folder (default: the shipped one)")
+    ap.add_argument("--tta", action="store_true", help="segment every setting with flip test-time augmentation")
     ap.add_argument("--json", help="write every figure here")
     ap.add_argument("--registration-only", action="store_true",
                     help="only the registration error of the header motion (no segmentation)")
     args = ap.parse_args()
     cases = sorted(p for p in BRATS.iterdir() if p.is_dir()
                    and (not args.cases or any(c in p.name for c in args.cases)))
-    for case in cases if not args.model else []:
+    for case in cases if not (args.model or args.tta) else []:
         e = registration_error(case)
         print(f"{case.name}  registration error, header motion: mean {e['header-moved']['mean_mm']:.2f} / max "
               f"{e['header-moved']['max_mm']:.2f} mm; the unmoved pair: mean {e['unmoved']['mean_mm']:.2f} / max "
@@ -172,7 +173,7 @@ def main() -> None:
     results = {}
     for case in cases:
         with tempfile.TemporaryDirectory() as tmp:
-            results[case.name] = r = run_case(case, Path(tmp), args.device, args.model)
+            results[case.name] = r = run_case(case, Path(tmp), args.device, args.model, args.tta)
         for setting, d in r.items():
             print(f"{case.name}  {setting:38s} WT {d['WT']:.3f}  TC {d['TC']:.3f}  ET {d['ET']:.3f}", flush=True)
     print("\nmean change (95% bootstrap over cases), registered minus baseline:")
