@@ -256,6 +256,8 @@ _LOCK = threading.Lock()
 def _zygote_for(env: dict):
     key = _fingerprint(env)
     with _LOCK:
+        if key in _ZYGOTES and _ZYGOTES[key].ok and _ZYGOTES[key].process.poll() is not None:
+            _ZYGOTES.pop(key).stop()  # it died (killed with a process group, say): start another
         if key not in _ZYGOTES:
             if len(_ZYGOTES) >= MAX_ZYGOTES:
                 return None
