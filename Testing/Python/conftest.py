@@ -54,6 +54,8 @@ def prewarmed_children():
                 patched.append((module, module.subprocess))
                 module.subprocess = prewarmed.SubprocessShim()
     yield
+    if patched:
+        patched[1][0].stopAll()  # the warm workers end before the zygotes they were forked from
     for module, original in patched:
         module.subprocess = original
     prewarmed.stop_all()

@@ -15,9 +15,14 @@ differs from a fresh interpreter is only that those packages are already importe
   package reads at import (``BRAINSPINEAI_*``, ``PYTEST_*``) and in the two that the child sets
   up itself (``PYTHONIOENCODING``, ``PYTHONUNBUFFERED``); any other difference gets a zygote of
   its own, started with that environment (at most :data:`MAX_ZYGOTES`, then a plain process);
-* the child gets fresh entropy for NumPy's global generator (Python's ``random`` reseeds itself
-  after a fork; torch's default seed is the same constant in every process anyway); the string
-  hash seed is the zygote's, so every child iterates a set of strings in the same order;
+* what the preloaded imports put in ``os.environ`` (MONAI's ``CUBLAS_WORKSPACE_CONFIG``, say)
+  is put in the child's environment too, as its own imports would; logging handlers that
+  packages made at import are pointed at the child's stdout / stderr;
+* the child draws fresh seeds for NumPy's global generator and torch's default one, as a fresh
+  process does (Python's ``random`` reseeds itself after a fork); the string hash seed is the
+  zygote's, so every child iterates a set of strings in the same order;
+* the umask is the caller's at the call; the child is killed if its zygote dies
+  (``PR_SET_PDEATHSIG``), so a child is never left running unseen;
 * the child ends as CPython ends (threads joined, ``atexit``, streams flushed, the same exit
   status) without tearing the preloaded modules down one by one (:func:`_run_and_exit`).
 
@@ -87,14 +92,21 @@ def _serve(listener) -> dict:
         if not ready:
             continue
         conn, _ = listener.accept()
-        msg, fds, _, _ = socket.recv_fds(conn, 1 << 16, 3)
-        while not msg.endswith(b"\n"):
-            chunk = conn.recv(1 << 16)
-            if not chunk:
-                break
-            msg += chunk
-        request = json.loads(msg.decode())
-        pid = os.fork()
+        fds = []
+        try:
+            msg, fds, _, _ = socket.recv_fds(conn, 1 << 16, 3)
+            while not msg.endswith(b"\n"):
+                chunk = conn.recv(1 << 16)
+                if not chunk:
+                    break
+                msg += chunk
+            request = json.loads(msg.decode())
+            pid = os.fork()
+        except Exception:  # noqa: BLE001 - a bad request or a failed fork ends that request only
+            for fd in fds:
+                os.close(fd)
+            conn.close()
+            continue
         if pid == 0:
             listener.close()
             for other in children.values():
@@ -117,18 +129,28 @@ def _become_child(request: dict) -> None:
     if request["new_session"]:
         os.setsid()
     os.chdir(request["cwd"])
+    os.umask(request["umask"])
+    _die_with_zygote()
     conn = request.pop("conn")  # as Popen returns once the child runs in its own session
     conn.sendall(f"pid {os.getpid()}\n".encode())
     conn.close()
     os.environ.clear()
     os.environ.update(request["env"])
+    for key, value in _IMPORT_ENV.items():  # what the preloaded imports set: a fresh import sets it too
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
     # stdio as CPython's create_stdio makes it: PYTHONIOENCODING and -u / PYTHONUNBUFFERED over
     # the locale's defaults (the zygote's own streams, made from the same locale)
     encoding, _, errors = (os.environ.get("PYTHONIOENCODING") or "").partition(":")
     unbuffered = bool(os.environ.get("PYTHONUNBUFFERED"))
 
+    old_streams = (sys.stdout, sys.stderr)
+
     def stream(fd, default):
         raw = io.FileIO(fd, "r" if fd == 0 else "w", closefd=False)
+        raw.name = ("<stdin>", "<stdout>", "<stderr>")[fd]
         buf = raw if unbuffered and fd else (io.BufferedReader(raw) if fd == 0 else io.BufferedWriter(raw))
         if fd == 2:
             chosen = "backslashreplace"
@@ -137,23 +159,46 @@ def _become_child(request: dict) -> None:
         else:
             chosen = default.errors
         return io.TextIOWrapper(buf, encoding=codecs.lookup(encoding).name if encoding else default.encoding,
-                                errors=chosen,
-                                line_buffering=fd == 2 or (fd == 1 and os.isatty(1)), write_through=unbuffered)
+                                errors=chosen, newline="\n",
+                                line_buffering=not unbuffered and (fd == 2 or os.isatty(fd)), write_through=unbuffered)
 
     sys.stdin = sys.__stdin__ = stream(0, sys.__stdin__)
     sys.stdout = sys.__stdout__ = stream(1, sys.__stdout__)
     sys.stderr = sys.__stderr__ = stream(2, sys.__stderr__)
-    sys.path[0] = os.getcwd()  # as `python -m` has it
+    import logging
+
+    for logger in [logging.root] + list(logging.Logger.manager.loggerDict.values()):  # handlers made at import
+        for h in getattr(logger, "handlers", ()):
+            if isinstance(h, logging.StreamHandler) and h.stream in old_streams:
+                h.setStream(sys.stdout if h.stream is old_streams[0] else sys.stderr)
+    if sys.path and sys.path[0] == "":
+        sys.path[0] = os.getcwd()  # as `python -m` has it
     import numpy as np
+    import torch
 
     np.random.seed()
+    torch.seed()  # a fresh process draws its own initial seed
     sys.argv = ["-m"] + list(request["argv"])  # runpy puts the module's path in argv[0]
+
+
+def _die_with_zygote() -> None:
+    """Linux: this child gets SIGKILL if its zygote dies (the test process then reports -9, and
+    no process is left running unseen)."""
+    try:
+        import ctypes
+
+        ctypes.CDLL(None, use_errno=True).prctl(1, int(signal.SIGKILL))  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+
+
+_IMPORT_ENV: dict = {}  # variables the preloaded imports set (None: removed), set again in each child
 
 
 def _zygote_main(path: str, ready_fd: int) -> None:
     import warnings
 
-    filters = list(warnings.filters)
+    filters, hooks, env = list(warnings.filters), (warnings.showwarning, warnings.formatwarning), dict(os.environ)
     for name in PRELOAD:
         try:
             __import__(name)
@@ -161,6 +206,8 @@ def _zygote_main(path: str, ready_fd: int) -> None:
             pass
     warnings.filters[:] = filters  # what the packages filter at import is not filtered in the child
     warnings._filters_mutated()
+    warnings.showwarning, warnings.formatwarning = hooks
+    _IMPORT_ENV.update({k: os.environ.get(k) for k in set(env) | set(os.environ) if env.get(k) != os.environ.get(k)})
     import gc
 
     gc.collect()
@@ -188,11 +235,10 @@ def _run_and_exit() -> None:
     import atexit
     import runpy
     import threading
-    import traceback
 
     code = 0
     try:
-        runpy.run_module("brainspineai", run_name="__main__", alter_sys=True)
+        runpy._run_module_as_main("brainspineai")  # what `python -m brainspineai` runs
     except SystemExit as e:
         if e.code is None:
             code = 0
@@ -201,22 +247,23 @@ def _run_and_exit() -> None:
         else:
             print(e.code, file=sys.stderr)
             code = 1
-    except KeyboardInterrupt:
-        traceback.print_exc()
-        code = -signal.SIGINT
-    except BaseException:
-        traceback.print_exc()
-        code = 1
+    except BaseException as e:  # noqa: BLE001 - as the interpreter reports an uncaught exception
+        sys.excepthook(type(e), e, e.__traceback__)
+        code = -signal.SIGINT if isinstance(e, KeyboardInterrupt) else 1
     threading._shutdown()
     atexit._run_exitfuncs()
-    for s in (sys.stdout, sys.stderr):
-        try:
-            s.flush()
-        except (OSError, ValueError):
-            pass
+    try:
+        sys.stdout.flush()
+    except (OSError, ValueError):
+        code = code or 120  # as CPython when flushing stdout fails at exit
+    try:
+        sys.stderr.flush()
+    except (OSError, ValueError):
+        pass
     if code == -signal.SIGINT:  # as CPython exits on an uncaught KeyboardInterrupt
         signal.signal(signal.SIGINT, signal.SIG_DFL)
         os.kill(os.getpid(), signal.SIGINT)
+        code = 128 + signal.SIGINT
     os._exit(code & 0xFF)
 
 
@@ -224,6 +271,8 @@ def _run_and_exit() -> None:
 
 
 class _Zygote:
+    START_TIMEOUT = 300  # seconds for the preload; past it the suite uses plain processes
+
     def __init__(self, env: dict):
         self.folder = tempfile.mkdtemp(prefix="bsai-zygote-")
         self.path = os.path.join(self.folder, "s")
@@ -234,7 +283,8 @@ class _Zygote:
                                         stdin=subprocess.DEVNULL)
         os.close(w)
         with os.fdopen(r) as f:
-            self.ok = f.readline().strip() == "ready"
+            ready, _, _ = select.select([f], [], [], self.START_TIMEOUT)
+            self.ok = bool(ready) and f.readline().strip() == "ready"
         if not self.ok:
             self.stop()
 
@@ -265,6 +315,14 @@ def _zygote_for(env: dict):
         return _ZYGOTES[key] if _ZYGOTES[key].ok else None  # it could not start: plain processes
 
 
+def stop_for(env: dict) -> None:
+    """Stop the zygote that serves ``env`` (if any)."""
+    with _LOCK:
+        z = _ZYGOTES.pop(_fingerprint(env), None)
+    if z is not None:
+        z.stop()
+
+
 def stop_all() -> None:
     with _LOCK:
         for z in _ZYGOTES.values():
@@ -281,94 +339,108 @@ def is_library_command(args) -> bool:
     return len(args) >= 3 and args[0] == sys.executable and args[1:3] == ["-m", "brainspineai"]
 
 
+def _umask() -> int:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    return 0o022
+
+
 class ForkedPopen:
     """The part of :class:`subprocess.Popen` that the modules and tests use (``pid``, ``stdin``,
     ``stdout``, ``stderr``, ``returncode``, ``poll``, ``wait``, ``communicate``, ``send_signal``,
-    ``terminate``, ``kill``), for a child forked by a zygote."""
+    ``terminate``, ``kill``), for a child forked by a zygote. A thread per child waits for its
+    exit status, so ``poll`` / ``wait`` never block each other."""
 
     def __init__(self, zygote, args, stdin=None, stdout=None, stderr=None, text=False, encoding=None,
                  errors=None, env=None, cwd=None, start_new_session=False, universal_newlines=None, **kwargs):
-        unsupported = set(kwargs) - {"bufsize", "close_fds", "creationflags", "startupinfo"}
+        import locale
+
+        unsupported = set(kwargs) - {"creationflags", "startupinfo"}  # Windows-only, as on POSIX
         if unsupported:
             raise TypeError(f"ForkedPopen does not support {sorted(unsupported)}")
+        cwd = os.path.abspath(cwd or os.getcwd())
+        if not os.path.isdir(cwd):
+            raise FileNotFoundError(2, "No such file or directory", cwd)
         self.args = list(args)
         self.returncode = None
-        self._lock = threading.Lock()
+        self._ended = threading.Event()
         text = bool(text or universal_newlines or encoding or errors)
-        mine, theirs, self._close = [], [], []
-        for i, spec in enumerate((stdin, stdout, stderr)):
-            if spec == subprocess.PIPE:
-                r, w = os.pipe()
-                mine.append(w if i == 0 else r)
-                theirs.append(r if i == 0 else w)
-                self._close.append(theirs[-1])
-            elif spec == subprocess.DEVNULL:
-                fd = os.open(os.devnull, os.O_RDWR)
-                mine.append(None)
-                theirs.append(fd)
-                self._close.append(fd)
-            elif spec == subprocess.STDOUT and i == 2:
-                mine.append(None)
-                theirs.append(theirs[1])
-            elif spec is None:
-                mine.append(None)
-                theirs.append(i)
-            else:
-                mine.append(None)
-                theirs.append(spec if isinstance(spec, int) else spec.fileno())
-        self._conn = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        self._conn.connect(zygote.path)
-        request = {"argv": self.args[3:], "env": dict(env if env is not None else os.environ),
-                   "cwd": os.path.abspath(cwd or os.getcwd()), "new_session": bool(start_new_session)}
-        socket.send_fds(self._conn, [json.dumps(request).encode() + b"\n"], theirs)
-        for fd in self._close:
+        mine, theirs, close_here = [], [], []
+        try:
+            for i, spec in enumerate((stdin, stdout, stderr)):
+                if spec == subprocess.PIPE:
+                    r, w = os.pipe()
+                    mine.append(w if i == 0 else r)
+                    theirs.append(r if i == 0 else w)
+                    close_here.append(theirs[-1])
+                elif spec == subprocess.DEVNULL:
+                    fd = os.open(os.devnull, os.O_RDWR)
+                    mine.append(None)
+                    theirs.append(fd)
+                    close_here.append(fd)
+                elif spec == subprocess.STDOUT and i == 2:
+                    mine.append(None)
+                    theirs.append(theirs[1])
+                elif spec is None:
+                    mine.append(None)
+                    theirs.append(i)
+                else:
+                    mine.append(None)
+                    theirs.append(spec if isinstance(spec, int) else spec.fileno())
+            self._conn = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            close_here.append(self._conn)
+            self._conn.connect(zygote.path)
+            request = {"argv": self.args[3:], "env": dict(env if env is not None else os.environ), "cwd": cwd,
+                       "new_session": bool(start_new_session), "umask": _umask()}
+            socket.send_fds(self._conn, [json.dumps(request).encode() + b"\n"], theirs)
+            self._reader = self._conn.makefile("rb")  # one buffered reader: "pid" and "exit" may arrive together
+            line = self._reader.readline().decode()
+            if not line.startswith("pid "):
+                raise OSError(f"the prewarmed process could not start {self.args}: {line.strip()}")
+        except BaseException:
+            for fd in mine:
+                if fd is not None:
+                    os.close(fd)
+            for item in close_here:
+                item.close() if isinstance(item, socket.socket) else os.close(item)
+            raise
+        for fd in close_here[:-1]:
             os.close(fd)
-        self._buffer = b""
-        line = self._readline(None)
-        if not line.startswith("pid "):
-            raise OSError(f"the prewarmed process did not start {self.args}")
         self.pid = int(line.split()[1])
+        threading.Thread(target=self._wait_for_exit, daemon=True).start()
 
         def wrap(fd, mode):  # as subprocess.Popen wraps its pipes (bufsize -1)
             if fd is None:
                 return None
             if not text:
                 return open(fd, mode + "b")
+            enc, err = encoding or locale.getpreferredencoding(False), errors or "strict"
             if mode == "r":
-                return open(fd, "r", encoding=encoding or "utf-8", errors=errors or "strict")
-            return io.TextIOWrapper(open(fd, "wb"), encoding=encoding or "utf-8", errors=errors or "strict",
-                                    write_through=True)
+                return open(fd, "r", encoding=enc, errors=err)
+            return io.TextIOWrapper(open(fd, "wb"), encoding=enc, errors=err, write_through=True)
 
         self.stdin, self.stdout, self.stderr = wrap(mine[0], "w"), wrap(mine[1], "r"), wrap(mine[2], "r")
 
-    def _readline(self, timeout):
-        deadline = None if timeout is None else time.monotonic() + timeout
-        while b"\n" not in self._buffer:
-            left = None if deadline is None else max(0.0, deadline - time.monotonic())
-            ready, _, _ = select.select([self._conn], [], [], left)
-            if not ready:
-                return None
-            chunk = self._conn.recv(4096)
-            if not chunk:
-                return "exit -9"  # the zygote itself was killed
-            self._buffer += chunk
-        line, self._buffer = self._buffer.split(b"\n", 1)
-        return line.decode()
-
-    def _status(self, timeout):
-        with self._lock:
-            if self.returncode is None:
-                line = self._readline(timeout)
-                if line is not None:
-                    self.returncode = int(line.split()[1])
-                    self._conn.close()
-            return self.returncode
+    def _wait_for_exit(self):
+        reader = self._reader
+        line = reader.readline().decode()
+        if line.startswith("exit "):
+            self.returncode = int(line.split()[1])
+        else:  # the zygote died: its children were killed with it (PR_SET_PDEATHSIG)
+            while _alive(self.pid):
+                time.sleep(0.05)
+            self.returncode = -signal.SIGKILL
+        reader.close()
+        self._conn.close()
+        self._ended.set()
 
     def poll(self):
-        return self._status(0)
+        return self.returncode if self._ended.is_set() else None
 
     def wait(self, timeout=None):
-        if self._status(timeout) is None:
+        if not self._ended.wait(timeout):
             raise subprocess.TimeoutExpired(self.args, timeout)
         return self.returncode
 
@@ -376,7 +448,7 @@ class ForkedPopen:
         return _communicate(self, input, timeout)
 
     def send_signal(self, sig):
-        if self.poll() is None:
+        if not self._ended.is_set():
             try:
                 os.kill(self.pid, sig)
             except ProcessLookupError:
@@ -399,6 +471,14 @@ class ForkedPopen:
                 except OSError:
                     pass
         self.wait()
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] not in ("Z", "X")
+    except (OSError, IndexError):
+        return False
 
 
 def popen(args, **kwargs):
@@ -442,7 +522,9 @@ def run(args, input=None, capture_output=False, timeout=None, check=False, **kwa
 
 
 def _communicate(proc, input, timeout):
-    """Read stdout and stderr at once (threads), so that neither pipe fills and blocks the child."""
+    """Read stdout and stderr at once (threads), so that neither pipe fills and blocks the child;
+    a child that ends without reading its input is no error, as with ``Popen.communicate``."""
+    deadline = None if timeout is None else time.monotonic() + timeout
     results = {}
 
     def reader(name, stream):
@@ -453,12 +535,17 @@ def _communicate(proc, input, timeout):
     for t in threads:
         t.start()
     if proc.stdin is not None:
-        if input is not None:
-            proc.stdin.write(input)
-        proc.stdin.close()
-    proc.wait(timeout)
+        try:
+            if input is not None:
+                proc.stdin.write(input)
+            proc.stdin.close()
+        except BrokenPipeError:
+            pass
+    proc.wait(None if deadline is None else max(0.0, deadline - time.monotonic()))
     for t in threads:
-        t.join()
+        t.join(None if deadline is None else max(0.0, deadline - time.monotonic()))
+        if t.is_alive():  # something the child started still holds the pipe
+            raise subprocess.TimeoutExpired(proc.args, timeout)
     for s in (proc.stdout, proc.stderr):
         if s is not None:
             s.close()

@@ -30,6 +30,8 @@ def test_a_forked_child_prints_and_exits_as_a_fresh_process(tmp_path):
         cmd = [sys.executable, "-m", "brainspineai", *argv]
         forked = prewarmed.run(cmd, env=_env(), capture_output=True, text=True, cwd=tmp_path)
         fresh = subprocess.run(cmd, env=_env(), capture_output=True, text=True, cwd=tmp_path)
+        assert isinstance(prewarmed.popen(cmd[:3] + ["--version"], env=_env(), stdout=subprocess.DEVNULL),
+                          prewarmed.ForkedPopen)  # the forked path was the one taken
         assert (forked.returncode, forked.stdout, forked.stderr) == (fresh.returncode, fresh.stdout, fresh.stderr)
     assert fresh.returncode == 2 and fresh.stderr.startswith("brainspineai: error: input not found")
 
@@ -69,3 +71,68 @@ def test_only_library_commands_are_forked_and_other_environments_get_their_own_z
     a = prewarmed._fingerprint(_env(BRAINSPINEAI_HOME="/a", PYTEST_CURRENT_TEST="x", PYTHONUNBUFFERED="1"))
     assert a == prewarmed._fingerprint(_env(BRAINSPINEAI_HOME="/b"))
     assert a != prewarmed._fingerprint(_env(OMP_NUM_THREADS="1")) != prewarmed._fingerprint(_env(TQDM_DISABLE="1"))
+
+
+PROBE = """
+import atexit, json, os, sys
+mode = sys.argv[1]
+if mode == "state":
+    for name in {preload!r}:
+        try:
+            __import__(name)
+        except ImportError:
+            pass
+    import logging, numpy, torch
+    handlers = sorted(set(getattr(h.stream, "name", "?") for lg in [logging.root] + list(logging.Logger.manager.loggerDict.values())
+                          for h in getattr(lg, "handlers", ()) if isinstance(h, logging.StreamHandler)))
+    env = {{k: v for k, v in os.environ.items() if not k.startswith(("PYTEST_", "_"))}}
+    print(json.dumps({{"env": env, "argv": sys.argv[1:], "path0": sys.path[0], "cwd": os.getcwd(),
+                      "umask": os.umask(0o022), "stdio": [(s.encoding, s.errors, s.line_buffering, s.write_through)
+                                                         for s in (sys.stdin, sys.stdout, sys.stderr)],
+                      "line": sys.stdin.readline(), "handlers": handlers, "seed": torch.initial_seed()}}))
+elif mode == "raise":
+    atexit.register(lambda: print("atexit ran", flush=True))
+    raise RuntimeError("boom")
+elif mode == "interrupt":
+    raise KeyboardInterrupt
+elif mode == "exit-text":
+    sys.exit("a message")
+"""
+
+
+def test_a_forked_child_matches_a_fresh_interpreter_in_what_a_program_can_see(tmp_path):
+    """A stand-in ``brainspineai`` package (its own zygote: another PYTHONPATH) prints what it
+    sees, forked and fresh: environment (with what the preloaded imports set), argv, sys.path,
+    folder, umask, stdio settings and newlines, logging handlers' streams, torch's seed drawn anew; an
+    uncaught exception (traceback, atexit, exit 1), Ctrl-C (-SIGINT) and ``sys.exit(text)``."""
+    import json
+
+    pkg = tmp_path / "lib" / "brainspineai"
+    pkg.mkdir(parents=True)
+    (pkg / "__init__.py").write_text("")
+    (pkg / "__main__.py").write_text(PROBE.format(preload=prewarmed.PRELOAD))
+    work = tmp_path / "work"
+    work.mkdir()
+    env = dict(os.environ, PYTHONPATH=str(tmp_path / "lib"))
+    env.pop("PYTHONUNBUFFERED", None)  # the buffered stdio branch (the suite's environment may set -u)
+    old = os.umask(0o027)
+    try:
+        runs = {}
+        for how, runner in (("forked", prewarmed.run), ("fresh", subprocess.run)):
+            runs[how] = {m: runner([sys.executable, "-m", "brainspineai", m], env=env, capture_output=True, text=True,
+                                   cwd=work, input="a\rb\r\n") for m in ("state", "raise", "interrupt", "exit-text")}
+        again = prewarmed.run([sys.executable, "-m", "brainspineai", "state"], env=env, capture_output=True, text=True,
+                              cwd=work, input="")
+    finally:
+        os.umask(old)
+        prewarmed.stop_for(env)  # about 1 GB that no other test uses
+    a, b = json.loads(runs["forked"]["state"].stdout), json.loads(runs["fresh"]["state"].stdout)
+    assert a.pop("seed") != json.loads(again.stdout)["seed"]  # each forked child draws its own, as a fresh one
+    b.pop("seed")
+    assert a == b and a["umask"] == 0o027 and a["line"] == "a\rb\r\n"
+    for mode in ("raise", "interrupt", "exit-text"):
+        f, r = runs["forked"][mode], runs["fresh"][mode]
+        assert (f.returncode, f.stdout, f.stderr.splitlines()[-1]) == (r.returncode, r.stdout, r.stderr.splitlines()[-1])
+    assert runs["fresh"]["raise"].returncode == 1 and runs["fresh"]["raise"].stdout == "atexit ran\n"
+    assert runs["fresh"]["interrupt"].returncode == -signal.SIGINT
+    assert runs["fresh"]["exit-text"].returncode == 1 and runs["fresh"]["exit-text"].stderr == "a message\n"
