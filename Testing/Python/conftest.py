@@ -43,19 +43,19 @@ def prewarmed_children():
     a fresh start); ``BRAINSPINEAI_TEST_CLI=process`` starts them as Slicer does."""
     import prewarmed
 
-    patched = []
+    patched, workers = [], None
     if prewarmed.enabled():
         try:
-            from BrainSpineAILib import background, worker_client
+            from BrainSpineAILib import background, worker_client as workers
         except ImportError:
             pass
         else:
-            for module in (background, worker_client):
+            for module in (background, workers):
                 patched.append((module, module.subprocess))
                 module.subprocess = prewarmed.SubprocessShim()
     yield
-    if patched:
-        patched[1][0].stopAll()  # the warm workers end before the zygotes they were forked from
+    if workers is not None:
+        workers.stopAll()  # the warm workers end before the zygotes they were forked from
     for module, original in patched:
         module.subprocess = original
     prewarmed.stop_all()
