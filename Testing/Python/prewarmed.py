@@ -26,6 +26,11 @@ differs from a fresh interpreter is only that those packages are already importe
 * the child ends as CPython ends (threads joined, ``atexit``, streams flushed, the same exit
   status) without tearing the preloaded modules down one by one (:func:`_run_and_exit`).
 
+``python -m torch.distributed.run ... -m brainspineai ...`` (the DDP tests) is forked too, and so
+are the workers it starts (``python -u -m brainspineai``): their environment differs from the
+launcher's only in torchrun's per-worker variables; ``OMP_NUM_THREADS``, which torchrun sets to 1,
+is applied in the worker as a fresh start applies it (torch's and the BLAS / OpenMP thread pools).
+
 ``BRAINSPINEAI_TEST_CLI=process`` (the suite's switch for real entry points everywhere, see
 ``conftest.run_cli``) turns this off: every job is then started as Slicer starts it.
 
@@ -52,6 +57,13 @@ PRELOAD = ("numpy", "scipy.ndimage", "SimpleITK", "torch", "torchvision", "timm"
            "monai.transforms", "open_clip", "lightning_fabric", "sklearn.ensemble")
 EMULATED = ("PYTHONIOENCODING", "PYTHONUNBUFFERED")  # the child sets up its stdio from these itself
 MAX_ZYGOTES = 4
+#: modules a child may run (``python [-u] -m MODULE``): the library, and torchrun, whose workers
+#: (``python -u -m brainspineai``) are then forked from the same zygote (:func:`_fork_torchrun_workers`)
+MODULES = ("brainspineai", "torch.distributed.run")
+#: what torchrun sets for each worker (``LocalElasticAgent._start_workers``); read at run time only
+TORCHRUN_VARS = ("LOCAL_RANK", "RANK", "GROUP_RANK", "ROLE_RANK", "ROLE_NAME", "LOCAL_WORLD_SIZE", "WORLD_SIZE",
+                 "GROUP_WORLD_SIZE", "ROLE_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT", "OMP_NUM_THREADS")
+TORCHRUN_PREFIXES = ("TORCHELASTIC_", "TORCH_NCCL_", "NCCL_", "TORCH_DISTRIBUTED_")
 
 
 def _free_to_differ(key: str) -> bool:
@@ -74,11 +86,12 @@ def _serve(listener) -> dict:
         ready, _, _ = select.select([listener], [], [], 0.05)
         while children:
             try:
-                pid, status = os.waitpid(-1, os.WNOHANG)
+                pid, status, usage = os.wait4(-1, os.WNOHANG)
             except ChildProcessError:
                 break
             if pid == 0:
                 break
+            _log_usage(pid, usage)
             conn = children.pop(pid, None)
             if conn is not None:
                 rc = -os.WTERMSIG(status) if os.WIFSIGNALED(status) else os.WEXITSTATUS(status)
@@ -115,11 +128,24 @@ def _serve(listener) -> dict:
             return request
         for fd in fds:
             os.close(fd)
+        _ARGV[pid] = request.get("argv")
         children[pid] = conn  # the child sends its pid once it is set up; this side its exit status
 
 
+_ARGV: dict = {}  # pid -> argv, for PREWARMED_CPU_LOG
+
+
+def _log_usage(pid: int, usage) -> None:
+    """``PREWARMED_CPU_LOG=FILE``: append each child's CPU seconds and argv (a measurement aid)."""
+    log = os.environ.get("PREWARMED_CPU_LOG")
+    argv = _ARGV.pop(pid, None)
+    if log:
+        with open(log, "a") as f:
+            f.write("%.2f\t%.2f\t%s\n" % (time.time(), usage.ru_utime + usage.ru_stime, json.dumps(argv)))
+
+
 def _become_child(request: dict) -> None:
-    """Turn this forked process into ``python -m brainspineai ARGV`` as a fresh start would see it."""
+    """Turn this forked process into ``python -m MODULE ARGV`` as a fresh start would see it."""
     fds = request["fds"]
     for target, fd in enumerate(fds):
         os.dup2(fd, target)
@@ -144,7 +170,7 @@ def _become_child(request: dict) -> None:
     # stdio as CPython's create_stdio makes it: PYTHONIOENCODING and -u / PYTHONUNBUFFERED over
     # the locale's defaults (the zygote's own streams, made from the same locale)
     encoding, _, errors = (os.environ.get("PYTHONIOENCODING") or "").partition(":")
-    unbuffered = bool(os.environ.get("PYTHONUNBUFFERED"))
+    unbuffered = bool(os.environ.get("PYTHONUNBUFFERED")) or request["unbuffered"]  # or `python -u`
 
     old_streams = (sys.stdout, sys.stderr)
 
@@ -179,6 +205,53 @@ def _become_child(request: dict) -> None:
     np.random.seed()
     torch.seed()  # a fresh process draws its own initial seed
     sys.argv = ["-m"] + list(request["argv"])  # runpy puts the module's path in argv[0]
+    threads = os.environ.get("OMP_NUM_THREADS")
+    if threads != _START_ENV.get("OMP_NUM_THREADS") and threads and threads.isdigit():
+        _limit_threads(int(threads))  # a torchrun worker: torchrun sets 1 when nothing is set
+    if request["module"] == "torch.distributed.run":
+        _fork_torchrun_workers(request["zygote"])
+
+
+def _limit_threads(n: int) -> None:
+    """What ``OMP_NUM_THREADS=n`` does at a fresh start (OpenMP, BLAS and torch's intra-op pool),
+    for a child whose zygote was started without it."""
+    import torch
+
+    torch.set_num_threads(n)
+    try:
+        from threadpoolctl import threadpool_limits
+
+        threadpool_limits(n)
+    except ImportError:
+        pass
+
+
+def _torchrun_free(env: dict) -> dict:
+    return {k: v for k, v in env.items() if k not in TORCHRUN_VARS and not k.startswith(TORCHRUN_PREFIXES)}
+
+
+def _fork_torchrun_workers(path: str) -> None:
+    """In a child that runs torchrun: its workers (``python -u -m brainspineai ...``, started by
+    ``SubprocessHandler`` through ``subprocess.Popen``) are forked from the same zygote when their
+    environment differs from this child's only in what torchrun sets per worker; anything else
+    starts as torchrun starts it."""
+    from torch.distributed.elastic.multiprocessing.subprocess_handler import subprocess_handler as handler
+
+    start = _fingerprint(_torchrun_free(dict(os.environ)))
+    real = handler.Popen
+
+    class _Here:
+        pass
+
+    zygote = _Here()
+    zygote.path = path
+
+    def forking_popen(args, env=None, **kwargs):
+        if _command(args) is not None and env is not None and _fingerprint(_torchrun_free(env)) == start:
+            return ForkedPopen(zygote, args, env=env, **kwargs)
+        return real(args, env=env, **kwargs)
+
+    handler.Popen = forking_popen
 
 
 def _die_with_zygote() -> None:
@@ -193,12 +266,15 @@ def _die_with_zygote() -> None:
 
 
 _IMPORT_ENV: dict = {}  # variables the preloaded imports set (None: removed), set again in each child
+_START_ENV: dict = {}  # the zygote's environment as it was started
+_MODULE = ["brainspineai"]  # the module this child runs
 
 
 def _zygote_main(path: str, ready_fd: int) -> None:
     import warnings
 
     filters, hooks, env = list(warnings.filters), (warnings.showwarning, warnings.formatwarning), dict(os.environ)
+    _START_ENV.update(env)
     for name in PRELOAD:
         try:
             __import__(name)
@@ -223,6 +299,7 @@ def _zygote_main(path: str, ready_fd: int) -> None:
     os.write(ready_fd, b"ready\n")
     os.close(ready_fd)
     request = _serve(listener)
+    _MODULE[0] = request["module"]
     _become_child(request)
     _run_and_exit()
 
@@ -238,7 +315,7 @@ def _run_and_exit() -> None:
 
     code = 0
     try:
-        runpy._run_module_as_main("brainspineai")  # what `python -m brainspineai` runs
+        runpy._run_module_as_main(_MODULE[0])  # what `python -m MODULE` runs
     except SystemExit as e:
         if e.code is None:
             code = 0
@@ -334,9 +411,19 @@ def enabled() -> bool:
     return os.environ.get("BRAINSPINEAI_TEST_CLI") != "process"
 
 
+def _command(args):
+    """``(module, argv after it, unbuffered)`` for ``[sys.executable, ("-u",) "-m", MODULE, ...]``
+    with MODULE in :data:`MODULES`, else ``None``."""
+    args = [str(a) for a in args] if not isinstance(args, (str, bytes)) else []
+    unbuffered = args[1:2] == ["-u"]
+    rest = args[2:] if unbuffered else args[1:]
+    if args[:1] == [sys.executable] and len(rest) >= 2 and rest[0] == "-m" and rest[1] in MODULES:
+        return rest[1], rest[2:], unbuffered
+    return None
+
+
 def is_library_command(args) -> bool:
-    args = list(args) if not isinstance(args, (str, bytes)) else []
-    return len(args) >= 3 and args[0] == sys.executable and args[1:3] == ["-m", "brainspineai"]
+    return _command(args) is not None
 
 
 def _umask() -> int:
@@ -392,7 +479,9 @@ class ForkedPopen:
             self._conn = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
             close_here.append(self._conn)
             self._conn.connect(zygote.path)
-            request = {"argv": self.args[3:], "env": dict(env if env is not None else os.environ), "cwd": cwd,
+            module, argv, unbuffered = _command(self.args)
+            request = {"module": module, "argv": argv, "unbuffered": unbuffered, "zygote": zygote.path,
+                       "env": dict(env if env is not None else os.environ), "cwd": cwd,
                        "new_session": bool(start_new_session), "umask": _umask()}
             socket.send_fds(self._conn, [json.dumps(request).encode() + b"\n"], theirs)
             self._reader = self._conn.makefile("rb")  # one buffered reader: "pid" and "exit" may arrive together
@@ -483,7 +572,8 @@ def _alive(pid: int) -> bool:
 
 def popen(args, **kwargs):
     """``subprocess.Popen(args, **kwargs)``, forked from a prewarmed process when ``args`` is
-    ``[sys.executable, "-m", "brainspineai", ...]`` and the suite is not in process mode."""
+    ``[sys.executable, ("-u",) "-m", MODULE, ...]`` (MODULE in :data:`MODULES`) and the suite is
+    not in process mode."""
     if enabled() and is_library_command(args) and os.name == "posix":
         zygote = _zygote_for(dict(kwargs.get("env") if kwargs.get("env") is not None else os.environ))
         if zygote is not None:

@@ -333,7 +333,8 @@ def test_affcl_trains_in_two_ddp_processes_under_torchrun(tmp_path):
            "-m", "brainspineai", "train", "affcl", "--data", str(need(KAGGLE)), "--out", str(tmp_path / "m"),
            "--limit-per-class", "8", "--image-size", "64", "--epochs", "2", "--batch-size", "4", "--device", "cpu",
            "--backbone", "resnet10-w32", "--queue-size", "16", "--events", str(tmp_path / "ev.jsonl")]
-    r = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
+    import prewarmed
+    r = prewarmed.run(cmd, capture_output=True, text=True, env=env, timeout=600)  # torchrun and its workers forked
     assert r.returncode == 0, r.stderr[-3000:]
     card = json.loads((tmp_path / "m" / "model.json").read_text())
     assert card["training"]["processes"] == 2 and len(card["training"]["history"]) == 2

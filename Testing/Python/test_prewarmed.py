@@ -68,6 +68,9 @@ def test_only_library_commands_are_forked_and_other_environments_get_their_own_z
     assert not prewarmed.is_library_command([sys.executable, "-c", "pass"])
     assert not prewarmed.is_library_command([sys.executable, "-X", "importtime", "-m", "brainspineai"])
     assert prewarmed.is_library_command([sys.executable, "-m", "brainspineai", "--version"])
+    assert prewarmed.is_library_command([sys.executable, "-u", "-m", "brainspineai", "train"])  # a torchrun worker
+    assert prewarmed.is_library_command([sys.executable, "-m", "torch.distributed.run", "-m", "brainspineai"])
+    assert not prewarmed.is_library_command([sys.executable, "-m", "pip", "install"])
     a = prewarmed._fingerprint(_env(BRAINSPINEAI_HOME="/a", PYTEST_CURRENT_TEST="x", PYTHONUNBUFFERED="1"))
     assert a == prewarmed._fingerprint(_env(BRAINSPINEAI_HOME="/b"))
     assert a != prewarmed._fingerprint(_env(OMP_NUM_THREADS="1")) != prewarmed._fingerprint(_env(TQDM_DISABLE="1"))
@@ -90,6 +93,17 @@ if mode == "state":
                       "umask": os.umask(0o022), "stdio": [(s.encoding, s.errors, s.line_buffering, s.write_through)
                                                          for s in (sys.stdin, sys.stdout, sys.stderr)],
                       "line": sys.stdin.readline(), "handlers": handlers, "seed": torch.initial_seed()}}))
+elif mode == "dist":  # a torchrun worker
+    for name in {preload!r}:
+        try:
+            __import__(name)
+        except ImportError:
+            pass
+    import torch
+    env = {{k: v for k, v in os.environ.items() if not k.startswith(("PYTEST_", "_"))}}
+    print(json.dumps({{"env": env, "argv": sys.argv[1:], "cwd": os.getcwd(), "threads": torch.get_num_threads(),
+                      "stdio": [(s.encoding, s.errors, s.line_buffering, s.write_through) for s in (sys.stdout, sys.stderr)]}}),
+          flush=True)
 elif mode == "raise":
     atexit.register(lambda: print("atexit ran", flush=True))
     raise RuntimeError("boom")
@@ -136,3 +150,45 @@ def test_a_forked_child_matches_a_fresh_interpreter_in_what_a_program_can_see(tm
     assert runs["fresh"]["raise"].returncode == 1 and runs["fresh"]["raise"].stdout == "atexit ran\n"
     assert runs["fresh"]["interrupt"].returncode == -signal.SIGINT
     assert runs["fresh"]["exit-text"].returncode == 1 and runs["fresh"]["exit-text"].stderr == "a message\n"
+
+
+def test_torchrun_workers_are_forked_and_see_what_fresh_workers_see(tmp_path):
+    """``torchrun --nproc_per_node 2 -m brainspineai`` (the suite's DDP tests) with the stand-in
+    package, forked (torchrun and its two workers) and fresh: each worker sees the same
+    environment (torchrun's rank variables, ``OMP_NUM_THREADS=1`` that torchrun sets), argv,
+    folder, stdio (``python -u``) and torch thread count."""
+    import json
+    import socket
+
+    pkg = tmp_path / "lib" / "brainspineai"
+    pkg.mkdir(parents=True)
+    (pkg / "__init__.py").write_text("")
+    (pkg / "__main__.py").write_text(PROBE.format(preload=prewarmed.PRELOAD))
+    log = tmp_path / "forks.log"
+    env = dict(os.environ, PYTHONPATH=str(tmp_path / "lib"), PREWARMED_CPU_LOG=str(log))
+    env.pop("OMP_NUM_THREADS", None)  # torchrun sets it to 1 for its workers
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(port),
+           "-m", "brainspineai", "dist"]
+    try:
+        runs = {how: runner(cmd, env=env, capture_output=True, text=True, cwd=tmp_path, stdin=subprocess.DEVNULL,
+                            timeout=300) for how, runner in (("forked", prewarmed.run), ("fresh", subprocess.run))}
+    finally:
+        prewarmed.stop_for(env)
+    forks = [json.loads(line.split("\t")[2]) for line in log.read_text().splitlines()]
+    assert sorted(f[-1] for f in forks) == ["dist", "dist", "dist"]  # torchrun and both workers were forked
+
+    def workers(r):
+        assert r.returncode == 0, r.stderr[-2000:]
+        docs = sorted((json.loads(line) for line in r.stdout.splitlines() if line.startswith("{")),
+                      key=lambda d: d["env"]["RANK"])
+        for d in docs:
+            for k in ("TORCHELASTIC_ERROR_FILE", "TORCHELASTIC_RUN_ID", "PREWARMED_CPU_LOG"):  # per run
+                d["env"].pop(k, None)
+        return docs
+
+    forked, fresh = workers(runs["forked"]), workers(runs["fresh"])
+    assert [d["env"]["RANK"] for d in fresh] == ["0", "1"] and fresh[0]["threads"] == 1
+    assert forked == fresh

@@ -311,7 +311,8 @@ def test_segmenter_trains_in_two_ddp_processes_under_torchrun(tiny_seg, tmp_path
            "--epochs", "2", "--spacing", "4", "--patch-size", "32", "--channels", "8", "16", "32", "64",
            "--samples-per-epoch", "4", "--val-cases", "1", "--no-semantic",
            "--device", "cpu", "--events", str(tmp_path / "ev.jsonl")]
-    r = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
+    import prewarmed
+    r = prewarmed.run(cmd, capture_output=True, text=True, env=env, timeout=600)  # torchrun and its workers forked
     assert r.returncode == 0, r.stderr[-3000:]
     card = read_card(tmp_path / "m")
     assert card["training"]["processes"] == 2 and len(card["training"]["history"]) == 2

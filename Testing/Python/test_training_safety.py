@@ -60,7 +60,7 @@ def test_classifier_trains_in_two_ddp_processes_under_torchrun(tmp_path):
            "-m", "brainspineai", "train", "classifier", "--data", str(need(KAGGLE)), "--out", str(tmp_path / "m"),
            "--limit-per-class", "8", "--image-size", "32", "--epochs", "1", "--batch-size", "4", "--device", "cpu",
            *CLS, "--events", str(tmp_path / "ev.jsonl")]
-    r = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
+    r = prewarmed.run(cmd, capture_output=True, text=True, env=env, timeout=600)  # torchrun and its workers forked
     assert r.returncode == 0, r.stderr[-3000:]
     card = read_card(tmp_path / "m")
     assert card["training"]["processes"] == 2 and len(card["training"]["history"]) == 1
