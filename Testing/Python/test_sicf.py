@@ -12,8 +12,9 @@ import SimpleITK as sitk
 
 from conftest import FIGSHARE, SPINE, need, run_cli
 
+# cv_folds=2: the LOA fitness's forests are most of a tiny run's time; 5 folds (the paper's) is the default
 TINY = dict(roi="full", image_size=64, n_words=32, population=5, iterations=1, limit_per_class=10,
-            val_fraction=0.4, n_bootstrap=100)
+            val_fraction=0.4, n_bootstrap=100, cv_folds=2)
 
 
 def lps_axial(path):
@@ -94,12 +95,19 @@ def test_lyrebird_optimiser_maximises_off_centre_better_than_random_search():
 
 
 @pytest.fixture(scope="module")
-def tiny_sicf(tmp_path_factory):
+def tiny_cache(tmp_path_factory):
+    """The per-file feature cache of the TINY runs on figshare3 (the same slices, ROI and size:
+    the ablation reads what the tiny model computed)."""
+    return tmp_path_factory.mktemp("cache")
+
+
+@pytest.fixture(scope="module")
+def tiny_sicf(tmp_path_factory, tiny_cache):
     from brainspineai.sicf.pipeline import SICFConfig, train_sicf
 
     out = tmp_path_factory.mktemp("sicf") / "tiny-sicf"
     events = []
-    cfg = SICFConfig(**TINY, cache_dir=str(tmp_path_factory.mktemp("cache")))
+    cfg = SICFConfig(**TINY, cache_dir=str(tiny_cache))
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         folder = train_sicf(need(FIGSHARE), out, cfg, progress=events.append)
@@ -238,10 +246,10 @@ def test_nan_slice_is_refused(tiny_sicf):
         classify_sicf(img, model)
 
 
-def test_ablation_table(tmp_path):
+def test_ablation_table(tmp_path, tiny_sicf, tiny_cache):
     from brainspineai.sicf.pipeline import ABLATION_VARIANTS, SICFConfig, run_ablation
 
-    cfg = SICFConfig(**TINY, cache_dir=str(tmp_path / "cache"))
+    cfg = SICFConfig(**TINY, cache_dir=str(tiny_cache))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         doc = run_ablation(need(FIGSHARE), tmp_path / "ab", cfg)

@@ -17,7 +17,8 @@ import pytest
 from conftest import FIGSHARE, need, run_cli
 
 CLASSES = ("glioma", "meningioma", "pituitary")
-PARENT = dict(roi="full", image_size=64, n_words=32, population=5, iterations=1, val_fraction=0.4, n_bootstrap=50)
+PARENT = dict(roi="full", image_size=64, n_words=32, population=5, iterations=1, val_fraction=0.4, n_bootstrap=50,
+              cv_folds=2)
 
 
 def folder_digests(folder):
@@ -103,7 +104,7 @@ def test_retrain_with_reselect_runs_the_selection_again(grown, tmp_path):
 
     data, parent, _, _, _, cache = grown
     cfg = SICFConfig(roi=None, image_size=None, n_words=None, population=5, iterations=1, val_fraction=0.4,
-                     n_bootstrap=0, cache_dir=str(cache), init_model=str(parent), reselect=True, model_id="mine")
+                     cv_folds=2, n_bootstrap=0, cache_dir=str(cache), init_model=str(parent), reselect=True, model_id="mine")
     events = []
     folder = train_sicf(data, tmp_path / "mine", cfg, progress=events.append)
     card = json.loads((folder / "model.json").read_text())

@@ -80,7 +80,7 @@ def test_logic_classifies_with_an_sicf_model(tmp_path, monkeypatch):
     from conftest import FIGSHARE
 
     cfg = SICFConfig(roi="quadrant", image_size=64, n_words=16, population=5, iterations=1, limit_per_class=6,
-                     val_fraction=0.34, n_bootstrap=0, cache_dir=str(tmp_path / "cache"))
+                     val_fraction=0.34, n_bootstrap=0, cv_folds=2, cache_dir=str(tmp_path / "cache"))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         folder = train_sicf(need(FIGSHARE), tmp_path / "models" / "tiny-sicf-slicer", cfg)
