@@ -60,10 +60,13 @@ MAX_ZYGOTES = 4
 #: modules a child may run (``python [-u] -m MODULE``): the library, and torchrun, whose workers
 #: (``python -u -m brainspineai``) are then forked from the same zygote (:func:`_fork_torchrun_workers`)
 MODULES = ("brainspineai", "torch.distributed.run")
-#: what torchrun sets for each worker (``LocalElasticAgent._start_workers``); read at run time only
+#: what torchrun sets for each worker (``LocalElasticAgent._start_workers``, torch 2.14; ``OMP_NUM_THREADS``
+#: from ``torch.distributed.run``); read at run time, except the ranks by Lightning's ``rank_zero``
+#: (redone in the child) and the thread count (:func:`_limit_threads`)
 TORCHRUN_VARS = ("LOCAL_RANK", "RANK", "GROUP_RANK", "ROLE_RANK", "ROLE_NAME", "LOCAL_WORLD_SIZE", "WORLD_SIZE",
-                 "GROUP_WORLD_SIZE", "ROLE_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT", "OMP_NUM_THREADS")
-TORCHRUN_PREFIXES = ("TORCHELASTIC_", "TORCH_NCCL_", "NCCL_", "TORCH_DISTRIBUTED_")
+                 "GROUP_WORLD_SIZE", "ROLE_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT", "OMP_NUM_THREADS",
+                 "TORCH_NCCL_ASYNC_ERROR_HANDLING")
+TORCHRUN_PREFIXES = ("TORCHELASTIC_",)
 
 
 def _free_to_differ(key: str) -> bool:
@@ -140,8 +143,11 @@ def _log_usage(pid: int, usage) -> None:
     log = os.environ.get("PREWARMED_CPU_LOG")
     argv = _ARGV.pop(pid, None)
     if log:
-        with open(log, "a") as f:
-            f.write("%.2f\t%.2f\t%s\n" % (time.time(), usage.ru_utime + usage.ru_stime, json.dumps(argv)))
+        try:
+            with open(log, "a") as f:
+                f.write("%.2f\t%.2f\t%s\n" % (time.time(), usage.ru_utime + usage.ru_stime, json.dumps(argv)))
+        except OSError:
+            pass  # a measurement aid only: never the zygote's end
 
 
 def _become_child(request: dict) -> None:
@@ -208,13 +214,20 @@ def _become_child(request: dict) -> None:
     threads = os.environ.get("OMP_NUM_THREADS")
     if threads != _START_ENV.get("OMP_NUM_THREADS") and threads and threads.isdigit():
         _limit_threads(int(threads))  # a torchrun worker: torchrun sets 1 when nothing is set
+    if any(os.environ.get(k) != _START_ENV.get(k) for k in ("RANK", "LOCAL_RANK", "SLURM_PROCID", "JSM_NAMESPACE_RANK")):
+        rz = sys.modules.get("lightning_fabric.utilities.rank_zero")
+        if rz is not None:  # what its import reads from the rank variables (a torchrun worker's rank)
+            rz.rank_zero_only.rank = rz._get_rank() or 0
     if request["module"] == "torch.distributed.run":
         _fork_torchrun_workers(request["zygote"])
 
 
 def _limit_threads(n: int) -> None:
     """What ``OMP_NUM_THREADS=n`` does at a fresh start (OpenMP, BLAS and torch's intra-op pool),
-    for a child whose zygote was started without it."""
+    for a child whose zygote was started without it. Known limit: ``omp_set_num_threads`` is per
+    thread in libgomp, so a Python thread started later sees the zygote's default in libraries
+    other than torch (which sets it again in each thread); the DDP tests that call torchrun
+    themselves give the zygote ``OMP_NUM_THREADS=1`` from the start and do not depend on this."""
     import torch
 
     torch.set_num_threads(n)
@@ -248,7 +261,10 @@ def _fork_torchrun_workers(path: str) -> None:
 
     def forking_popen(args, env=None, **kwargs):
         if _command(args) is not None and env is not None and _fingerprint(_torchrun_free(env)) == start:
-            return ForkedPopen(zygote, args, env=env, **kwargs)
+            try:
+                return ForkedPopen(zygote, args, env=env, **kwargs)
+            except OSError:
+                pass  # the zygote could not start it: as torchrun starts it
         return real(args, env=env, **kwargs)
 
     handler.Popen = forking_popen
@@ -452,6 +468,7 @@ class ForkedPopen:
             raise FileNotFoundError(2, "No such file or directory", cwd)
         self.args = list(args)
         self.returncode = None
+        self._busy = []  # streams a timed-out reader thread is still reading (see _communicate)
         self._ended = threading.Event()
         text = bool(text or universal_newlines or encoding or errors)
         mine, theirs, close_here = [], [], []
@@ -554,7 +571,7 @@ class ForkedPopen:
 
     def __exit__(self, *exc):
         for s in (self.stdin, self.stdout, self.stderr):
-            if s is not None:
+            if s is not None and s not in self._busy:  # a reader thread still blocked in it holds its lock
                 try:
                     s.close()
                 except OSError:
@@ -620,22 +637,27 @@ def _communicate(proc, input, timeout):
     def reader(name, stream):
         results[name] = stream.read()
 
-    threads = [threading.Thread(target=reader, args=(n, s), daemon=True)
-               for n, s in (("out", proc.stdout), ("err", proc.stderr)) if s is not None]
-    for t in threads:
+    pairs = [(s, threading.Thread(target=reader, args=(n, s), daemon=True))
+             for n, s in (("out", proc.stdout), ("err", proc.stderr)) if s is not None]
+    for _, t in pairs:
         t.start()
-    if proc.stdin is not None:
-        try:
-            if input is not None:
-                proc.stdin.write(input)
-            proc.stdin.close()
-        except BrokenPipeError:
-            pass
-    proc.wait(None if deadline is None else max(0.0, deadline - time.monotonic()))
-    for t in threads:
-        t.join(None if deadline is None else max(0.0, deadline - time.monotonic()))
-        if t.is_alive():  # something the child started still holds the pipe
-            raise subprocess.TimeoutExpired(proc.args, timeout)
+    try:
+        if proc.stdin is not None:
+            try:
+                if input is not None:
+                    proc.stdin.write(input)
+                proc.stdin.close()
+            except BrokenPipeError:
+                pass
+        proc.wait(None if deadline is None else max(0.0, deadline - time.monotonic()))
+        for _, t in pairs:
+            t.join(None if deadline is None else max(0.0, deadline - time.monotonic()))
+            if t.is_alive():  # something the child started (a torchrun worker, say) still holds the pipe
+                raise subprocess.TimeoutExpired(proc.args, timeout)
+    except subprocess.TimeoutExpired:
+        if isinstance(proc, ForkedPopen):  # closing a stream a blocked reader holds would wait for ever
+            proc._busy = [s for s, t in pairs if t.is_alive()]
+        raise
     for s in (proc.stdout, proc.stderr):
         if s is not None:
             s.close()

@@ -95,9 +95,11 @@ if mode == "state":
                       "line": sys.stdin.readline(), "handlers": handlers, "seed": torch.initial_seed()}}))
 elif mode == "dist":  # a torchrun worker; what the preloaded imports set is checked in "state"
     import torch
+    from lightning_fabric.utilities.rank_zero import rank_zero_only  # reads the rank at import
     pw = sys.modules.get("prewarmed")  # present in a forked child only
     env = {{k: v for k, v in os.environ.items() if not k.startswith(("PYTEST_", "_"))}}
     print(json.dumps({{"env": env, "import_keys": sorted(pw._IMPORT_ENV) if pw else [], "argv": sys.argv[1:], "cwd": os.getcwd(), "threads": torch.get_num_threads(),
+                      "rank_zero_only": rank_zero_only.rank, "session_leader": os.getsid(0) == os.getpid(),
                       "stdio": [(s.encoding, s.errors, s.line_buffering, s.write_through) for s in (sys.stdout, sys.stderr)]}}),
           flush=True)
 elif mode == "raise":
@@ -152,7 +154,8 @@ def test_torchrun_workers_are_forked_and_see_what_fresh_workers_see(tmp_path):
     """``torchrun --nproc_per_node 2 -m brainspineai`` (the suite's DDP tests) with the stand-in
     package, forked (torchrun and its two workers) and fresh: each worker sees the same
     environment (torchrun's rank variables, ``OMP_NUM_THREADS=1`` that torchrun sets), argv,
-    folder, stdio (``python -u``) and torch thread count. The variables that the preloaded
+    folder, stdio (``python -u``), torch thread count, Lightning's rank read at import and
+    a session of its own. The variables that the preloaded
     imports set are left out here: the test above compares them with a fresh import."""
     import json
     import socket
@@ -193,4 +196,5 @@ def test_torchrun_workers_are_forked_and_see_what_fresh_workers_see(tmp_path):
         for k in imported:
             d["env"].pop(k, None)
     assert [d["env"]["RANK"] for d in fresh] == ["0", "1"] and fresh[0]["threads"] == 1
+    assert [d["rank_zero_only"] for d in fresh] == [0, 1] and all(d["session_leader"] for d in fresh)
     assert forked == fresh
