@@ -268,6 +268,17 @@ def _fork_torchrun_workers(path: str) -> None:
         return real(args, env=env, **kwargs)
 
     handler.Popen = forking_popen
+    real_close = handler.SubprocessHandler.close
+
+    def close(self, death_sig=None):
+        try:
+            real_close(self, death_sig)
+        except ProcessLookupError:  # the zygote reaps a worker at once; a fresh one is still a zombie here
+            for f in (self._stdout, self._stderr):
+                if f:
+                    f.close()
+
+    handler.SubprocessHandler.close = close
 
 
 def _die_with_zygote() -> None:
