@@ -253,11 +253,9 @@ def _fork_torchrun_workers(path: str) -> None:
     start = _fingerprint(_torchrun_free(dict(os.environ)))
     real = handler.Popen
 
-    class _Here:
-        pass
+    from types import SimpleNamespace
 
-    zygote = _Here()
-    zygote.path = path
+    zygote = SimpleNamespace(path=path)  # what ForkedPopen needs of a zygote
 
     def forking_popen(args, env=None, **kwargs):
         if _command(args) is not None and env is not None and _fingerprint(_torchrun_free(env)) == start:
@@ -294,7 +292,6 @@ def _die_with_zygote() -> None:
 
 _IMPORT_ENV: dict = {}  # variables the preloaded imports set (None: removed), set again in each child
 _START_ENV: dict = {}  # the zygote's environment as it was started
-_MODULE = ["brainspineai"]  # the module this child runs
 
 
 def _zygote_main(path: str, ready_fd: int) -> None:
@@ -326,12 +323,11 @@ def _zygote_main(path: str, ready_fd: int) -> None:
     os.write(ready_fd, b"ready\n")
     os.close(ready_fd)
     request = _serve(listener)
-    _MODULE[0] = request["module"]
     _become_child(request)
-    _run_and_exit()
+    _run_and_exit(request["module"])
 
 
-def _run_and_exit() -> None:
+def _run_and_exit(module: str) -> None:
     """Run the command, then end as CPython ends a process (non-daemon threads joined, ``atexit``
     handlers, std streams flushed, the exit status of ``SystemExit`` / an uncaught exception /
     ``KeyboardInterrupt``) but without tearing down the 5000 preloaded modules one by one, which
@@ -342,7 +338,7 @@ def _run_and_exit() -> None:
 
     code = 0
     try:
-        runpy._run_module_as_main(_MODULE[0])  # what `python -m MODULE` runs
+        runpy._run_module_as_main(module)  # what `python -m MODULE` runs
     except SystemExit as e:
         if e.code is None:
             code = 0

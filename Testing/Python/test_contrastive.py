@@ -318,7 +318,6 @@ def test_encoder_pretrained_on_validation_images_is_refused(tiny_encoder, tmp_pa
 def test_affcl_trains_in_two_ddp_processes_under_torchrun(tmp_path):
     """Several processes through torchrun / DDP (gloo on the CPU here, NCCL on GPUs)."""
     import os
-    import subprocess
     import sys
 
     from conftest import LIB_PARENT

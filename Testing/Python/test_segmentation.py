@@ -298,7 +298,6 @@ def test_segmenter_trains_in_two_ddp_processes_under_torchrun(tiny_seg, tmp_path
     """`torchrun --nproc_per_node 2 -m brainspineai train segmenter` (DDP; gloo on the CPU here):
     one model, one reporter, the card says two processes."""
     import socket
-    import subprocess
     import sys
 
     from conftest import LIB_PARENT
