@@ -30,6 +30,7 @@ def test_version_and_help_name_defaults():
         assert "range) (default: [400.0, 2500.0])" not in text
 
 
+@pytest.mark.slow
 def test_in_process_cli_sees_what_a_process_sees(tmp_path, validation_images):
     """The suite's in-process ``run_cli`` against ``python -m brainspineai`` on the same calls:
     a bad input (one line, exit 2), and a classification whose model id is shadowed by a folder
@@ -74,6 +75,7 @@ def _slices(tmp_path, validation_images):
     return folder, truth
 
 
+@pytest.mark.slow
 def test_folder_of_slices_one_model_load_json_dir_and_csv(tmp_path, validation_images):
     """Six held-out slices in one call: one JSON per slice and summary.csv, every prediction
     right, progress as JSON lines; the run imports neither open_clip nor the segmentation code."""
@@ -147,6 +149,7 @@ def tiny_seg(tmp_path_factory):
     return train_segmenter(data, tmp_path_factory.mktemp("segmodel") / "tiny-seg-fast", cfg)
 
 
+@pytest.mark.slow
 def test_segment_a_folder_of_cases(tmp_path, tiny_seg):
     """Two real cases in one call: a labelmap on each case's FLAIR grid, its JSON and summary.csv."""
     import SimpleITK as sitk
@@ -195,3 +198,16 @@ def test_bad_input_is_said_before_the_model_is_loaded(tmp_path):
                        capture_output=True, text=True, env=env, timeout=120)
     assert r.returncode == 2 and "missing sequence t1ce (the model needs flair, t1ce)" in r.stderr
     assert "heavy: []" in r.stdout and not (tmp_path / "s.nii.gz").exists()
+    # sequences that do not overlap in space: the same line as the stage that would refuse them later
+    import SimpleITK as sitk
+
+    t1c = sitk.ReadImage(str(flair.parent / "T1c_subtrMeanDivStd.nii.gz"))
+    t1c.SetOrigin([t1c.GetOrigin()[0] + 500.0] + list(t1c.GetOrigin()[1:]))
+    sitk.WriteImage(t1c, str(tmp_path / "t1c_moved.nii.gz"))
+    for extra, said in ((["--preprocess", "off"], "t1ce covers only 0% of the physical extent of the reference flair"),
+                        ([], "t1ce and flair do not overlap in space")):
+        r = subprocess.run([sys.executable, "-c", probe, "segment", "--flair", str(flair), "--t1ce",
+                            str(tmp_path / "t1c_moved.nii.gz"), "--out", str(tmp_path / "s.nii.gz"), *extra],
+                           capture_output=True, text=True, env=env, timeout=120)
+        assert r.returncode == 2 and said in r.stderr and r.stderr.count("\n") == 1, r.stderr
+        assert "heavy: []" in r.stdout and not (tmp_path / "s.nii.gz").exists()

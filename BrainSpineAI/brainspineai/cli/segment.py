@@ -43,6 +43,33 @@ def _card_sequences(ref) -> list | None:
     return list(seqs) if isinstance(seqs, list) and all(isinstance(x, str) for x in seqs) else None
 
 
+def _read_checking_overlap(args, seqs) -> tuple:
+    """:func:`_read_sequences` for the sequences a model's card names, then sequences that do
+    not overlap in space refused before the seconds of loading the network, with the check and
+    message of the stage that would refuse them later: the segmenter's own (``--preprocess
+    off``) or the registration's. Volumes that a later check refuses for another reason (not
+    3D, too small, a bad ``--brain-ml``) are left to it, so each input still gets its own line.
+
+    :raises InputError: an unreadable sequence, or sequences that do not overlap."""
+    from .preprocess import brain_ml_arg
+
+    images, extra = _read_sequences(args, seqs)
+    if not all(im.GetDimension() == 3 and im.GetNumberOfComponentsPerPixel() == 1 for im in images.values()):
+        return images, extra
+    if getattr(args, "preprocess", "off") == "off":
+        from ..segmentation.prepare import MIN_SEG_SIDE, check_overlap
+
+        if all(min(im.GetSize()) >= MIN_SEG_SIDE for im in images.values()):
+            check_overlap(images, seqs)
+    else:
+        from ..preprocessing.registration import check_overlap as check_pair
+
+        brain_ml_arg(args)
+        for s in seqs[1:]:
+            check_pair(images[seqs[0]], images[s], (seqs[0], s))
+    return images, extra
+
+
 def _case_doc(model, res, out, report) -> dict:
     from ..segmentation.data import LABELS
 
@@ -64,9 +91,14 @@ def cmd_segment(args) -> int:
         raise InputError(f"--out {args.out}: use a .nii.gz, .nii, .nrrd or .mha file")
     check_outputs([("--out", args.out), ("--json", args.json)],
                   inputs=[getattr(args, s) for s in ("t1", "t1ce", "t2", "flair")] + [args.model])
-    _check_given(args, _card_sequences(args.model) or ())  # before seconds of loading the network
+    seqs = _card_sequences(args.model)
+    _check_given(args, seqs or ())  # before seconds of loading the network
+    early = _read_checking_overlap(args, seqs) if seqs else None
     model = cached_load(args.model, guarded_load, load_segmenter, args.model, args.device)
-    images, extra = _read_sequences(args, model.sequences)
+    if early is not None and list(model.sequences) == seqs:
+        images, extra = early
+    else:
+        images, extra = _read_sequences(args, model.sequences)
     jsonl = args.progress == "jsonl"
     progress = make_progress(args.progress)
     if jsonl and extra:
