@@ -36,6 +36,7 @@ def brats():
     return fl, t1c, brain
 
 
+@pytest.mark.slow
 def test_auto_leaves_an_aligned_stripped_case_untouched(brats):
     from brainspineai.preprocessing.pipeline import preprocess
 
@@ -53,6 +54,7 @@ def test_auto_leaves_an_aligned_stripped_case_untouched(brats):
         assert np.array_equal(sitk.GetArrayFromImage(p.images[s]), sitk.GetArrayFromImage(img))
 
 
+@pytest.mark.slow
 def test_preprocess_cli_on_a_tcga_study_keeps_the_abnormality_and_leaves_the_skull_out(tmp_path):
     d = need(TCGA) / TCGA_CASE
     out = tmp_path / "prep"

@@ -28,6 +28,7 @@ def test_classify_slice_writes_json_and_png_overlay(tmp_path, validation_images)
     assert png.GetSize() == sitk.ReadImage(str(image)).GetSize() and png.GetNumberOfComponentsPerPixel() == 3
 
 
+@pytest.mark.slow
 def test_classify_volume_writes_slices_and_heatmap_with_input_geometry(tmp_path):
     # one heatmap scale: the geometry does not depend on it, and the default three-scale heatmap of a
     # whole volume runs in test_slicer_logic.py::test_brats_volume_in_a_background_process
@@ -48,6 +49,7 @@ def test_classify_volume_writes_slices_and_heatmap_with_input_geometry(tmp_path)
     assert 0 <= h.min() and h.max() == pytest.approx(1.0, abs=1e-6)
 
 
+@pytest.mark.slow
 def test_evaluate_on_the_held_out_split_reaches_95_percent(tmp_path):
     split = ZOO_DIR / KAGGLE_MODEL_ID / "split.json"  # the kaggle4 ResNet's own held-out images
     r = run_cli("evaluate", need(KAGGLE), "--model", KAGGLE_MODEL_ID, "--device", "cpu", "--split", split,

@@ -129,6 +129,7 @@ def test_supcon_queue_pulls_same_class_together():
 # --- AFF-CL training ---------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_affcl_training_loss_decreases_and_events(tiny_affcl):
     folder, events = tiny_affcl
     card = json.loads((folder / "model.json").read_text())
@@ -150,6 +151,7 @@ class Stop(Exception):
     pass
 
 
+@pytest.mark.slow
 def test_affcl_checkpoint_resumes_to_the_same_state(tmp_path):
     from brainspineai.classification.affcl import AFFCLConfig, train_affcl
     from safetensors.torch import load_file
@@ -178,6 +180,7 @@ def test_affcl_checkpoint_resumes_to_the_same_state(tmp_path):
     assert torch.allclose(qa["embedding_memory"], qb["embedding_memory"], atol=1e-5)
 
 
+@pytest.mark.slow
 def test_resume_with_other_settings_is_refused(tmp_path):
     from brainspineai.classification.affcl import AFFCLConfig, train_affcl
     from brainspineai.errors import InputError
@@ -252,6 +255,7 @@ def test_simclr_views_are_random_and_keep_shape():
     assert float(torch.pdist(v.flatten(1)).min()) > 0.5
 
 
+@pytest.mark.slow
 def test_simclr_loss_decreases_and_saves_an_encoder(tiny_encoder):
     folder, events = tiny_encoder
     card = json.loads((folder / "model.json").read_text())
@@ -315,6 +319,7 @@ def test_encoder_pretrained_on_validation_images_is_refused(tiny_encoder, tmp_pa
         train_finetune(need(KAGGLE), tmp_path / "ft", cfg)
 
 
+@pytest.mark.slow
 def test_affcl_trains_in_two_ddp_processes_under_torchrun(tmp_path):
     """Several processes through torchrun / DDP (gloo on the CPU here, NCCL on GPUs)."""
     import os

@@ -35,6 +35,7 @@ def test_slice_probabilities_and_heatmap(kaggle_model, validation_images):
         classify_image(img, kaggle_model, heatmap=True, heatmap_class="astrocytoma")
 
 
+@pytest.mark.slow
 def test_gradcam_depends_on_the_learned_weights(kaggle_model, validation_images):
     """Model-randomisation sanity check (Adebayo et al., NeurIPS 2018): heatmaps of the trained
     model must not resemble those of the same network with random weights. A map that only
@@ -65,6 +66,7 @@ def test_gradcam_depends_on_the_learned_weights(kaggle_model, validation_images)
     assert np.nanmedian(corr) < 0.4, corr
 
 
+@pytest.mark.slow
 def test_volume_is_classified_whatever_its_storage_orientation(kaggle_model):
     """The same physical volume stored with permuted and flipped axes gives the same answer,
     and each heatmap has exactly its own input's geometry."""

@@ -131,6 +131,7 @@ def resolutions(index_reachable, tmp_path_factory):
 
 
 @pytest.mark.parametrize("slicer_version, python", CASES, ids=[f"slicer{s}-py{p}" for s, p in CASES])
+@pytest.mark.slow
 def test_install_set_keeps_every_package_slicer_ships(resolutions, slicer_version, python):
     proc, report = resolutions[(slicer_version, python)]
     assert proc.returncode == 0 and report is not None, (

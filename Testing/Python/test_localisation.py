@@ -225,6 +225,7 @@ def test_cli_heatmap_method_and_evaluate_localisation(tmp_path, validation_image
 BRATS = DATA / "volumes" / "brats2015-flair-t1c"
 
 
+@pytest.mark.slow
 def test_default_heatmap_is_sharpened_by_a_finer_input_scale():
     """The shipped default explains at 128 px (its decision scale) times 192 and 256 px (6 x 6 and
     8 x 8 last-stage grids instead of 4 x 4). One input side gives exactly cam_batch's map; on a real BraTS FLAIR

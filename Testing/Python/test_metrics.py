@@ -53,6 +53,7 @@ def held_out(kaggle_model, validation_images):
     return labels, probs, names
 
 
+@pytest.mark.slow
 def test_probability_metrics_of_the_default_model_on_its_held_out_split(held_out):
     from sklearn.metrics import roc_auc_score
 

@@ -27,6 +27,7 @@ def _count(scene, cls):
     return len(mrml_utils.nodes_by_class(scene, cls))
 
 
+@pytest.mark.slow
 def test_prepared_sequences_and_brain_mask_land_on_the_reference_grid():
     scene = slicer.vtkMRMLScene()
     flair = load(scene, need(CASE / "flair.nii.gz"), "flair")

@@ -65,6 +65,7 @@ def _write(img, path):
     return path
 
 
+@pytest.mark.slow
 def test_bad_input_one_line_exit_2_nothing_written(brats, tmp_path):
     from brainspineai.preprocessing.registration import register
 
@@ -127,6 +128,7 @@ def test_affine_refinement_reports_its_matrix(brats):
     assert s["motion_mm"] < 1.5  # an aligned pair stays where it is
 
 
+@pytest.mark.slow
 def test_classify_preprocess_strips_a_skull_on_the_input_grid_and_refuses_on_for_a_slice(tmp_path):
     """``classify --preprocess``: a TCGA-LGG T1c study with its skull is brain-extracted (on its
     own grid: the heatmap fits the input); a 2D slice with ``on`` is one line, exit 2."""
@@ -152,6 +154,7 @@ def test_classify_preprocess_strips_a_skull_on_the_input_grid_and_refuses_on_for
     assert len(bad.stderr.strip().splitlines()) == 1 and not (tmp_path / "b.json").exists()
 
 
+@pytest.mark.slow
 def test_segment_a_raw_lgg_study_with_its_skull(tmp_path):
     """A TCGA-LGG study as acquired (skull present, placeholder spacing): ``segment --preprocess
     auto`` refuses its brain mask as implausibly small in one line; with ``--brain-ml`` it strips

@@ -24,6 +24,7 @@ def _env(**extra):
     return env
 
 
+@pytest.mark.slow
 def test_a_forked_child_prints_and_exits_as_a_fresh_process(tmp_path):
     image = sorted((need(KAGGLE) / "glioma").iterdir())[0]
     for argv in (["classify", str(image), "--json", "-"], ["classify", str(tmp_path / "missing.png")]):
@@ -112,6 +113,7 @@ elif mode == "exit-text":
 """
 
 
+@pytest.mark.slow
 def test_a_forked_child_matches_a_fresh_interpreter_in_what_a_program_can_see(tmp_path):
     """A stand-in ``brainspineai`` package (its own zygote: another PYTHONPATH) prints what it
     sees, forked and fresh: environment (with what the preloaded imports set), argv, sys.path,
@@ -150,6 +152,7 @@ def test_a_forked_child_matches_a_fresh_interpreter_in_what_a_program_can_see(tm
     assert runs["fresh"]["exit-text"].returncode == 1 and runs["fresh"]["exit-text"].stderr == "a message\n"
 
 
+@pytest.mark.slow
 def test_torchrun_workers_are_forked_and_see_what_fresh_workers_see(tmp_path):
     """``torchrun --nproc_per_node 2 -m brainspineai`` (the suite's DDP tests) with the stand-in
     package, forked (torchrun and its two workers) and fresh: each worker sees the same

@@ -262,6 +262,7 @@ def test_card_declared_size_caps_the_download(server, image, isolated_catalogue)
     assert cached(isolated_catalogue) == []
 
 
+@pytest.mark.slow
 def test_overall_deadline_stops_a_trickling_server(server, image, isolated_catalogue):
     w = os.urandom(200_000)
     url = server.publish("slow", fake_card(w), {"model.safetensors": w}, chunk=100, delay=0.05)

@@ -218,6 +218,7 @@ def seg_models(tiny_segmenter, tmp_path, monkeypatch):
     return models
 
 
+@pytest.mark.slow
 def test_real_case_segmented_in_a_background_process(scene, pat5, seg_models):
     """pat0005 (FLAIR + T1c) through the real ``brainspineai segment`` (the shipped default model
     when present, else the tiny one): one node on the FLAIR grid whose segments hold exactly the
@@ -269,6 +270,7 @@ def test_real_case_segmented_in_a_background_process(scene, pat5, seg_models):
         assert dice["WT"] > 0.5 and dice["ET"] > 0.4
 
 
+@pytest.mark.slow
 def test_four_sequences_found_by_name_cancel_leaves_the_scene_as_it_was(scene, seg_models):
     """The BraTS 2023 case: the four volumes are found by name; a FLAIR + T1ce model is given
     only those two. Cancel kills the process, removes its files and adds nothing to the scene."""
@@ -372,6 +374,7 @@ def test_edited_segmentation_exports_exactly(scene, pat5, tmp_path):
     assert [c.case_id for c in segdata.discover_cases(dataset)] == ["pat0005-edited"]
 
 
+@pytest.mark.slow
 def test_retrain_request_fine_tunes_the_current_model(scene, pat5, tmp_path, seg_models):
     """A corrected case -> training set -> the retraining command fine-tunes the current model
     (real ``brainspineai train segmenter`` run, one short epoch): a new model whose parent it is."""

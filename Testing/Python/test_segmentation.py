@@ -53,6 +53,7 @@ def tiny_seg(tmp_path_factory):
     return folder, events, data
 
 
+@pytest.mark.slow
 def test_tiny_training_writes_a_segmenter_card_with_held_out_metrics(tiny_seg):
     folder, events, _ = tiny_seg
     card = read_card(folder)
@@ -221,6 +222,7 @@ def test_resume_continues_after_an_interruption(tmp_path, tmp_path_factory):
         train_segmenter(data, out, SegTrainConfig(epochs=3, val_cases=0, semantic=False, **TINY), resume=True)
 
 
+@pytest.mark.slow
 def test_init_model_fine_tunes_with_version_and_parent(tiny_seg, tmp_path):
     folder, _, data = tiny_seg
     out = tmp_path / "child"
@@ -265,6 +267,7 @@ def test_text_gate_follows_the_report_and_is_a_no_op_without_semantic_level():
     np.testing.assert_array_equal(pa, pb)
 
 
+@pytest.mark.slow
 def test_shipped_default_segmenter_on_a_held_apart_case(tmp_path):
     """The zoo model (trained on pat0001-0004) needs no --model, and its card records the
     held-apart Dice that it reproduces on pat0005."""
@@ -294,6 +297,7 @@ def test_shipped_default_segmenter_on_a_held_apart_case(tmp_path):
     assert m["WT"]["dice"] > DEFAULT_MIN_WT_DICE
 
 
+@pytest.mark.slow
 def test_segmenter_trains_in_two_ddp_processes_under_torchrun(tiny_seg, tmp_path):
     """`torchrun --nproc_per_node 2 -m brainspineai train segmenter` (DDP; gloo on the CPU here):
     one model, one reporter, the card says two processes."""

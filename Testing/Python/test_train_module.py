@@ -58,6 +58,7 @@ def epochs_seen(events):
     return [e["epoch"] for e in events if e.get("event") == "epoch"]
 
 
+@pytest.mark.slow
 def test_pipeline_table_and_commands(tmp_path):
     assert set(PIPELINES) == {"classifier", "affcl", "simclr", "finetune", "sicf", "segmenter"}
     # every command line the table builds is accepted by the library's parser (sicf and
@@ -90,6 +91,7 @@ def test_pipeline_table_and_commands(tmp_path):
     assert dev["cuda"] >= 0 and dev["source"] in ("nvidia-smi", "torch", "none")
 
 
+@pytest.mark.slow
 def test_run_registers_model_then_retrain_makes_version_2(tiny_set, isolated_catalogue):
     from brainspineai.catalogue import list_models, load_model
 
@@ -147,6 +149,7 @@ def test_run_registers_model_then_retrain_makes_version_2(tiny_set, isolated_cat
     assert not (isolated_catalogue / "x").exists()
 
 
+@pytest.mark.slow
 def test_cancel_midway_leaves_catalogue_unchanged_and_resume_finishes(tiny_set, isolated_catalogue):
     logic = TrainingLogic()
     before = catalogue_state(isolated_catalogue)
@@ -257,6 +260,7 @@ def test_add_to_training_set_writes_slice_and_volume(tmp_path):
     assert summarise(ds)["classes"] == {"glioma": 2, "meningioma": 2}
 
 
+@pytest.mark.slow
 def test_contrastive_pipelines_run_and_retrain(tiny_set, isolated_catalogue):
     """AFF-CL, SimCLR and fine-tuning (from the SimCLR encoder) through the same logic: each
     run registers its model; retraining AFF-CL and SimCLR makes version 2 from their weights
@@ -298,6 +302,7 @@ def test_two_processes_train_with_ddp_under_torchrun(tiny_set, isolated_catalogu
     assert card["training"]["processes"] == 2 and card["id"] == "ddp-simclr"
 
 
+@pytest.mark.slow
 def test_segmenter_pipeline_runs_and_retrains(tmp_path, isolated_catalogue):
     """The 3D segmenter through the same logic (one real BraTS case, tiny patches), then its
     retraining on the same folder from its weights: version 2, parent recorded."""
@@ -321,6 +326,7 @@ def test_segmenter_pipeline_runs_and_retrains(tmp_path, isolated_catalogue):
     assert card["task"] == "segmentation-3d" and card["version"] == 2 and card["parent"] == "tiny-seg"
 
 
+@pytest.mark.slow
 def test_sicf_pipeline_runs_and_retrains(tiny_set, isolated_catalogue):
     """SICF through the same logic (brain slices: full-image ROI; VGG16 from a seeded random
     initialisation, nothing downloaded); it has no checkpoints. Retraining it runs

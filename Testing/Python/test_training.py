@@ -8,6 +8,8 @@ import subprocess
 import sys
 import time
 
+import pytest
+
 from brainspineai.catalogue import load_model, read_card, sha256_file
 from conftest import KAGGLE, LIB_PARENT, need, run_cli
 import prewarmed
@@ -52,6 +54,7 @@ def test_bad_dataset_is_refused_and_existing_model_kept(tmp_path):
     assert r.returncode == 2 and "pass --overwrite" in r.stderr and (out / "model.json").read_text() == card
 
 
+@pytest.mark.slow
 def test_interrupted_training_resumes_from_its_checkpoint(tmp_path):
     out = tmp_path / "resumable"
     args = ["train", "classifier", "--data", str(need(KAGGLE)), "--out", str(out), "--epochs", "6",

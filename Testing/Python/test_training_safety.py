@@ -49,6 +49,7 @@ def _stray(tmp_path, name: str) -> list:
     return sorted(out)
 
 
+@pytest.mark.slow
 def test_classifier_trains_in_two_ddp_processes_under_torchrun(tmp_path):
     """`torchrun --nproc_per_node 2 -m brainspineai train classifier` (gloo on the CPU): each
     process trains on its share, one model, one reporter, the card says two processes."""
@@ -110,6 +111,7 @@ def test_crafted_checkpoint_is_refused_and_runs_no_code(tmp_path, pipeline, extr
     assert _sha(ckpt) == before and not (tmp_path / "m").exists()
 
 
+@pytest.mark.slow
 def test_resume_with_other_settings_is_refused_naming_them(tmp_path):
     from brainspineai.classification.training import TrainConfig, train_classifier
 
@@ -137,6 +139,7 @@ def test_resume_with_other_settings_is_refused_naming_them(tmp_path):
     ("affcl", dict(backbone="resnet10-w32", queue_size=8), ["--backbone", "resnet10-w32", "--queue-size", "8"]),
     ("simclr", dict(backbone="resnet10-w32"), ["--backbone", "resnet10-w32"]),
 ])
+@pytest.mark.slow
 def test_resume_with_other_settings_is_refused_for_the_other_pipelines(tmp_path, pipeline, first, extra):
     if pipeline == "affcl":
         from brainspineai.classification.affcl import AFFCLConfig as Config, train_affcl as train
@@ -165,6 +168,7 @@ def test_second_run_on_the_same_out_is_refused(tmp_path):
     assert not (tmp_path / "m.work").exists()  # released, and nothing left behind by a run that wrote nothing
 
 
+@pytest.mark.slow
 def test_full_disk_keeps_the_last_good_checkpoint(tmp_path, monkeypatch, capsys):
     """ENOSPC while writing the second epoch's checkpoint: one line, exit 2, the first
     epoch's checkpoint intact, no temporary file, no model."""
@@ -197,6 +201,7 @@ def test_full_disk_keeps_the_last_good_checkpoint(tmp_path, monkeypatch, capsys)
 
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL], ids=["SIGTERM", "SIGKILL"])
+@pytest.mark.slow
 def test_killed_training_leaves_no_partial_model_and_resumes(tmp_path, sig):
     """Kill `train classifier` after its first epoch event. SIGTERM: one line, exit 143, the
     files being written removed at once. SIGKILL: what a kill in the middle of a write leaves

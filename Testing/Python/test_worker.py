@@ -78,6 +78,7 @@ def test_protocol_two_slices_one_model_load(validation_images, tmp_path):
             proc.kill()
 
 
+@pytest.mark.slow
 def test_a_second_segmentation_of_the_same_volumes_reuses_the_preprocessing(tmp_path):
     """Registration and brain extraction (``--preprocess auto``) are kept for the last volumes:
     the same case again gives the same labelmap without redoing them (``"reused": true``);
@@ -140,6 +141,7 @@ def _slice_node(scene, jpg, tmp_path):
     return load_volume(scene, nrrd, jpg.stem)
 
 
+@pytest.mark.slow
 def test_logic_keeps_one_warm_worker_restarts_it_after_cancel_and_death(scene, tmp_path, validation_images,
                                                                         fresh_workers):
     from BrainSpineAILib.classification_logic import ClassificationLogic
