@@ -267,6 +267,8 @@ class ClassificationLogic(DependencyMixin):
         node.SetAttribute("BrainSpineAI.heatmapClass", className)
         method = method or {"name": "Grad-CAM", "layer": "layer4"}
         size = f", {'+'.join(map(str, method['input_sizes']))} px input" if method.get("input_sizes") else ""
+        if method.get("slice_sigma"):
+            size += f", smoothed across slices (sigma {method['slice_sigma']:g})"
         node.SetAttribute("BrainSpineAI.heatmapMethod", f"{method.get('name', method.get('method'))} at {method.get('layer')}{size}")
         k, j, i = np.unravel_index(int(np.argmax(arr)), arr.shape)
         ijkToRAS = vtk.vtkMatrix4x4()

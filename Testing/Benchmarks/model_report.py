@@ -155,20 +155,24 @@ def localisation_tables(m, args) -> None:
     """Localisation metrics per dataset and sequence (see the module doc, item 5)."""
     import time
 
-    from brainspineai.classification.explain import heatmap_choice, heatmap_sizes
+    from brainspineai.classification.explain import heatmap_choice, heatmap_sizes, heatmap_slice_sigma
     from brainspineai.classification.localisation import SMALL_SECTION_MM2, localisation_report
 
     vols = DATA / "volumes"
     sources = [("figshare3 boxes", DATA / "brain-mri-2d" / "figshare3" / "tumor_boxes.csv"),
                ("BraTS 2015", vols / "brats2015-flair-t1c"), ("TCGA-LGG", args.lgg or vols / "tcga-lgg-flair")]
     own, sides = (m.input_size,), heatmap_sizes(m)
-    configs = [("before: gradcam@layer4, no head mask", ("gradcam", "layer4", False, own))]
-    chosen = heatmap_choice(m)
-    configs.append((f"chosen: {chosen[0]}@{chosen[1]} {'+'.join(map(str, sides))} px, head mask", chosen + (True, sides)))
+    configs = [("before: gradcam@layer4, no head mask", ("gradcam", "layer4", False, own, 0))]
+    chosen, sigma = heatmap_choice(m), heatmap_slice_sigma(m)
+    configs.append((f"chosen: {chosen[0]}@{chosen[1]} {'+'.join(map(str, sides))} px, head mask"
+                    + (f", slice sigma {sigma:g}" if sigma else ""), chosen + (True, sides, sigma)))
+    if sigma and not args.compare:
+        configs.append((f"{chosen[0]}@{chosen[1]} {'+'.join(map(str, sides))} px, head mask, not across slices",
+                        chosen + (True, sides, 0)))
     if args.compare:
         pairs = [tuple(t.split("@")) for t in args.methods] if args.methods else COMPARED
         size_sets = [tuple(int(v) for v in t.split(",")) for t in args.sizes] if args.sizes else [sides]
-        configs += [(f"{me}@{la} {'+'.join(map(str, ss))} px", (me, la, True, ss)) for me, la in pairs for ss in size_sets
+        configs += [(f"{me}@{la} {'+'.join(map(str, ss))} px", (me, la, True, ss, sigma)) for me, la in pairs for ss in size_sets
                     if (me, la, tuple(sorted(ss))) != tuple(chosen) + (tuple(sides),)]
     if args.datasets:
         sources = [s for s, key in zip(sources, ("figshare3", "brats2015", "lgg")) if key in args.datasets]
@@ -180,10 +184,10 @@ def localisation_tables(m, args) -> None:
         if not src.exists():
             print(f"{name:<16} (not found: {src})")
             continue
-        for label, (me, la, mask, ss) in configs:
+        for label, (me, la, mask, ss, sg) in configs:
             t = time.time()
             rep = localisation_report(m, src, me, la, mask_head=mask, step=args.step,
-                                      limit=args.rows if src.is_file() else args.cases, input_sizes=ss)
+                                      limit=args.rows if src.is_file() else args.cases, input_sizes=ss, slice_sigma=sg)
             for seq, g in rep["groups"].items():
                 ci = g.get("pointing_ci95") or [float("nan")] * 2
                 print(f"{name:<16} {seq:<9} {g['n']:>4}  {label:<50} {g['pointing']:8.3f} {g['energy_in_tumour']:7.3f} "

@@ -36,7 +36,8 @@ def test_classify_volume_writes_slices_and_heatmap_with_input_geometry(tmp_path)
                 "--heatmap-size", "128")
     assert r.returncode == 0, r.stderr
     doc = json.loads((tmp_path / "r.json").read_text())
-    assert doc["heatmap_method"]["input_sizes"] == [128]
+    assert doc["heatmap_method"]["input_sizes"] == [128] and doc["heatmap_method"]["slice_sigma"] == 2.5
+    assert "smoothed across slices, sigma 2.5 slices" in r.stdout
     assert len(doc["slices"]) > 50 and all(abs(sum(s["probabilities"]) - 1) < 1e-5 for s in doc["slices"])
     assert abs(sum(doc["probabilities"]) - 1) < 1e-5
     assert doc["predicted"] == "glioma"  # BraTS 2023 adult glioma, T1c

@@ -109,6 +109,8 @@ def test_brats_volume_in_a_background_process(scene, tmp_path):
     heat = mrml_utils.array_from_volume_node(out.heatmapNode)
     k = int(np.unravel_index(int(heat.argmax()), heat.shape)[0])
     assert r["heatmap_strongest_slice"] == k  # BraTS NIfTI is already LPS-axial along k
+    assert r["heatmap_method"]["slice_sigma"] == 2.5  # the default's map is smoothed across slices, and says so
+    assert out.heatmapNode.GetAttribute("BrainSpineAI.heatmapMethod").endswith("smoothed across slices (sigma 2.5)")
     ras = [float(v) for v in out.heatmapNode.GetAttribute("BrainSpineAI.hottestRAS").split()]
     assert red.GetSliceToRAS().GetElement(2, 3) == pytest.approx(ras[2], abs=1e-3)
 

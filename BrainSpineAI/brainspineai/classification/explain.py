@@ -34,6 +34,12 @@ LayerCAM, Jiang et al., IEEE TIP 2021). On tumour slices the network's class at 
 with its class at 128 px on 64% of BraTS 2015 and 89% of TCGA-LGG validation slices, which is
 why the 128 px map stays in the product. Cost: one CAM pass per side (the default model's
 128 + 192 + 256 px: about 7x the pixels of 128 px alone).
+
+Across slices (volumes only; :func:`heatmap_slice_sigma`, :func:`smooth_across_slices`): a
+volume's map is smoothed along the axial stack by a Gaussian of ``slice_sigma`` slices and then
+cut to each slice's head again. A tumour's evidence continues over neighbouring slices; a peak
+that one slice alone shows (context the network uses, often in the other hemisphere) is
+weakened. Heat reaches about two sigmas beyond the tumour's first and last slices.
 """
 from __future__ import annotations
 
@@ -59,6 +65,13 @@ DEFAULT_HEATMAPS = {
     "brain-tumor-4class-efficientnetlite0": ("layercam", "layer4", (128, 192, 256)),
 }
 MIN_HEATMAP_SIZE, MAX_HEATMAP_SIZE = 32, 1024
+# model id -> Gaussian sigma (axial slices) of a volume heatmap's smoothing across slices; chosen
+# on the same 12 TCGA-LGG validation patients, every tumour slice, pointing FLAIR / T1 / T1c (mean):
+# none 0.862 / 0.779 / 0.667 (0.769); sigma 1 0.868 / 0.832 / 0.754 (0.818); 1.5 0.862 / 0.839 /
+# 0.775 (0.825); 2.5 0.862 / 0.852 / 0.812 (0.842); 3.5 0.856 / 0.839 / 0.819 (0.838); 5 0.811;
+# 8 0.804. Test patients chose nothing.
+DEFAULT_SLICE_SIGMAS = {"brain-tumor-4class-efficientnetlite0": 2.5}
+MAX_SLICE_SIGMA = 20.0
 
 
 def parse_method(text: str) -> tuple:
@@ -118,6 +131,43 @@ def heatmap_sizes(model, sizes=None) -> tuple:
         raise InputError(f"heatmap input size {sizes!r}: give whole numbers of pixels from {MIN_HEATMAP_SIZE} "
                          f"to {MAX_HEATMAP_SIZE}")
     return tuple(sorted({int(v) for v in sizes}))
+
+
+def heatmap_slice_sigma(model, sigma=None) -> float:
+    """The Gaussian sigma, in axial slices, of a volume heatmap's smoothing across slices (module
+    doc): ``sigma``, else the card's ``heatmap`` entry's ``slice_sigma`` (absent: 0), else the
+    model's :data:`DEFAULT_SLICE_SIGMAS` entry, else 0 (none).
+
+    :raises InputError: not a number from 0 to :data:`MAX_SLICE_SIGMA`."""
+    from ..errors import InputError
+
+    if sigma is None:
+        card = getattr(model, "card", {}) or {}
+        entry = card.get("heatmap") if isinstance(card.get("heatmap"), dict) else None
+        sigma = entry.get("slice_sigma", 0.0) if entry is not None else DEFAULT_SLICE_SIGMAS.get(getattr(model, "id", None), 0.0)
+    try:
+        value = float(sigma)
+        ok = not isinstance(sigma, bool) and 0.0 <= value <= MAX_SLICE_SIGMA
+    except (TypeError, ValueError):
+        ok = False
+    if not ok:
+        raise InputError(f"heatmap slice sigma {sigma!r}: give a number of slices from 0 to {MAX_SLICE_SIGMA:g} (0: none)")
+    return value
+
+
+def smooth_across_slices(heat: np.ndarray, heads: np.ndarray, sigma: float) -> np.ndarray:
+    """A volume heatmap smoothed along its slices, then cut to each slice's head (module doc).
+
+    :param heat: float array (K, rows, cols), >= 0: axial slices in order.
+    :param heads: bool array of the same shape (all False on a slice that is not explained).
+    :param sigma: Gaussian sigma in slices; 0 (or a single slice) returns ``heat`` unchanged.
+    :returns: float32 array (K, rows, cols), >= 0.
+    """
+    from scipy.ndimage import gaussian_filter1d
+
+    if sigma <= 0 or heat.shape[0] < 2:
+        return heat
+    return (gaussian_filter1d(heat.astype(np.float32), float(sigma), axis=0, mode="constant") * heads).astype(np.float32)
 
 
 def multiscale_cam(model, slices, keep, class_index: int, method: str, layer, sizes, crop: str = "slice"):

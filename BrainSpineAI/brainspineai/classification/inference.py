@@ -136,7 +136,7 @@ def _heat(model, slices, keep, cls, method, sizes, crop):
 
 
 def classify_image(image, model, heatmap: bool = False, heatmap_class=None, progress=None,
-                   heatmap_method=None, heatmap_sizes=None) -> ClassificationResult:
+                   heatmap_method=None, heatmap_sizes=None, heatmap_slice_sigma=None) -> ClassificationResult:
     """Classify a 2D slice or a 3D volume.
 
     :param image: scalar ``SimpleITK.Image`` (see :func:`io.read_image`); 2D, or 3D (one voxel
@@ -150,6 +150,9 @@ def classify_image(image, model, heatmap: bool = False, heatmap_class=None, prog
     :param heatmap_sizes: sides in pixels of the slices the map is computed on, one or several
         (default: the model's choice, :func:`explain.heatmap_sizes`); probabilities always come
         from the model's own input size.
+    :param heatmap_slice_sigma: a volume's map is smoothed across its axial slices by a
+        Gaussian of this many slices, then cut to each slice's head (default: the model's
+        choice, :func:`explain.heatmap_slice_sigma`; 0: none). Ignored for a 2D slice.
     :param progress: optional callable ``(fraction_done: float, message: str)``.
     :raises InputError: unusable image (see :func:`io.validate_image`), a volume whose axial
         slices are smaller than :data:`io.MIN_SIDE` pixels, or a volume with no slice holding
@@ -157,7 +160,7 @@ def classify_image(image, model, heatmap: bool = False, heatmap_class=None, prog
     """
     import SimpleITK as sitk
 
-    from .explain import head_mask, heatmap_sizes as _sizes, parse_method
+    from .explain import head_mask, heatmap_sizes as _sizes, heatmap_slice_sigma as _sigma, parse_method, smooth_across_slices
     from ..io import MIN_SIDE, is_slice, to_grayscale, validate_image
     from .preprocess import (MIN_FOREGROUND_FRACTION, crop_mode, prepare_slices, restore_map, slice_array,
                              to_lps_axial)
@@ -170,6 +173,7 @@ def classify_image(image, model, heatmap: bool = False, heatmap_class=None, prog
         if heatmap_method:
             parse_method(heatmap_method)
         _sizes(model, heatmap_sizes)
+        sigma = _sigma(model, heatmap_slice_sigma)
 
     if is_slice(image):
         arr = slice_array(image)
@@ -214,9 +218,12 @@ def classify_image(image, model, heatmap: bool = False, heatmap_class=None, prog
         report(0.5, "computing the heatmap")
         raw, hgeoms, used = _heat(model, vol, keep, cls, heatmap_method, heatmap_sizes,
                                   crop_mode(model.card, volume=True))
-        heat = np.zeros(vol.shape, dtype=np.float32)
+        heat, heads = np.zeros(vol.shape, dtype=np.float32), np.zeros(vol.shape, dtype=bool)
         for i, k in enumerate(keep):
-            heat[k] = restore_map(raw[i], hgeoms[i]) * head_mask(vol[k])
+            heads[k] = head_mask(vol[k])
+            heat[k] = restore_map(raw[i], hgeoms[i]) * heads[k]
+        heat = smooth_across_slices(heat, heads, sigma)
+        used["slice_sigma"] = sigma
         res.strongest_slice = int(heat.max(axis=(1, 2)).argmax())  # holds the hottest voxel
         if heat.max() > 0:
             heat /= heat.max()  # one scale for the whole volume

@@ -244,7 +244,7 @@ def volume_scores(heat_image, label_image, head_image=None, image=None, min_tumo
 # ---------------------------------------------------------------- a model's maps, scored
 def score_volume(model, image, label, head=None, class_name: str = "glioma", method=None, layer=None,
                  mask_head: bool = True, step: int = 1, tolerance_mm: float = DEFAULT_TOLERANCE_MM,
-                 input_sizes=None) -> list:
+                 input_sizes=None, slice_sigma=None) -> list:
     """Metrics of a model's maps on the tumour-bearing axial slices of one labelled volume.
 
     The slices are prepared exactly as :func:`inference.classify_image` prepares a volume
@@ -257,11 +257,14 @@ def score_volume(model, image, label, head=None, class_name: str = "glioma", met
     :param method, layer: see :func:`explain.heatmap_choice`.
     :param input_sizes: sides of the slices the maps are computed on (:func:`explain.heatmap_sizes`).
     :param mask_head: zero the heat outside the head mask (as ``classify_image`` does).
+    :param slice_sigma: smoothing across slices (:func:`explain.heatmap_slice_sigma`; default: the
+        model's choice). When it is not 0, every slice the classifier reads is explained, as
+        ``classify_image`` does, and the smoothed maps of the scored slices are scored.
     :returns: one :func:`localisation_scores` dict per scored slice (with its LPS ``index``).
     """
     import SimpleITK as sitk
 
-    from .explain import head_mask, heatmap_choice, heatmap_sizes, multiscale_cam
+    from .explain import head_mask, heatmap_choice, heatmap_sizes, heatmap_slice_sigma, multiscale_cam, smooth_across_slices
     from .preprocess import MIN_FOREGROUND_FRACTION, crop_mode, prepare_slices, restore_map, to_lps_axial
 
     def axial(img):
@@ -275,12 +278,18 @@ def score_volume(model, image, label, head=None, class_name: str = "glioma", met
     if not ks:
         return []
     method, layer = heatmap_choice(model, method, layer)
-    raw, geoms = multiscale_cam(model, list(vol), ks, model.class_names.index(class_name), method, layer,
+    sigma = heatmap_slice_sigma(model, slice_sigma)
+    explained = [k for k in range(vol.shape[0]) if fractions[k] >= MIN_FOREGROUND_FRACTION] if sigma > 0 else ks
+    raw, geoms = multiscale_cam(model, list(vol), explained, model.class_names.index(class_name), method, layer,
                                 heatmap_sizes(model, input_sizes), crop_mode(model.card, volume=True))
+    heats, own = np.zeros(vol.shape, np.float32), np.zeros(vol.shape, bool)
+    for i, k in enumerate(explained):
+        own[k] = head_mask(vol[k])
+        heats[k] = restore_map(raw[i], geoms[i]) * (own[k] if mask_head else 1.0)
+    heats = smooth_across_slices(heats, own if mask_head else np.ones(vol.shape, bool), sigma)
     out = []
-    for i, k in enumerate(ks):
-        own_head = head_mask(vol[k])
-        heat = restore_map(raw[i], geoms[i]) * (own_head if mask_head else 1.0)
+    for k in ks:
+        own_head, heat = own[k], heats[k]
         s = localisation_scores(heat, lab[k], heads[k] if heads is not None else own_head, (sp[1], sp[0]), tolerance_mm)
         s["index"] = int(k)
         out.append(s)
@@ -318,7 +327,7 @@ def score_boxes(model, rows: list, root, method=None, layer=None, mask_head: boo
 
 
 def localisation_report(model, source, method=None, layer=None, mask_head: bool = True, limit: int = 0,
-                        step: int = 1, progress=None, input_sizes=None) -> dict:
+                        step: int = 1, progress=None, input_sizes=None, slice_sigma=None) -> dict:
     """Localisation metrics of a model on one labelled source, per sequence.
 
     :param source: a ``tumor_boxes.csv`` (2D slices, images relative to its folder, each
@@ -326,17 +335,19 @@ def localisation_report(model, source, method=None, layer=None, mask_head: bool 
         or of TCGA-LGG cases (``mask.nii.gz``; every volume explained for ``glioma``).
     :param limit: use only ``limit`` evenly spaced rows / the first ``limit`` cases (0: all).
     :param input_sizes: sides of the slices the maps are computed on (:func:`explain.heatmap_sizes`).
-    :returns: ``{"source", "method", "layer", "input_sizes", "groups": {sequence: summary}}`` with the
+    :param slice_sigma: volumes: smoothing across slices (:func:`explain.heatmap_slice_sigma`).
+    :returns: ``{"source", "method", "layer", "input_sizes", "slice_sigma", "groups": {sequence: summary}}`` with the
         summaries of :func:`summarise` (slice-level means).
     :raises InputError: unusable source.
     """
     from ..errors import InputError
     from ..io import read_image
-    from .explain import heatmap_choice, heatmap_sizes
+    from .explain import heatmap_choice, heatmap_sizes, heatmap_slice_sigma
 
     source, report = Path(source), progress or (lambda msg: None)
     method, layer = heatmap_choice(model, method, layer)
     input_sizes = list(heatmap_sizes(model, input_sizes))
+    slice_sigma = heatmap_slice_sigma(model, slice_sigma)
     groups = {}
     if source.is_file():
         rows = read_boxes(source)
@@ -361,8 +372,9 @@ def localisation_report(model, source, method=None, layer=None, mask_head: bool 
             scores.setdefault(it["sequence"], []).extend(
                 dict(sc, case=it["case"]) for sc in
                 score_volume(model, read_image(it["image"]), read_image(it["label"]), head, "glioma",
-                             method, layer, mask_head, step, input_sizes=input_sizes))
+                             method, layer, mask_head, step, input_sizes=input_sizes, slice_sigma=slice_sigma))
         groups = {seq: summarise(s) for seq, s in sorted(scores.items())}
     else:
         raise InputError(f"--localisation {source}: not found (give tumor_boxes.csv or a folder of labelled volumes)")
-    return {"source": str(source), "method": method, "layer": layer, "input_sizes": input_sizes, "groups": groups}
+    return {"source": str(source), "method": method, "layer": layer, "input_sizes": input_sizes,
+            "slice_sigma": slice_sigma if source.is_dir() else None, "groups": groups}

@@ -62,7 +62,7 @@ def classify_one(args, model, path: str, progress=None, image=None) -> tuple:
 
         result = classify_image(image, model, heatmap=bool(args.heatmap), heatmap_class=args.heatmap_class,
                                 progress=progress, heatmap_method=args.heatmap_method,
-                                heatmap_sizes=args.heatmap_size)
+                                heatmap_sizes=args.heatmap_size, heatmap_slice_sigma=args.heatmap_slice_sigma)
         doc = result.to_json()
         add_trust_fields(doc, image, model, args.device)
     doc.setdefault("warnings", [])
@@ -165,6 +165,12 @@ def _check_args(args, inputs) -> None:
         if not all(MIN_HEATMAP_SIZE <= v <= MAX_HEATMAP_SIZE for v in args.heatmap_size):
             raise InputError(f"--heatmap-size {' '.join(map(str, args.heatmap_size))}: give whole numbers of pixels "
                              f"from {MIN_HEATMAP_SIZE} to {MAX_HEATMAP_SIZE}")
+    if args.heatmap_slice_sigma is not None:
+        from ..classification.explain import MAX_SLICE_SIGMA
+
+        if not 0 <= args.heatmap_slice_sigma <= MAX_SLICE_SIGMA:  # NaN fails this too
+            raise InputError(f"--heatmap-slice-sigma {args.heatmap_slice_sigma:g}: give a number of slices from 0 to "
+                             f"{MAX_SLICE_SIGMA:g} (0: no smoothing across slices)")
     many = len(inputs) > 1
     if many and (args.json or args.heatmap):
         raise InputError(f"{len(inputs)} inputs: --json and --heatmap take one input; use --json-dir OUT for several")
@@ -278,7 +284,9 @@ def _classify_single(args, path: str, model, image) -> int:
     if args.heatmap:
         used = getattr(result, "heatmap_method", None) or {}
         print(f"heatmap ({result.heatmap_class}, {used.get('name', '?')} at {used.get('layer', '?')}, "
-              f"{'+'.join(map(str, used.get('input_sizes', [])))} px input): {args.heatmap}")
+              f"{'+'.join(map(str, used.get('input_sizes', [])))} px input"
+              + (f", smoothed across slices, sigma {used['slice_sigma']:g} slices" if used.get("slice_sigma") else "")
+              + f"): {args.heatmap}")
     return 0
 
 
@@ -300,6 +308,9 @@ def add_parser(sub) -> None:
                    help="side(s) in pixels of the slice the heatmap is computed on; several: the product of "
                         "their maps (the probabilities always use the model's own input size); default: the "
                         "model's choice")
+    c.add_argument("--heatmap-slice-sigma", metavar="SLICES", type=float,
+                   help="volumes: smooth the heatmap across axial slices by a Gaussian of this many slices, then cut "
+                        "it to each slice's head again (0: none); default: the model's choice")
     c.add_argument("--json", metavar="OUT", help="write the result as JSON (one input only)")
     c.add_argument("--json-dir", metavar="OUT", help="write one JSON per input and summary.csv into this folder")
     from .preprocess import add_preprocess_arg
