@@ -9,9 +9,16 @@ from conftest import ROOT
 
 
 def _slow_tests() -> set:
+    """``file::function`` of the tests marked slow; the convention is one ``@pytest.mark.slow``
+    per test function, so a module- or class-wide slow mark (which this scan would miss) fails."""
     out = set()
     for path in (ROOT / "Testing" / "Python").glob("test_*.py"):
-        for node in ast.parse(path.read_text(encoding="utf-8")).body:
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        for node in tree.body:
+            wide = (isinstance(node, ast.Assign) and any(getattr(t, "id", "") == "pytestmark" for t in node.targets)
+                    and "slow" in ast.unparse(node.value)) or (isinstance(node, ast.ClassDef) and "slow" in ast.unparse(node))
+            assert not wide, f"{path.name}: mark slow tests one by one"
+        for node in tree.body:
             if isinstance(node, ast.FunctionDef) and any(ast.unparse(d) == "pytest.mark.slow" for d in node.decorator_list):
                 out.add(f"{path.name}::{node.name}")
     return out

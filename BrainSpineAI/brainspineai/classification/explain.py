@@ -138,20 +138,24 @@ def heatmap_slice_sigma(model, sigma=None) -> float:
     doc): ``sigma``, else the card's ``heatmap`` entry's ``slice_sigma`` (absent: 0), else the
     model's :data:`DEFAULT_SLICE_SIGMAS` entry, else 0 (none).
 
-    :raises InputError: not a number from 0 to :data:`MAX_SLICE_SIGMA`."""
+    :raises InputError: not a number from 0 to :data:`MAX_SLICE_SIGMA` (naming the model's card
+        when the value comes from it)."""
     from ..errors import InputError
 
+    source = ""
     if sigma is None:
         card = getattr(model, "card", {}) or {}
         entry = card.get("heatmap") if isinstance(card.get("heatmap"), dict) else None
         sigma = entry.get("slice_sigma", 0.0) if entry is not None else DEFAULT_SLICE_SIGMAS.get(getattr(model, "id", None), 0.0)
+        source = f" (model '{getattr(model, 'id', '?')}' card, heatmap.slice_sigma)" if entry is not None else ""
     try:
         value = float(sigma)
-        ok = not isinstance(sigma, bool) and 0.0 <= value <= MAX_SLICE_SIGMA
-    except (TypeError, ValueError):
+        ok = not isinstance(sigma, (bool, np.bool_)) and 0.0 <= value <= MAX_SLICE_SIGMA
+    except (TypeError, ValueError, OverflowError):
         ok = False
     if not ok:
-        raise InputError(f"heatmap slice sigma {sigma!r}: give a number of slices from 0 to {MAX_SLICE_SIGMA:g} (0: none)")
+        raise InputError(f"heatmap slice sigma {sigma!r}{source}: give a number of slices from 0 to "
+                         f"{MAX_SLICE_SIGMA:g} (0: none)")
     return value
 
 
@@ -160,8 +164,9 @@ def smooth_across_slices(heat: np.ndarray, heads: np.ndarray, sigma: float) -> n
 
     :param heat: float array (K, rows, cols), >= 0: axial slices in order.
     :param heads: bool array of the same shape (all False on a slice that is not explained).
-    :param sigma: Gaussian sigma in slices; 0 (or a single slice) returns ``heat`` unchanged.
-    :returns: float32 array (K, rows, cols), >= 0.
+    :param sigma: Gaussian sigma in slices (validated by :func:`heatmap_slice_sigma`); 0 (or a
+        single slice) returns ``heat`` itself, unchanged and not cut again.
+    :returns: float32 array (K, rows, cols), >= 0, zero wherever ``heads`` is False.
     """
     from scipy.ndimage import gaussian_filter1d
 

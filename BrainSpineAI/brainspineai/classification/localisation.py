@@ -248,9 +248,10 @@ def score_volume(model, image, label, head=None, class_name: str = "glioma", met
     """Metrics of a model's maps on the tumour-bearing axial slices of one labelled volume.
 
     The slices are prepared exactly as :func:`inference.classify_image` prepares a volume
-    (LPS axial slices, one crop box for the volume); maps are computed only for the axial
-    slices with at least 20 tumour pixels (every ``step``-th of them) that the classifier
-    would read (enough foreground). Per-slice metrics do not depend on the volume's shared scale.
+    (LPS axial slices, one crop box for the volume); the axial slices with at least 20 tumour
+    pixels (every ``step``-th of them) that the classifier would read (enough foreground) are
+    scored. Without smoothing across slices only they are explained; with it, every slice the
+    classifier reads is. Per-slice metrics do not depend on the volume's shared scale.
 
     :param image, label, head: ``SimpleITK.Image`` on one grid (``head`` may be ``None``:
         :func:`explain.head_mask` of each slice is the head).
@@ -286,7 +287,9 @@ def score_volume(model, image, label, head=None, class_name: str = "glioma", met
     for i, k in enumerate(explained):
         own[k] = head_mask(vol[k])
         heats[k] = restore_map(raw[i], geoms[i]) * (own[k] if mask_head else 1.0)
-    heats = smooth_across_slices(heats, own if mask_head else np.ones(vol.shape, bool), sigma)
+    explained_mask = np.zeros(vol.shape, bool)
+    explained_mask[explained] = True
+    heats = smooth_across_slices(heats, own if mask_head else explained_mask, sigma)
     out = []
     for k in ks:
         own_head, heat = own[k], heats[k]

@@ -110,6 +110,8 @@ def cmd_evaluate(args) -> int:
     for seq, g in doc.get("localisation", {}).get("groups", {}).items():
         loc = doc["localisation"]
         sides = "+".join(map(str, loc.get("input_sizes", [])))
+        if loc.get("slice_sigma"):
+            sides += f", smoothed across slices (sigma {loc['slice_sigma']:g})"
         ci = g.get("pointing_ci95")
         ci = f" (95% CI {ci[0]:.3f}-{ci[1]:.3f})" if ci else ""
         print(f"localisation ({loc['method']}@{loc['layer']}, {sides} px, {seq}, {g['n']} tumour slices): pointing game "

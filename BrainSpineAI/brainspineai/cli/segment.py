@@ -48,11 +48,14 @@ def _read_checking_overlap(args, seqs) -> tuple:
     not overlap in space refused before the seconds of loading the network, with the check and
     message of the stage that would refuse them later: the segmenter's own (``--preprocess
     off``) or the registration's. Volumes that a later check refuses for another reason (not
-    3D, too small, a bad ``--brain-ml``) are left to it, so each input still gets its own line.
+    3D, too small) are left to it, so each input still gets its own line; a bad ``--brain-ml``
+    is said first, as before.
 
-    :raises InputError: an unreadable sequence, or sequences that do not overlap."""
+    :raises InputError: a bad ``--brain-ml``, an unreadable sequence, or
+        sequences that do not overlap."""
     from .preprocess import brain_ml_arg
 
+    brain_ml_arg(args)  # (a bad --overlap is refused by the parser)
     images, extra = _read_sequences(args, seqs)
     if not all(im.GetDimension() == 3 and im.GetNumberOfComponentsPerPixel() == 1 for im in images.values()):
         return images, extra
@@ -64,7 +67,6 @@ def _read_checking_overlap(args, seqs) -> tuple:
     else:
         from ..preprocessing.registration import check_overlap as check_pair
 
-        brain_ml_arg(args)
         for s in seqs[1:]:
             check_pair(images[seqs[0]], images[s], (seqs[0], s))
     return images, extra
