@@ -172,7 +172,10 @@ def smooth_across_slices(heat: np.ndarray, heads: np.ndarray, sigma: float) -> n
 
     if sigma <= 0 or heat.shape[0] < 2:
         return heat
-    return (gaussian_filter1d(heat.astype(np.float32), float(sigma), axis=0, mode="constant") * heads).astype(np.float32)
+    out = np.array(heat, dtype=np.float32)  # the one copy: filtered and cut in place (a volume's map can be ~1 GB)
+    gaussian_filter1d(out, float(sigma), axis=0, mode="constant", output=out)
+    out *= heads
+    return out
 
 
 def multiscale_cam(model, slices, keep, class_index: int, method: str, layer, sizes, crop: str = "slice"):
