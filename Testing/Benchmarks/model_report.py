@@ -172,7 +172,8 @@ def localisation_tables(m, args) -> None:
     if args.compare:
         pairs = [tuple(t.split("@")) for t in args.methods] if args.methods else COMPARED
         size_sets = [tuple(int(v) for v in t.split(",")) for t in args.sizes] if args.sizes else [sides]
-        configs += [(f"{me}@{la} {'+'.join(map(str, ss))} px", (me, la, True, ss, sigma)) for me, la in pairs for ss in size_sets
+        configs += [(f"{me}@{la} {'+'.join(map(str, ss))} px" + (f", slice sigma {sigma:g}" if sigma else ""),
+                     (me, la, True, ss, sigma)) for me, la in pairs for ss in size_sets
                     if (me, la, tuple(sorted(ss))) != tuple(chosen) + (tuple(sides),)]
     if args.datasets:
         sources = [s for s, key in zip(sources, ("figshare3", "brats2015", "lgg")) if key in args.datasets]
